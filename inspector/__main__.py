@@ -1,0 +1,4 @@
+
+from inspector.cli import main_exit
+
+main_exit()

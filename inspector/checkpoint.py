@@ -1,0 +1,241 @@
+"""Resolve a user's path into a ``Checkpoint``: files, tensors, configs, tokenizer facts.
+
+Accepts a model directory (single or sharded safetensors, legacy ``pytorch_model.bin``), a PEFT
+adapter directory, a single ``.safetensors`` / ``.bin`` file, or a ``*.index.json``. Only headers
+and small JSON files are read; neither torch nor transformers is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from inspector.errors import InvalidInputError
+from inspector.header import read_header
+from inspector.tensor import TensorInfo
+from inspector.tokenizer import TokenizerFacts, read_tokenizer
+from inspector.torchbin import read_torch_bin
+
+Kind = Literal["model", "adapter"]
+Format = Literal["safetensors", "pytorch-bin"]
+
+MAX_JSON_BYTES = 64_000_000
+
+# Checkpoint layouts in a directory, in the order a loader prefers them: a safetensors twin always
+# wins over a pickle (HOSTILE.md 17).
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+# Config fields worth showing, with the aliases other architectures use for them.
+MODEL_FIELDS = {
+    "model_type": ("model_type",),
+    "architectures": ("architectures",),
+    "vocab_size": ("vocab_size", "n_vocab"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim"),
+    "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "tie_word_embeddings": ("tie_word_embeddings",),
+    "dtype": ("dtype", "torch_dtype"),
+}
+ADAPTER_FIELDS = (
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "modules_to_save",
+    "use_rslora",
+    "use_dora",
+    "fan_in_fan_out",
+    "lora_bias",
+    "trainable_token_indices",
+    "rank_pattern",
+    "alpha_pattern",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything lora-inspector knows about one checkpoint without reading tensor data."""
+
+    path: str  # as the user gave it
+    root: Path  # directory the files live in
+    kind: Kind
+    format: Format
+    files: tuple[str, ...]  # data files (and index) relative to root
+    tensors: tuple[TensorInfo, ...]
+    config: dict = field(default_factory=dict)  # config.json, or adapter_config.json for adapters
+    tokenizer: TokenizerFacts | None = None
+    warnings: tuple[str, ...] = ()
+
+    @cached_property
+    def by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        return dict(sorted(Counter(t.dtype for t in self.tensors).items()))
+
+    def key_config(self) -> dict:
+        """The config fields the reports show (aliases resolved, nested text_config consulted)."""
+        if self.kind == "adapter":
+            return {k: self.config[k] for k in ADAPTER_FIELDS if k in self.config}
+        sources = [self.config]
+        if isinstance(self.config.get("text_config"), dict):
+            sources.append(self.config["text_config"])
+        out = {}
+        for name, aliases in MODEL_FIELDS.items():
+            for src in sources:
+                hit = next((src[a] for a in aliases if a in src), None)
+                if hit is not None:
+                    out[name] = hit
+                    break
+        if "quantization_config" in self.config:
+            out["quantization"] = (self.config["quantization_config"] or {}).get("quant_method", "yes") if isinstance(self.config["quantization_config"], dict) else "yes"
+        return out
+
+
+def _input_error(path: Path, why: str, hint: str) -> InvalidInputError:
+    return InvalidInputError("Cannot read checkpoint", path, why, hint)
+
+
+def read_json(path: Path, what: str = "JSON file") -> dict:
+    """Read a small JSON object (configs, indexes) with one clear error per failure."""
+    hint = f"Fix or re-create the {what}; it must be a JSON object."
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInputError(f"Cannot read {what}", path, "not a regular file", hint)
+        if st.st_size > MAX_JSON_BYTES:
+            raise InvalidInputError(f"Cannot read {what}", path, f"file is larger than {MAX_JSON_BYTES} bytes", hint)
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(f"Cannot read {what}", path, exc.strerror or str(exc), hint) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInputError(f"Cannot read {what}", path, f"not valid JSON ({exc})", hint) from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"Cannot read {what}", path, f"the top level is a JSON {type(data).__name__}, not an object", hint)
+    return data
+
+
+def _inside(root: Path, rel: str, index: Path) -> Path:
+    """Resolve a shard name from an index, refusing anything that escapes the checkpoint directory."""
+    hint = "The index must name shard files inside the checkpoint directory."
+    if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or ":" in rel or "\\" in rel:
+        raise InvalidInputError("Cannot read sharded index", index, f"shard name {rel!r} points outside the checkpoint", hint)
+    target = root / rel
+    real_root = root.resolve()
+    if not target.resolve().is_relative_to(real_root):
+        raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} resolves outside the checkpoint (symlink?)", hint)
+    return target
+
+
+def _read_file(path: Path, rel: str) -> tuple[list[TensorInfo], Format]:
+    if path.suffix == ".safetensors":
+        tensors, _ = read_header(path, rel)
+        return tensors, "safetensors"
+    return read_torch_bin(path, rel), "pytorch-bin"
+
+
+def _read_index(index: Path) -> tuple[list[TensorInfo], list[str], Format, list[str]]:
+    data = read_json(index, "sharded index")
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise InvalidInputError("Cannot read sharded index", index, "weight_map is missing or not a map of tensor name -> shard file", "Re-create the index with save_pretrained().")
+    root = index.parent
+    shards = list(dict.fromkeys(weight_map.values()))
+    tensors: list[TensorInfo] = []
+    fmt: Format = "safetensors"
+    for rel in shards:
+        shard = _inside(root, rel, index)
+        if not shard.exists():
+            raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} is listed but missing", "Download the missing shard, or re-save the checkpoint.")
+        found, fmt = _read_file(shard, rel)
+        listed = {k for k, v in weight_map.items() if v == rel}
+        present = {t.name for t in found}
+        if listed - present:
+            name = sorted(listed - present)[0]
+            raise InvalidInputError("Cannot read sharded index", index, f"tensor {name!r} is listed for {rel!r} but absent from it", "The index and shards disagree; re-download or re-save the checkpoint.")
+        if present - listed:
+            name = sorted(present - listed)[0]
+            raise InvalidInputError("Cannot read sharded index", index, f"tensor {name!r} is in shard {rel!r} but the index maps it elsewhere or not at all", "The index and shards disagree; re-download or re-save the checkpoint.")
+        tensors.extend(found)
+    warnings = []
+    meta = data.get("metadata")
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    actual = sum(t.nbytes for t in tensors)
+    if total is not None and total != actual:
+        warnings.append(f"index metadata.total_size is {total} but the shards hold {actual} bytes of tensor data")
+    return tensors, shards, fmt, warnings
+
+
+def _guess_kind(tensors: list[TensorInfo], directory: Path | None) -> Kind:
+    if directory is not None and (directory / "adapter_config.json").is_file():
+        return "adapter"
+    names = [t.name for t in tensors]
+    if any(n.startswith("base_model.model.") or ".lora_" in n for n in names):
+        return "adapter"
+    return "model"
+
+
+def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpoint:
+    """Resolve ``path`` (directory, file, or index) into a ``Checkpoint``; headers only."""
+    given = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise _input_error(path, "no such file or directory", "Check the path; a checkpoint is a directory with config.json or adapter_config.json, or a .safetensors file.")
+    if path.is_dir():
+        root = path
+        names = ADAPTER_FILES if (root / "adapter_config.json").is_file() else MODEL_FILES
+        found = next((n for n in names if (root / n).exists()), None)
+        if found is None:
+            st_files = sorted(p.name for p in root.glob("*.safetensors"))
+            if len(st_files) == 1:
+                found = st_files[0]
+            else:
+                expected = ", ".join(names)
+                raise _input_error(root, f"no checkpoint files found (looked for {expected})", "Point at a directory written by save_pretrained(), or at a .safetensors file.")
+        entry = root / found
+    else:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise _input_error(path, "not a regular file", "Point at a checkpoint directory or a .safetensors file.")
+        root, entry, found = path.parent, path, path.name
+        if not (found.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json"))):
+            raise _input_error(path, "unknown file type", "Give a .safetensors, .bin or *.index.json file, or a checkpoint directory.")
+
+    warnings: list[str] = []
+    if found.endswith(".index.json"):
+        tensors, files, fmt, warnings = _read_index(entry)
+        files = [found, *files]
+    else:
+        tensors, fmt = _read_file(entry, found)
+        files = [found]
+
+    # adapter_config.json speaks for the directory's adapter files only; a loose file is judged by its keys.
+    kind = _guess_kind(tensors, root if (path.is_dir() or found in ADAPTER_FILES) else None)
+    # A loose file's siblings describe it only when it carries the canonical name save_pretrained uses.
+    canonical = path.is_dir() or found in ADAPTER_FILES or found in MODEL_FILES
+    config: dict = {}
+    config_name = "adapter_config.json" if kind == "adapter" else "config.json"
+    if canonical and (root / config_name).is_file():
+        config = read_json(root / config_name, config_name)
+    tokenizer = read_tokenizer(root) if with_tokenizer and canonical else None
+    return Checkpoint(given, root, kind, fmt, tuple(files), tuple(tensors), config, tokenizer, tuple(warnings))

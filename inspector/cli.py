@@ -1,0 +1,175 @@
+"""The command line: click commands that parse, call, render; and the one place errors become
+``Error:``/``Hint:`` lines and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from inspector.errors import InspectorError, UsageError
+
+FORMATS = ("rich", "json", "markdown", "github")
+
+
+@dataclass
+class Settings:
+    format: str = "rich"
+    output: str | None = None
+    quiet: bool = False
+    debug: bool = False
+    no_color: bool = False
+
+
+def output_options(func):
+    """Global options, accepted before the command name and after it alike (``scan X --format json``)."""
+    options = [
+        click.option("--format", "format_", type=click.Choice(FORMATS), default=None, help="Output format (default: rich)."),
+        click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE instead of stdout."),
+        click.option("--quiet", "-q", is_flag=True, default=None, help="No progress or log lines on stderr."),
+        click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+        click.option("--no-color", is_flag=True, default=None, help="Plain text, no colours."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings(ctx: click.Context, **overrides) -> Settings:
+    base: Settings = ctx.find_object(Settings) or Settings()
+    merged = Settings(**vars(base))
+    for key, value in overrides.items():
+        if value is not None and value is not False:
+            setattr(merged, "format" if key == "format_" else key, value)
+    return merged
+
+
+def _write_output(path: str, text: str) -> None:
+    # Written beside the target and renamed, so a failed run never leaves half a report.
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def emit(s: Settings, command: str, result) -> None:
+    """Render ``result`` with the report module for ``s.format`` and send it to stdout or --output."""
+    if s.format == "rich":
+        from rich.console import Console
+
+        from inspector.report import terminal
+
+        renderable = getattr(terminal, command)(result)
+        if s.output:
+            console = Console(record=True, file=open(os.devnull, "w"), width=120, no_color=True)
+            console.print(renderable)
+            _write_output(s.output, console.export_text())
+        else:
+            console = Console(no_color=s.no_color)
+            if not console.is_terminal:  # piped or redirected: do not fold tensor names at 80 columns
+                console.width = 160
+            console.print(renderable)
+        return
+    from inspector.report import github, jsonfmt, markdown
+
+    module = {"json": jsonfmt, "markdown": markdown, "github": github}[s.format]
+    text = getattr(module, command)(result)
+    if s.output:
+        _write_output(s.output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lora-inspector", prog_name="lora-inspector")
+@output_options
+@click.pass_context
+def cli(ctx: click.Context, format_, output, quiet, debug, no_color) -> None:
+    """Inspect, check, repair and merge LoRA adapters and their base checkpoints.
+
+    Reads safetensors headers only for scan/diff/check: instant on a 140 GB model.
+    """
+    ctx.obj = settings(ctx, format_=format_, output=output, quiet=quiet, debug=debug, no_color=no_color)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--tensors", is_flag=True, help="List every tensor: name, shape, dtype, bytes.")
+@click.option("--match", metavar="REGEX", help="Only list tensors whose name matches REGEX (implies --tensors).")
+@output_options
+@click.pass_context
+def scan(ctx, paths, tensors, match, **opts) -> None:
+    """Show what is in each checkpoint: kind, files, counts, bytes, dtypes, key config fields."""
+    from inspector.scan import scan as run_scan
+
+    emit(settings(ctx, **opts), "scan", run_scan(list(paths), tensors=tensors, match=match))
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@output_options
+@click.pass_context
+def diff(ctx, a, b, **opts) -> None:
+    """Tensors added, removed, reshaped and re-typed from A to B. Exit 1 when they differ."""
+    from inspector.checkpoint import read_checkpoint
+    from inspector.diff import diff_checkpoints
+
+    result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
+    emit(settings(ctx, **opts), "diff", result)
+    ctx.exit(0 if result.identical else 1)
+
+
+def _print_error(exc: InspectorError) -> None:
+    sys.stderr.write(f"Error: {exc.message}\nHint: {exc.hint}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        # standalone_mode=False returns ctx.exit()'s code instead of raising it.
+        code = cli.main(args=argv, prog_name="lora-inspector", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
+        return 130
+    except click.ClickException as exc:
+        command = next((a for a in argv if a in cli.commands), None)
+        help_cmd = f"lora-inspector {command} --help" if command else "lora-inspector --help"
+        sys.stderr.write(f"Error: {exc.format_message()}\nHint: see '{help_cmd}'.\n")
+        return 2
+    except InspectorError as exc:
+        if debug:
+            raise
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
+        return 130
+    except BrokenPipeError:
+        # `lora-inspector scan X | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # a bug of ours: say so without a traceback unless --debug
+        if debug:
+            raise
+        _print_error(InspectorError("Internal error", None, f"{type(exc).__name__}: {exc}", "Rerun with --debug and report the traceback."))
+        return 2
+
+
+def main_exit() -> None:
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Strict safetensors header reader: 8 bytes, a bounded JSON header, nothing else.
+
+Follows the reference Rust parser's rules and also rejects what it lets through (duplicate names,
+trailing bytes). Never reads tensor data, so a 140 GB checkpoint made of sparse holes scans instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from pathlib import Path
+
+from inspector.errors import InvalidInputError
+from inspector.tensor import DTYPE_BITS, TensorInfo, data_bytes
+
+MAX_HEADER_BYTES = 100_000_000  # the Rust crate's limit; checked before allocating
+
+_HINT = "The file is not a valid safetensors file; re-download or re-save it with safetensors."
+
+
+def _fail(path: Path, why: str, hint: str = _HINT) -> InvalidInputError:
+    return InvalidInputError("Cannot read safetensors header", path, why, hint)
+
+
+def _reject_duplicates(path: Path):
+    # JSON escapes are decoded before this hook runs, so "a" and "\u0061" collide here as they should.
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise _fail(path, f"tensor name {key!r} appears twice in the header (names compared after JSON unescaping)")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def _shape(path: Path, name: str, raw: object) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
+        raise _fail(path, f"tensor {name!r} has shape {raw!r}; a shape is a list of non-negative integers")
+    return tuple(raw)
+
+
+def _offsets(path: Path, name: str, raw: object) -> tuple[int, int]:
+    if not (isinstance(raw, list) and len(raw) == 2 and all(type(o) is int and o >= 0 for o in raw)):
+        raise _fail(path, f"tensor {name!r} has data_offsets {raw!r}; expected two non-negative integers")
+    begin, end = raw
+    if end < begin:
+        raise _fail(path, f"tensor {name!r} has reversed data_offsets [{begin}, {end}]")
+    return begin, end
+
+
+def read_metadata(path: Path, raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise _fail(path, "__metadata__ is not a map of strings to strings")
+    return dict(raw)
+
+
+def read_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Parse and validate ``path``'s header; return its tensors (in data order) and ``__metadata__``.
+
+    ``rel`` is the name recorded in ``TensorInfo.file`` (defaults to the file name).
+    """
+    path = Path(path)
+    rel = rel or path.name
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(path, "not a regular file", "Point lora-inspector at a file or a checkpoint directory.")
+        size = st.st_size
+        if size < 8:
+            raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > MAX_HEADER_BYTES:
+                raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+            if n > size - 8:
+                raise _fail(path, f"header length {n} is larger than the file ({size} bytes)", "The file looks truncated; re-download it.")
+            blob = fh.read(n)
+    except OSError as exc:
+        raise InvalidInputError("Cannot read", path, exc.strerror or str(exc), "Check that the file exists and is readable.") from exc
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"header is not UTF-8 (byte {exc.start})") from exc
+    try:
+        header = json.loads(text, object_pairs_hook=_reject_duplicates(path))
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"header is not JSON ({exc.msg} at character {exc.pos})") from exc
+    except RecursionError as exc:
+        raise _fail(path, "header JSON is nested too deeply") from exc
+    if not isinstance(header, dict):
+        raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
+
+    metadata = read_metadata(path, header.pop("__metadata__", None))
+    entries = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise _fail(path, f"tensor {name!r} is described by a {type(entry).__name__}, not an object")
+        dtype = entry.get("dtype")
+        if dtype not in DTYPE_BITS:
+            raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+        shape = _shape(path, name, entry.get("shape"))
+        begin, end = _offsets(path, name, entry.get("data_offsets"))
+        expected = data_bytes(dtype, shape)
+        if expected is None:
+            raise _fail(path, f"tensor {name!r} ({dtype} {list(shape)}) does not fill a whole number of bytes")
+        if end - begin != expected:
+            raise _fail(path, f"tensor {name!r} spans {end - begin} bytes but {dtype} {list(shape)} needs {expected}")
+        entries.append((begin, end, name, dtype, shape))
+
+    # Data regions must tile [0, last) exactly: no gaps, no overlaps (the Rust parser's rule).
+    entries.sort(key=lambda e: (e[0], e[1]))
+    cursor = 0
+    for begin, end, name, _, _ in entries:
+        if begin != cursor:
+            kind = "overlaps the previous tensor" if begin < cursor else f"leaves a gap (expected offset {cursor})"
+            raise _fail(path, f"tensor {name!r} at data_offsets [{begin}, {end}] {kind}")
+        cursor = end
+    data_start = 8 + n
+    if data_start + cursor != size:
+        if data_start + cursor > size:
+            why = f"data is {size - data_start} bytes but the header describes {cursor}"
+            raise _fail(path, why, "The file is truncated (an interrupted download?); re-download it.")
+        raise _fail(path, f"{size - data_start - cursor} trailing bytes after the last tensor")
+    tensors = [TensorInfo(name, dtype, shape, rel, data_start + b, data_start + e) for b, e, name, dtype, shape in entries]
+    return tensors, metadata

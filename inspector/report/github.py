@@ -1,0 +1,38 @@
+"""GitHub Actions workflow annotations (``::error title=CODE::message``)."""
+
+from __future__ import annotations
+
+from inspector.diff import DiffResult
+from inspector.report.units import shape_str
+from inspector.scan import ScanResult
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotation(level: str, title: str, message: str) -> str:
+    return f"::{level} title={_escape_property(title)}::{_escape_data(message)}"
+
+
+def scan(result: ScanResult) -> str:
+    lines = []
+    for entry in result.checkpoints:
+        c = entry.checkpoint
+        lines.append(annotation("notice", "scan", f"{c.path}: {c.kind} ({c.format}), {c.tensor_count} tensors, {c.parameter_count} parameters, {c.total_bytes} bytes"))
+        lines += [annotation("warning", "scan", f"{c.path}: {w}") for w in c.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def diff(result: DiffResult) -> str:
+    lines = [annotation("notice", "removed", f"{t.name} {shape_str(t.shape)} {t.dtype}") for t in result.removed]
+    lines += [annotation("notice", "added", f"{t.name} {shape_str(t.shape)} {t.dtype}") for t in result.added]
+    lines += [annotation("warning", "reshaped", f"{c.name}: {shape_str(c.a.shape)} -> {shape_str(c.b.shape)}") for c in result.reshaped]
+    lines += [annotation("warning", "retyped", f"{c.name}: {c.a.dtype} -> {c.b.dtype}") for c in result.retyped]
+    if not lines:
+        lines.append(annotation("notice", "diff", f"identical: {result.unchanged} tensors"))
+    return "\n".join(lines) + "\n"

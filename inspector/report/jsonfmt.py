@@ -1,0 +1,64 @@
+"""JSON reports, schema 1 (documented in the README; fields are only ever added)."""
+
+from __future__ import annotations
+
+import json
+
+from inspector.checkpoint import Checkpoint
+from inspector.diff import DiffResult
+from inspector.scan import ScanResult
+
+SCHEMA = 1
+
+
+def checkpoint_summary(ckpt: Checkpoint) -> dict:
+    return {
+        "path": ckpt.path,
+        "kind": ckpt.kind,
+        "format": ckpt.format,
+        "files": list(ckpt.files),
+        "tensor_count": ckpt.tensor_count,
+        "parameter_count": ckpt.parameter_count,
+        "total_bytes": ckpt.total_bytes,
+        "dtypes": ckpt.dtypes,
+        "config": ckpt.key_config(),
+        "tokenizer": ckpt.tokenizer.as_json() if ckpt.tokenizer else None,
+        "warnings": list(ckpt.warnings),
+    }
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def scan(result: ScanResult) -> str:
+    items = []
+    for entry in result.checkpoints:
+        item = checkpoint_summary(entry.checkpoint)
+        if entry.shown is not None:
+            item["tensors"] = [t.as_json() for t in entry.shown]
+        items.append(item)
+    return dumps({"schema": SCHEMA, "command": "scan", "match": result.match, "checkpoints": items})
+
+
+def diff(result: DiffResult) -> str:
+    return dumps(
+        {
+            "schema": SCHEMA,
+            "command": "diff",
+            "a": checkpoint_summary(result.a),
+            "b": checkpoint_summary(result.b),
+            "added": [t.as_json() for t in result.added],
+            "removed": [t.as_json() for t in result.removed],
+            "reshaped": [{"name": c.name, "a_shape": list(c.a.shape), "b_shape": list(c.b.shape)} for c in result.reshaped],
+            "retyped": [{"name": c.name, "a_dtype": c.a.dtype, "b_dtype": c.b.dtype} for c in result.retyped],
+            "summary": {
+                "added": len(result.added),
+                "removed": len(result.removed),
+                "reshaped": len(result.reshaped),
+                "retyped": len(result.retyped),
+                "unchanged": result.unchanged,
+                "identical": result.identical,
+            },
+        }
+    )

@@ -1,0 +1,56 @@
+"""Markdown reports (PR comments, GitHub step summaries)."""
+
+from __future__ import annotations
+
+from inspector.diff import DiffResult
+from inspector.report.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.scan import ScanResult
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def scan(result: ScanResult) -> str:
+    out: list[str] = []
+    for entry in result.checkpoints:
+        ckpt = entry.checkpoint
+        rows = [
+            ["kind", f"{ckpt.kind} ({ckpt.format})"],
+            ["files", ", ".join(ckpt.files)],
+            ["tensors", f"{ckpt.tensor_count:,}"],
+            ["parameters", f"{ckpt.parameter_count:,} ({human_count(ckpt.parameter_count)})"],
+            ["data", f"{ckpt.total_bytes:,} bytes ({human_bytes(ckpt.total_bytes)})"],
+            ["dtypes", dtypes_str(ckpt.dtypes)],
+            *[[k, value_str(v)] for k, v in ckpt.key_config().items() if v is not None],
+        ]
+        if ckpt.tokenizer:
+            rows.append(["tokenizer", f"{ckpt.tokenizer.length:,} tokens ({ckpt.tokenizer.source})"])
+        rows += [["warning", w] for w in ckpt.warnings]
+        out += [f"### `{ckpt.path}`", "", *_table(["field", "value"], rows), ""]
+        if entry.shown is not None:
+            trows = [[f"`{t.name}`", shape_str(t.shape), t.dtype, t.file] for t in entry.shown]
+            out += [*_table(["tensor", "shape", "dtype", "file"], trows), ""]
+    return "\n".join(out)
+
+
+def diff(result: DiffResult) -> str:
+    out = [f"### diff `{result.a.path}` -> `{result.b.path}`", ""]
+    rows: list[list[object]] = []
+    rows += [["removed", f"`{t.name}`", f"{shape_str(t.shape)} {t.dtype}", "-"] for t in result.removed]
+    rows += [["added", f"`{t.name}`", "-", f"{shape_str(t.shape)} {t.dtype}"] for t in result.added]
+    rows += [["reshaped", f"`{c.name}`", shape_str(c.a.shape), shape_str(c.b.shape)] for c in result.reshaped]
+    rows += [["retyped", f"`{c.name}`", c.a.dtype, c.b.dtype] for c in result.retyped]
+    if rows:
+        out += [*_table(["change", "tensor", "A", "B"], rows), ""]
+    out.append(
+        f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
+        f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
+    )
+    return "\n".join(out) + "\n"

@@ -1,0 +1,89 @@
+"""Rich renderables for people at a terminal."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from inspector.checkpoint import Checkpoint
+from inspector.diff import DiffResult
+from inspector.report.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.scan import ScanResult
+from inspector.tensor import TensorInfo
+
+
+def _facts(ckpt: Checkpoint) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("kind", f"{ckpt.kind} ({ckpt.format})")
+    files = ckpt.files if len(ckpt.files) <= 4 else (*ckpt.files[:3], f"... {len(ckpt.files) - 3} more")
+    grid.add_row("files", "\n".join(files))
+    grid.add_row("tensors", f"{ckpt.tensor_count:,}")
+    grid.add_row("parameters", f"{ckpt.parameter_count:,} ({human_count(ckpt.parameter_count)})")
+    grid.add_row("data", f"{ckpt.total_bytes:,} bytes ({human_bytes(ckpt.total_bytes)})")
+    grid.add_row("dtypes", dtypes_str(ckpt.dtypes))
+    for key, value in ckpt.key_config().items():
+        if value is None:
+            continue
+        grid.add_row(key, value_str(value))
+    if ckpt.tokenizer:
+        tok = ckpt.tokenizer
+        grid.add_row("tokenizer", f"{tok.length:,} tokens ({tok.source}, {tok.added} added)")
+    for warning in ckpt.warnings:
+        grid.add_row(Text("warning", style="yellow bold"), Text(warning, style="yellow"))
+    return grid
+
+
+def tensor_table(tensors: tuple[TensorInfo, ...], *, show_file: bool, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("tensor", overflow="fold")
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    if show_file:
+        table.add_column("file", overflow="fold")
+    for t in tensors:
+        row = [t.name, shape_str(t.shape), t.dtype, human_bytes(t.nbytes)]
+        if show_file:
+            row.append(t.file)
+        table.add_row(*row)
+    return table
+
+
+def scan(result: ScanResult) -> RenderableType:
+    parts: list[RenderableType] = []
+    for entry in result.checkpoints:
+        ckpt = entry.checkpoint
+        parts.append(Panel(_facts(ckpt), title=f"[bold]{ckpt.path}", title_align="left", expand=False))
+        if entry.shown is not None:
+            title = f"{len(entry.shown)} of {ckpt.tensor_count} tensors" + (f" matching {result.match!r}" if result.match else "")
+            parts.append(tensor_table(entry.shown, show_file=len(ckpt.files) > 1, title=title))
+    return Group(*parts)
+
+
+def diff(result: DiffResult) -> RenderableType:
+    a, b = result.a.path, result.b.path
+    head = Text.assemble(("A ", "bold"), a, "\n", ("B ", "bold"), b)
+    if result.identical:
+        return Group(head, Text(f"identical: {result.unchanged} tensors with the same names, shapes and dtypes", style="green"))
+    table = Table(show_lines=False)
+    table.add_column("change", no_wrap=True)
+    table.add_column("tensor", overflow="fold")
+    table.add_column("A", justify="right", no_wrap=True)
+    table.add_column("B", justify="right", no_wrap=True)
+    for t in result.removed:
+        table.add_row(Text("removed", style="red"), t.name, f"{shape_str(t.shape)} {t.dtype}", "-")
+    for t in result.added:
+        table.add_row(Text("added", style="green"), t.name, "-", f"{shape_str(t.shape)} {t.dtype}")
+    for c in result.reshaped:
+        table.add_row(Text("reshaped", style="yellow"), c.name, shape_str(c.a.shape), shape_str(c.b.shape))
+    for c in result.retyped:
+        table.add_row(Text("retyped", style="magenta"), c.name, c.a.dtype, c.b.dtype)
+    summary = Text(
+        f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
+        f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
+    )
+    return Group(head, table, summary)

@@ -1,0 +1,35 @@
+"""Human-readable numbers shared by the rich and markdown reports."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)
+
+
+def shape_str(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def dtypes_str(dtypes: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in dtypes.items()) or "-"
+
+
+def value_str(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "[]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) if value else "{}"
+    return str(value)

@@ -1,0 +1,49 @@
+"""``scan``: read checkpoints and select the tensors a report shows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from inspector.checkpoint import Checkpoint, read_checkpoint
+from inspector.errors import UsageError
+from inspector.tensor import TensorInfo
+
+MAX_PATTERN = 1000
+
+
+@dataclass(frozen=True)
+class ScannedCheckpoint:
+    checkpoint: Checkpoint
+    shown: tuple[TensorInfo, ...] | None  # None: no tensor table requested
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    checkpoints: tuple[ScannedCheckpoint, ...]
+    match: str | None
+
+
+def compile_match(pattern: str | None) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    if len(pattern) > MAX_PATTERN:
+        raise UsageError("Invalid --match", None, f"the pattern is longer than {MAX_PATTERN} characters", "Use a shorter regular expression.")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise UsageError("Invalid --match", None, f"{pattern!r} is not a regular expression ({exc})", "Quote the pattern, e.g. --match 'embed|lm_head'.") from exc
+
+
+def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = None) -> ScanResult:
+    """Read each path's headers; with ``tensors`` or ``match`` keep the tensor list (filtered by ``match``)."""
+    regex = compile_match(match)
+    out = []
+    for path in paths:
+        ckpt = read_checkpoint(path)
+        shown = None
+        if tensors or regex is not None:
+            shown = tuple(t for t in ckpt.tensors if regex is None or regex.search(t.name))
+        out.append(ScannedCheckpoint(ckpt, shown))
+    return ScanResult(tuple(out), match)

@@ -1,0 +1,61 @@
+"""Header-level facts about one tensor, and the dtype table shared by every reader."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# safetensors dtype string -> bits per element (the reference Rust crate's table, sub-byte types included).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+    "C64": 64,
+}
+
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def data_bytes(dtype: str, shape: tuple[int, ...]) -> int | None:
+    """Bytes a tensor of this dtype and shape occupies, or None when the bits do not fill whole bytes."""
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    return bits // 8 if bits % 8 == 0 else None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its header describes it: no data is ever read to build this."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str  # file name relative to the checkpoint root
+    start: int  # absolute byte offset of the data in ``file``
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "file": self.file}

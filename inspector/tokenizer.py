@@ -1,0 +1,162 @@
+"""Tokenizer facts read from files alone (no ``tokenizers``/``transformers`` import).
+
+``length`` is what ``len(tokenizer)`` gives in transformers: the distinct tokens of the model
+vocabulary plus added tokens; ``max_id`` is the largest id any file assigns. Sources, in order:
+``tokenizer.json`` (fast tokenizers), else ``tokenizer.model`` (sentencepiece) plus
+``added_tokens.json`` / ``tokenizer_config.json``'s ``added_tokens_decoder``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from inspector.errors import InvalidInputError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+)
+MAX_TOKENIZER_BYTES = 512_000_000
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    directory: str
+    source: str  # the file the base vocabulary came from
+    length: int  # len(tokenizer) as transformers counts it
+    max_id: int
+    added: int  # added tokens beyond the model vocabulary
+
+    def as_json(self) -> dict:
+        return {"directory": self.directory, "source": self.source, "length": self.length, "max_id": self.max_id, "added": self.added}
+
+
+def _fail(path: Path, why: str) -> InvalidInputError:
+    return InvalidInputError("Cannot read tokenizer", path, why, "Re-save the tokenizer with tokenizer.save_pretrained(), or pass --tokenizer DIR.")
+
+
+def _load_json(path: Path) -> object:
+    try:
+        if path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise _fail(path, "file is larger than 512 MB")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"not readable JSON ({exc})") from exc
+
+
+def _model_vocab(path: Path, data: object) -> dict[str, int]:
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict) and all(isinstance(v, int) for v in vocab.values()):
+        return {str(k): v for k, v in vocab.items()}
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
+        return {str(p[0]) if isinstance(p, list) and p else str(p): i for i, p in enumerate(vocab)}
+    raise _fail(path, "model.vocab is missing or not a token -> id map")
+
+
+def _sentencepiece_pieces(path: Path) -> list[str]:
+    """Piece strings of a sentencepiece ModelProto: field 1 (repeated SentencePiece), its field 1 the piece."""
+    data = path.read_bytes()
+
+    def varint(buf: bytes, i: int) -> tuple[int, int]:
+        shift = value = 0
+        while True:
+            if i >= len(buf) or shift > 63:
+                raise _fail(path, "malformed sentencepiece model")
+            b = buf[i]
+            value |= (b & 0x7F) << shift
+            i += 1
+            if b < 0x80:
+                return value, i
+            shift += 7
+
+    def fields(buf: bytes):
+        i = 0
+        while i < len(buf):
+            key, i = varint(buf, i)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, i = varint(buf, i)
+            elif wire == 1:
+                value, i = buf[i : i + 8], i + 8
+            elif wire == 5:
+                value, i = buf[i : i + 4], i + 4
+            elif wire == 2:
+                n, i = varint(buf, i)
+                value, i = buf[i : i + n], i + n
+            else:
+                raise _fail(path, f"malformed sentencepiece model (wire type {wire})")
+            if i > len(buf):
+                raise _fail(path, "malformed sentencepiece model (truncated)")
+            yield field, wire, value
+
+    pieces = []
+    for field, wire, value in fields(data):
+        if field == 1 and wire == 2:
+            piece = next((v for f, w, v in fields(value) if f == 1 and w == 2), b"")
+            pieces.append(piece.decode("utf-8", "replace"))
+    if not pieces:
+        raise _fail(path, "no pieces found in the sentencepiece model")
+    return pieces
+
+
+def _added_tokens(directory: Path) -> dict[str, int]:
+    added: dict[str, int] = {}
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        data = _load_json(config)
+        decoder = data.get("added_tokens_decoder") if isinstance(data, dict) else None
+        if isinstance(decoder, dict):
+            for idx, tok in decoder.items():
+                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(idx).isdigit():
+                    added[tok["content"]] = int(idx)
+    extra = directory / "added_tokens.json"
+    if extra.is_file():
+        data = _load_json(extra)
+        if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+            raise _fail(extra, "expected a map of token -> id")
+        added.update(data)
+    return added
+
+
+def read_tokenizer(directory: Path) -> TokenizerFacts | None:
+    """Facts about the tokenizer saved in ``directory``, or None when it holds none."""
+    directory = Path(directory)
+    fast = directory / "tokenizer.json"
+    if fast.is_file():
+        data = _load_json(fast)
+        vocab = _model_vocab(fast, data)
+        added_list = data.get("added_tokens") or []
+        if not isinstance(added_list, list):
+            raise _fail(fast, "added_tokens is not a list")
+        added = {t["content"]: t["id"] for t in added_list if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)}
+        source = fast
+    elif (directory / "tokenizer.model").is_file():
+        vocab = {p: i for i, p in enumerate(_sentencepiece_pieces(directory / "tokenizer.model"))}
+        added = _added_tokens(directory)
+        source = directory / "tokenizer.model"
+    elif (directory / "vocab.txt").is_file():  # WordPiece (BERT) slow-tokenizer files
+        lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        vocab = {tok: i for i, tok in enumerate(lines)}
+        added = _added_tokens(directory)
+        source = directory / "vocab.txt"
+    elif (directory / "vocab.json").is_file():  # byte-level BPE (GPT-2) slow-tokenizer files
+        data = _load_json(directory / "vocab.json")
+        if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+            raise _fail(directory / "vocab.json", "expected a map of token -> id")
+        vocab, added, source = data, _added_tokens(directory), directory / "vocab.json"
+    else:
+        return None
+    tokens = dict(vocab)
+    extra = {t: i for t, i in added.items() if t not in vocab}
+    tokens.update(extra)
+    ids = list(tokens.values())
+    return TokenizerFacts(str(directory), source.name, len(tokens), max(ids) if ids else -1, len(extra))
