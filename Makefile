@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   venv, install, then `lora-inspector check` on the bundled seed case
+#   make test   venv, install, then the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench fixtures clean
+
+install: $(STAMP)
+
+# torch is pinned first: the CPU wheel of 2.13.0 is what this machine serves quickly; the project
+# itself only asks for torch>=2.4, which that satisfies, so pip adds nothing heavier.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/lora-inspector scan fixtures/seed/base fixtures/seed/adapter --match 'embed|lm_head'
+	$(BIN)/lora-inspector diff fixtures/seed/base/model.safetensors fixtures/seed/adapter --format markdown; \
+	  rc=$$?; echo "diff exit code: $$rc (1 = the checkpoints differ, as they do here)"; test $$rc -eq 1
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/scan_70b.py
+
+fixtures: $(STAMP)
+	$(BIN)/python fixtures/make_seed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench/out
