@@ -130,6 +130,25 @@ def diff(ctx, a, b, **opts) -> None:
     ctx.exit(0 if result.identical else 1)
 
 
+@cli.command()
+@click.argument("base")
+@click.argument("adapter")
+@click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True, help="Exit 1 when a finding of this severity or worse exists.")
+@output_options
+@click.pass_context
+def check(ctx, base, adapter, tokenizer_dir, fail_on, **opts) -> None:
+    """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
+
+    Exit 0 clean, 1 findings at or above --fail-on, 2 unreadable input.
+    """
+    from inspector.check import run_check
+
+    result = run_check(base, adapter, tokenizer_dir)
+    emit(settings(ctx, **opts), "check", result)
+    ctx.exit(1 if result.fails(fail_on) else 0)
+
+
 def _print_error(exc: InspectorError) -> None:
     sys.stderr.write(f"Error: {exc.message}\nHint: {exc.hint}\n")
 

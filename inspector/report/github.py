@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inspector.diff import DiffResult
-from inspector.report.units import shape_str
+from inspector.units import shape_str
 from inspector.scan import ScanResult
 
 
@@ -35,4 +35,12 @@ def diff(result: DiffResult) -> str:
     lines += [annotation("warning", "retyped", f"{c.name}: {c.a.dtype} -> {c.b.dtype}") for c in result.retyped]
     if not lines:
         lines.append(annotation("notice", "diff", f"identical: {result.unchanged} tensors"))
+    return "\n".join(lines) + "\n"
+
+
+def check(diagnosis) -> str:
+    level = {"error": "error", "warning": "warning", "info": "notice"}
+    lines = [annotation(level[f.severity], f"{f.code.code} {f.code.slug}", f"{f.message} Hint: {f.hint}") for f in diagnosis.findings]
+    s = diagnosis.summary
+    lines.append(annotation("notice", "lora-inspector check", f"{s['error']} errors, {s['warning']} warnings, {s['info']} info"))
     return "\n".join(lines) + "\n"

@@ -62,3 +62,19 @@ def diff(result: DiffResult) -> str:
             },
         }
     )
+
+
+def check(diagnosis) -> str:
+    plan = diagnosis.plan
+    return dumps(
+        {
+            "schema": SCHEMA,
+            "command": "check",
+            "base": checkpoint_summary(diagnosis.base),
+            "adapter": checkpoint_summary(diagnosis.adapter.checkpoint),
+            "tokenizer": diagnosis.tokenizer.as_json() if diagnosis.tokenizer else None,
+            "vocab": {"base_rows": plan.base_rows, "merged_rows": plan.rows, "source": plan.source},
+            "findings": [f.as_json() for f in diagnosis.findings],
+            "summary": diagnosis.summary,
+        }
+    )

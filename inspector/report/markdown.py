@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inspector.diff import DiffResult
-from inspector.report.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 from inspector.scan import ScanResult
 
 
@@ -53,4 +53,25 @@ def diff(result: DiffResult) -> str:
         f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
     )
+    return "\n".join(out) + "\n"
+
+
+_ICON = {"error": "❌ error", "warning": "⚠️ warning", "info": "ℹ️ info"}
+
+
+def check(diagnosis) -> str:
+    s = diagnosis.summary
+    verdict = "fails" if s["error"] else "passes"
+    out = [
+        f"### lora-inspector check {verdict}: {s['error']} errors, {s['warning']} warnings, {s['info']} info",
+        "",
+        f"base `{diagnosis.base.path}` · adapter `{diagnosis.adapter.checkpoint.path}`",
+        "",
+    ]
+    if diagnosis.findings:
+        rows = [
+            [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
+            for f in diagnosis.findings
+        ]
+        out += _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
     return "\n".join(out) + "\n"

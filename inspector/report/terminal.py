@@ -9,7 +9,7 @@ from rich.text import Text
 
 from inspector.checkpoint import Checkpoint
 from inspector.diff import DiffResult
-from inspector.report.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 from inspector.scan import ScanResult
 from inspector.tensor import TensorInfo
 
@@ -87,3 +87,54 @@ def diff(result: DiffResult) -> RenderableType:
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
     )
     return Group(head, table, summary)
+
+
+_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
+_SHOWN_PER_CODE = 20  # the JSON report always lists everything
+
+
+def check(diagnosis) -> RenderableType:
+    parts: list[RenderableType] = []
+    shown: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    for severity in ("error", "warning", "info"):
+        items = [f for f in diagnosis.findings if f.severity == severity]
+        if not items:
+            continue
+        table = Table(title=Text(f"{'info' if severity == 'info' else severity + 's'} ({len(items)})", style=_STYLE[severity]), title_justify="left", show_lines=True, expand=True)
+        table.add_column("code", no_wrap=True, style=_STYLE[severity])
+        table.add_column("finding", ratio=3, overflow="fold")
+        table.add_column("adapter", justify="right", no_wrap=True)
+        table.add_column("base", justify="right", no_wrap=True)
+        for f in items:
+            code = f.code.code
+            if shown.get(code, 0) >= _SHOWN_PER_CODE:
+                hidden[code] = hidden.get(code, 0) + 1
+                continue
+            shown[code] = shown.get(code, 0) + 1
+            body = Text()
+            if f.tensor and not f.message.startswith(f.tensor):
+                body.append(f.tensor + "\n", style="bold")
+            body.append(f.message)
+            body.append("\nfix: ", style="green bold")
+            body.append(f.hint, style="green")
+            table.add_row(Text(f"{code}\n{f.code.slug}"), body, shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "")
+        parts.append(table)
+    for code, n in hidden.items():
+        parts.append(Text(f"... and {n} more {code} findings (all of them: --format json)", style="dim"))
+    s = diagnosis.summary
+    plan = diagnosis.plan
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("base", f"{diagnosis.base.path} ({diagnosis.base.tensor_count} tensors, {human_bytes(diagnosis.base.total_bytes)})")
+    grid.add_row("adapter", f"{diagnosis.adapter.checkpoint.path} ({diagnosis.adapter.checkpoint.tensor_count} tensors, {human_bytes(diagnosis.adapter.checkpoint.total_bytes)})")
+    if plan.base_rows is not None:
+        vocab = f"{plan.base_rows}" if not plan.grows else f"{plan.base_rows} -> {plan.rows} ({plan.source})"
+        grid.add_row("vocabulary", vocab)
+    if diagnosis.tokenizer:
+        grid.add_row("tokenizer", f"{diagnosis.tokenizer.length} tokens ({diagnosis.tokenizer.directory})")
+    verdict = Text(f"{s['error']} errors, {s['warning']} warnings, {s['info']} info", style="bold red" if s["error"] else ("bold yellow" if s["warning"] else "bold green"))
+    grid.add_row("result", verdict)
+    parts.append(Panel(grid, title="[bold]lora-inspector check", title_align="left", expand=False))
+    return Group(*parts)

@@ -1,4 +1,4 @@
-"""Human-readable numbers shared by the rich and markdown reports."""
+"""Human-readable numbers shared by reports and finding messages."""
 
 from __future__ import annotations
 

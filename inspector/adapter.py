@@ -1,0 +1,330 @@
+"""PEFT adapters as data: a validated ``adapter_config.json`` and what each saved tensor is.
+
+Knows every key layout PEFT has written (old and new): ``lora_A/B`` (+ ``lora_B.bias``),
+``lora_embedding_A/B``, ``lora_magnitude_vector`` (DoRA), full tensors saved plain or under
+``modules_to_save`` / ``original_module`` / ``base_layer``, and ``trainable_tokens_delta``.
+Pure data: reads no tensor, imports no torch, never imports what a config names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from inspector.checkpoint import Checkpoint
+from inspector.errors import InvalidInputError
+from inspector.tensor import TensorInfo
+
+PREFIX = "base_model.model."
+MAX_PATTERN = 1000  # longest regex accepted from a config (target_modules, rank_pattern keys)
+
+Role = Literal["lora_A", "lora_B", "lora_B_bias", "lora_embedding_A", "lora_embedding_B", "magnitude", "trainable_tokens", "full"]
+Copy = Literal["plain", "modules_to_save", "base_layer", "original_module"]
+
+# Which stored copy of a full tensor PEFT's loader ends up using, best first. The plain key is
+# what PEFT >= 0.15 writes for modules_to_save and what its load map reads; old files carry
+# ``modules_to_save``; ``base_layer`` is the embedding PEFT saves when the vocabulary was resized.
+# ``original_module`` is the frozen pre-training copy: never the trained module.
+COPY_PREFERENCE: tuple[Copy, ...] = ("plain", "modules_to_save", "base_layer")
+
+_SUFFIX_ROLES: tuple[tuple[str, Role], ...] = (
+    (".lora_A.weight", "lora_A"),
+    (".lora_B.weight", "lora_B"),
+    (".lora_B.bias", "lora_B_bias"),
+    (".lora_embedding_A", "lora_embedding_A"),
+    (".lora_embedding_B", "lora_embedding_B"),
+    (".lora_magnitude_vector", "magnitude"),
+    (".lora_magnitude_vector.weight", "magnitude"),
+    (".token_adapter.trainable_tokens_delta", "trainable_tokens"),
+)
+_COPY_SEGMENTS: tuple[tuple[str, Copy], ...] = (
+    (".modules_to_save.", "modules_to_save"),
+    (".original_module.", "original_module"),
+    (".base_layer.", "base_layer"),
+)
+# Keys of other PEFT methods (LoHa, LoKr, AdaLoRA, VeRA, IA3, OFT, BOFT, ...): named, never guessed at.
+_FOREIGN = re.compile(r"\.(hada_|lokr_|lora_E|vera_|ia3_|oft_|boft_|lora_ranknum|fourierft_|vblora_|ln_tuning_)")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The fields of ``adapter_config.json`` lora-inspector acts on, type-checked."""
+
+    peft_type: str
+    r: int
+    lora_alpha: float
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    lora_bias: bool = False
+    target_modules: tuple[str, ...] | str | None = None
+    exclude_modules: tuple[str, ...] | str | None = None
+    modules_to_save: tuple[str, ...] = ()
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    # module name (None: the model's input embedding) -> token ids
+    trainable_token_indices: dict[str | None, tuple[int, ...]] = field(default_factory=dict)
+    target_parameters: tuple[str, ...] = ()
+    layers_to_transform: tuple[int, ...] = ()
+    base_model_name_or_path: str | None = None
+
+    def rank_for(self, module: str) -> int:
+        key = _pattern_key(self.rank_pattern, module)
+        return self.rank_pattern.get(key, self.r) if key is not None else self.r
+
+    def alpha_for(self, module: str) -> float:
+        key = _pattern_key(self.alpha_pattern, module)
+        return self.alpha_pattern.get(key, self.lora_alpha) if key is not None else self.lora_alpha
+
+    def scale_for(self, module: str) -> float:
+        """PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA, per-module r and alpha from the patterns."""
+        r, alpha = self.rank_for(module), self.alpha_for(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _pattern_key(patterns: dict, module: str) -> str | None:
+    # PEFT's get_pattern_key: the first key that matches the end of the module name on a dot boundary.
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+def _config_error(path: str, why: str) -> InvalidInputError:
+    return InvalidInputError("Invalid adapter_config.json", path, why, "Fix the field in adapter_config.json (PEFT writes it with LoraConfig.save_pretrained).")
+
+
+def _regex(path: str, name: str, pattern: str) -> str:
+    if len(pattern) > MAX_PATTERN:
+        raise _config_error(path, f"{name} is a regular expression longer than {MAX_PATTERN} characters")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise _config_error(path, f"{name} {pattern!r} is not a valid regular expression ({exc})") from exc
+    return pattern
+
+
+def _bool(path: str, raw: dict, name: str) -> bool:
+    value = raw.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        # "false" is a truthy string: PEFT would silently switch the feature on.
+        raise _config_error(path, f"{name} is {value!r} ({type(value).__name__}); it must be true or false")
+    return value
+
+
+def _names(path: str, raw: dict, name: str, allow_regex: bool) -> tuple[str, ...] | str | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not allow_regex:
+            return (value,)
+        return _regex(path, name, value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _config_error(path, f"{name} is {value!r}; expected a list of module names" + (" or a regex string" if allow_regex else ""))
+
+
+def _number_map(path: str, raw: dict, name: str, kind: type) -> dict:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise _config_error(path, f"{name} is {value!r}; expected a map of module pattern -> number")
+    out = {}
+    for key, v in value.items():
+        ok = type(v) is int if kind is int else (type(v) in (int, float) and math.isfinite(v))
+        if not ok or v <= 0:
+            raise _config_error(path, f"{name}[{key!r}] is {v!r}; expected a positive {'integer' if kind is int else 'number'}")
+        out[_regex(path, f"{name} key", key)] = v
+    return out
+
+
+def _token_indices(path: str, raw: dict) -> dict[str | None, tuple[int, ...]]:
+    value = raw.get("trainable_token_indices")
+    if value is None:
+        return {}
+
+    def ints(v: object, where: str) -> tuple[int, ...]:
+        if not isinstance(v, list) or not all(type(i) is int and i >= 0 for i in v):
+            raise _config_error(path, f"trainable_token_indices{where} is {v!r}; expected a list of non-negative token ids")
+        return tuple(v)
+
+    if isinstance(value, dict):
+        return {str(k): ints(v, f"[{k!r}]") for k, v in value.items()}
+    return {None: ints(value, "")}
+
+
+def parse_config(raw: dict, path: str) -> AdapterConfig:
+    """Validate ``adapter_config.json``; wrong types are exit-2 errors, never silently coerced."""
+    peft_type = raw.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise _config_error(path, f"peft_type is {peft_type!r}; expected a string such as \"LORA\"")
+    r = raw.get("r", 8)
+    if type(r) is not int or r <= 0:
+        raise _config_error(path, f"r is {r!r}; the LoRA rank must be a positive integer")
+    alpha = raw.get("lora_alpha", 8)
+    if type(alpha) not in (int, float) or not math.isfinite(alpha):
+        raise _config_error(path, f"lora_alpha is {alpha!r}; expected a number")
+    layers = raw.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if layers is not None and not (isinstance(layers, list) and all(type(i) is int for i in layers)):
+        raise _config_error(path, f"layers_to_transform is {layers!r}; expected a list of layer indices")
+    target_parameters = raw.get("target_parameters") or []
+    if not isinstance(target_parameters, list):
+        raise _config_error(path, f"target_parameters is {target_parameters!r}; expected a list")
+    base = raw.get("base_model_name_or_path")
+    return AdapterConfig(
+        peft_type=peft_type.upper(),
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=_bool(path, raw, "use_rslora"),
+        use_dora=_bool(path, raw, "use_dora"),
+        fan_in_fan_out=_bool(path, raw, "fan_in_fan_out"),
+        lora_bias=_bool(path, raw, "lora_bias"),
+        target_modules=_names(path, raw, "target_modules", allow_regex=True),
+        exclude_modules=_names(path, raw, "exclude_modules", allow_regex=True),
+        modules_to_save=_names(path, raw, "modules_to_save", allow_regex=False) or (),
+        rank_pattern=_number_map(path, raw, "rank_pattern", int),
+        alpha_pattern=_number_map(path, raw, "alpha_pattern", float),
+        trainable_token_indices=_token_indices(path, raw),
+        target_parameters=tuple(str(t) for t in target_parameters),
+        layers_to_transform=tuple(layers or ()),
+        base_model_name_or_path=base if isinstance(base, str) else None,
+    )
+
+
+@dataclass(frozen=True)
+class AdapterTensor:
+    """One saved adapter tensor and what it does: ``role`` on ``module`` (the module path in the base)."""
+
+    info: TensorInfo
+    module: str
+    role: Role | None  # None: a key no supported layout explains
+    target: str | None = None  # full tensors: the base tensor name it replaces (module + param)
+    copy: Copy | None = None
+
+    @property
+    def key(self) -> str:
+        return self.info.name
+
+
+def classify_key(info: TensorInfo) -> AdapterTensor:
+    """Split a saved key into (module path, role); the ``base_model.model.`` prefix is optional."""
+    name = info.name.removeprefix(PREFIX)
+    if _FOREIGN.search("." + name):
+        return AdapterTensor(info, name, None)
+    for suffix, role in _SUFFIX_ROLES:
+        if name.endswith(suffix):
+            return AdapterTensor(info, name[: -len(suffix)], role)
+    if ".lora_" in name:
+        return AdapterTensor(info, name, None)
+    for segment, copy in _COPY_SEGMENTS:
+        if segment in name:
+            module, _, param = name.partition(segment)
+            return AdapterTensor(info, module, "full", f"{module}.{param}", copy)
+    module, _, _param = name.rpartition(".")
+    return AdapterTensor(info, module, "full", name, "plain")
+
+
+@dataclass
+class LoraModule:
+    """The LoRA tensors saved for one base module."""
+
+    module: str
+    A: AdapterTensor | None = None
+    B: AdapterTensor | None = None
+    B_bias: AdapterTensor | None = None
+    magnitude: AdapterTensor | None = None
+    embedding: bool = False  # lora_embedding_A/B rather than lora_A/B
+
+    @property
+    def rank(self) -> int | None:
+        if self.A is not None and len(self.A.info.shape) >= 1:
+            return self.A.info.shape[0]
+        return None
+
+
+@dataclass(frozen=True)
+class FullTensor:
+    """A full tensor the adapter puts in place of a base tensor, and every copy it stored of it."""
+
+    target: str
+    chosen: AdapterTensor
+    copies: tuple[AdapterTensor, ...]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    checkpoint: Checkpoint
+    config: AdapterConfig
+    tensors: tuple[AdapterTensor, ...]
+    lora: dict[str, LoraModule]
+    full: dict[str, FullTensor]
+    trainable_tokens: dict[str, AdapterTensor]  # module -> delta
+    unknown: tuple[AdapterTensor, ...]
+
+
+def read_adapter(ckpt: Checkpoint) -> Adapter:
+    """Interpret an adapter checkpoint's config and keys (headers only)."""
+    path = str(ckpt.root / "adapter_config.json")
+    if not ckpt.config:
+        raise InvalidInputError(
+            "Cannot read adapter",
+            ckpt.path,
+            "no adapter_config.json beside the adapter weights",
+            "Point at the directory PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors).",
+        )
+    config = parse_config(ckpt.config, path)
+    tensors = tuple(classify_key(t) for t in ckpt.tensors)
+    lora: dict[str, LoraModule] = {}
+    copies: dict[str, list[AdapterTensor]] = {}
+    tokens: dict[str, AdapterTensor] = {}
+    unknown = []
+    for t in tensors:
+        if t.role is None:
+            unknown.append(t)
+        elif t.role == "full":
+            copies.setdefault(t.target, []).append(t)
+        elif t.role == "trainable_tokens":
+            tokens[t.module] = t
+        else:
+            m = lora.setdefault(t.module, LoraModule(t.module))
+            if t.role in ("lora_A", "lora_embedding_A"):
+                m.A, m.embedding = t, t.role == "lora_embedding_A"
+            elif t.role in ("lora_B", "lora_embedding_B"):
+                m.B = t
+            elif t.role == "lora_B_bias":
+                m.B_bias = t
+            else:
+                m.magnitude = t
+    full = {}
+    for target, found in copies.items():
+        usable = [c for c in found if c.copy != "original_module"]
+        if usable:
+            chosen = min(usable, key=lambda c: COPY_PREFERENCE.index(c.copy))
+            full[target] = FullTensor(target, chosen, tuple(found))
+        else:
+            # Only the frozen original was stored: it replaces nothing, but it still occupies bytes.
+            full[target] = FullTensor(target, found[0], tuple(found))
+    return Adapter(ckpt, config, tensors, lora, full, tokens, tuple(unknown))
+
+
+def matches_target(config: AdapterConfig, module: str) -> bool:
+    """Would PEFT put a LoRA layer on ``module``? (check_target_module_exists, without layer filters)."""
+    if any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", module) for m in config.modules_to_save):
+        return False
+    excl = config.exclude_modules
+    if isinstance(excl, str) and re.fullmatch(excl, module):
+        return False
+    if isinstance(excl, tuple) and (module in excl or any(module.endswith("." + e) for e in excl)):
+        return False
+    targets = config.target_modules
+    if targets is None:
+        return False
+    if isinstance(targets, str):
+        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+    return module in targets or any(module.endswith("." + t) for t in targets)

@@ -1,0 +1,106 @@
+"""The base model as the diagnosis and the merge see it: name lookup and vocabulary layout.
+
+Finds embeddings and heads by config and shape, not by Llama's names alone (BERT's
+``embeddings.word_embeddings``, GPT-2's ``transformer.wte``, T5's ``shared``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from inspector.checkpoint import Checkpoint
+from inspector.tensor import TensorInfo
+
+_EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|shared|embedding|embeddings)\.weight$")
+_NOT_VOCAB = re.compile(r"position|wpe|token_type|rotary|rel_pos")
+# Models that store Linear weights as [in, out] (transformers' Conv1D): PEFT sets fan_in_fan_out for them.
+CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
+
+
+def config_value(config: dict, *names: str):
+    """A config field by any of its aliases, falling back to a nested ``text_config``."""
+    for src in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
+        for name in names:
+            if src.get(name) is not None:
+                return src[name]
+    return None
+
+
+class BaseIndex:
+    """Look up base tensors by the names an adapter uses, tolerating a missing or extra model prefix
+    (an adapter trained on ``GPT2LMHeadModel`` says ``transformer.h.0``; an old checkpoint says ``h.0``)."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.by_name = ckpt.by_name
+
+    @cached_property
+    def _by_suffix(self) -> dict[str, str | None]:
+        index: dict[str, str | None] = {}
+        for name in self.by_name:
+            parts = name.split(".")
+            for i in range(1, len(parts)):
+                suffix = ".".join(parts[i:])
+                index[suffix] = None if suffix in index and index[suffix] != name else name
+        return index
+
+    @cached_property
+    def modules(self) -> frozenset[str]:
+        return frozenset(name.rpartition(".")[0] for name in self.by_name)
+
+    def resolve(self, name: str) -> str | None:
+        """The base tensor ``name`` refers to, or None."""
+        if name in self.by_name:
+            return name
+        parts = name.split(".")
+        for i in range(1, len(parts) - 1):  # adapter has a prefix the base lacks
+            if ".".join(parts[i:]) in self.by_name:
+                return ".".join(parts[i:])
+        return self._by_suffix.get(name)  # base has a prefix the adapter lacks (unique match only)
+
+    def tensor(self, name: str) -> TensorInfo | None:
+        resolved = self.resolve(name)
+        return self.by_name[resolved] if resolved else None
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    rows: int | None  # vocabulary rows of the base's embedding
+    hidden: int | None
+    embeddings: tuple[str, ...]  # vocab-sized input embedding matrices
+    heads: tuple[str, ...]  # vocab-sized output matrices stored in the base
+    biases: tuple[str, ...]  # vocab-length output biases
+    tied: bool  # the output layer reuses the input embedding
+    config_vocab: int | None
+
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        return self.embeddings + self.heads
+
+    def is_vocab(self, name: str) -> bool:
+        return name in self.embeddings or name in self.heads or name in self.biases
+
+
+def vocab_layout(base: Checkpoint) -> VocabLayout:
+    """Which base tensors are indexed by token id, found by config and shape."""
+    config = base.config
+    config_vocab = config_value(config, "vocab_size", "n_vocab")
+    hidden = config_value(config, "hidden_size", "n_embd", "d_model", "dim")
+    two_d = [t for t in base.tensors if len(t.shape) == 2 and not _NOT_VOCAB.search(t.name)]
+    named = [t for t in two_d if _EMBED.search(t.name)]
+    rows = config_vocab if isinstance(config_vocab, int) and any(t.shape[0] == config_vocab for t in two_d) else None
+    if rows is None and named:
+        rows = named[0].shape[0]  # config missing or disagreeing: trust the embedding itself
+    if rows is None:
+        return VocabLayout(None, hidden, (), (), (), False, config_vocab)
+    if hidden is None:
+        hidden = next((t.shape[1] for t in named if t.shape[0] == rows), None)
+    matrices = [t for t in two_d if t.shape[0] == rows and (hidden is None or t.shape[1] == hidden)]
+    embeddings = tuple(t.name for t in matrices if _EMBED.search(t.name)) or tuple(t.name for t in matrices[:1])
+    heads = tuple(t.name for t in matrices if t.name not in embeddings)
+    biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name))
+    tie = config_value(config, "tie_word_embeddings")
+    tied = (tie is None or bool(tie)) and not heads
+    return VocabLayout(rows, hidden, embeddings, heads, biases, tied, config_vocab)

@@ -1,0 +1,36 @@
+"""``check``: read both checkpoints, pick the tokenizer, diagnose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inspector.adapter import read_adapter
+from inspector.checkpoint import read_checkpoint
+from inspector.diagnose import Diagnosis, diagnose
+from inspector.errors import UsageError
+from inspector.tokenizer import read_tokenizer
+
+
+def run_check(base_path: str, adapter_path: str, tokenizer_dir: str | None = None) -> Diagnosis:
+    """Read BASE and ADAPTER (headers only) and diagnose them.
+
+    The tokenizer is ``tokenizer_dir`` if given, else the adapter directory's (where training
+    scripts save the extended tokenizer), else the base directory's.
+    """
+    base = read_checkpoint(base_path)
+    adapter = read_checkpoint(adapter_path)
+    if base.kind == "adapter" and adapter.kind == "model":
+        raise UsageError("Arguments swapped", base_path, "BASE is a PEFT adapter and ADAPTER is a model", f"Run `lora-inspector check {adapter_path} {base_path}`.")
+    if base.kind != "model":
+        raise UsageError("Not a base model", base_path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
+    if adapter.kind != "adapter":
+        raise UsageError("Not an adapter", adapter_path, "ADAPTER has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
+    if tokenizer_dir is not None:
+        if not Path(tokenizer_dir).is_dir():
+            raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")
+        tokenizer = read_tokenizer(Path(tokenizer_dir))
+        if tokenizer is None:
+            raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
+    else:
+        tokenizer = adapter.tokenizer or base.tokenizer
+    return diagnose(base, read_adapter(adapter), tokenizer)

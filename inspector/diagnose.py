@@ -1,0 +1,583 @@
+"""``check``: base checkpoint x PEFT adapter (x tokenizer facts) -> findings.
+
+One ``check_*`` function per family of SPEC.md's "What check must find"; each returns findings and
+none raises for problems inside a readable checkpoint. Headers and small JSON only: no torch.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+from inspector.adapter import Adapter, LoraModule, matches_target
+from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_value, vocab_layout
+from inspector.checkpoint import Checkpoint
+from inspector.findings import Code, Finding, severity_rank
+from inspector.units import human_bytes, shape_str
+from inspector.tensor import FLOAT_DTYPES, DTYPE_BITS, TensorInfo
+from inspector.tokenizer import TokenizerFacts
+
+_HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder)\.weight$")
+_LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.(\d+)\.")
+_QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
+# Architecture families worth recognising in base_model_name_or_path (model_type -> name fragments).
+_FAMILIES = {
+    "llama": ("llama",),
+    "mistral": ("mistral",),
+    "mixtral": ("mixtral",),
+    "qwen2": ("qwen2", "qwen1.5", "qwen-2"),
+    "qwen3": ("qwen3",),
+    "gemma": ("gemma",),
+    "gemma2": ("gemma-2", "gemma2"),
+    "phi": ("phi-1", "phi-2"),
+    "phi3": ("phi-3", "phi3"),
+    "gpt2": ("gpt2",),
+    "gpt_neox": ("pythia", "gpt-neox"),
+    "falcon": ("falcon",),
+    "bert": ("bert",),
+    "t5": ("t5",),
+    "bloom": ("bloom",),
+    "opt": ("opt-",),
+}
+
+
+@dataclass(frozen=True)
+class VocabPlan:
+    """The vocabulary size a merge produces, and why (SPEC: the adapter's saved matrices' rows, else
+    max(trainable_token_indices) + 1, else the tokenizer's length)."""
+
+    base_rows: int | None
+    rows: int | None
+    source: str
+    carried: dict[str, int]  # base vocab tensor -> rows of the full copy the adapter carries
+    lora_rows: dict[str, int]  # base vocab tensor -> rows its LoRA tensors imply
+
+    @property
+    def grows(self) -> bool:
+        return self.rows is not None and self.base_rows is not None and self.rows != self.base_rows
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    base: Checkpoint
+    adapter: Adapter
+    tokenizer: TokenizerFacts | None
+    plan: VocabPlan
+    findings: tuple[Finding, ...]
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return {s: self.count(s) for s in ("error", "warning", "info")}
+
+    def fails(self, fail_on: str) -> bool:
+        return any(severity_rank(f.severity) <= severity_rank(fail_on) for f in self.findings)
+
+
+def _cmd(*words: str) -> str:
+    return " ".join(shlex.quote(w) if not w.startswith("--") and w != "lora-inspector" else w for w in words)
+
+
+class _Context:
+    """What every check reads: the base, the adapter, and lookups derived from them once."""
+
+    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, tokenizer_dir: str | None) -> None:
+        self.base, self.adapter, self.tokenizer, self.tokenizer_dir = base, adapter, tokenizer, tokenizer_dir
+        self.index = BaseIndex(base)
+        self.vocab: VocabLayout = vocab_layout(base)
+        self.config = adapter.config
+        self.fan_in_fan_out = self.config.fan_in_fan_out or base.config.get("model_type") in CONV1D_MODEL_TYPES
+
+    # -- commands the hints name --------------------------------------------------------------
+    @property
+    def merge_cmd(self) -> str:
+        return _cmd("lora-inspector", "merge", self.base.path, self.adapter.checkpoint.path, "--out", "merged")
+
+    @property
+    def resize_like_cmd(self) -> str:
+        return _cmd("lora-inspector", "resize", self.base.path, "--like", self.adapter.checkpoint.path, "--out", "base-resized")
+
+    # -- lookups ------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str | None:
+        """Base tensor for an adapter-side name; a tied head that is not stored is the embedding."""
+        found = self.index.resolve(name)
+        if found is None and self.vocab.tied and self.vocab.embeddings and _HEAD.search(name):
+            return self.vocab.embeddings[0]
+        return found
+
+    def tensor(self, name: str) -> TensorInfo | None:
+        found = self.resolve(name)
+        return self.base.by_name[found] if found else None
+
+    def is_tied_head(self, name: str) -> bool:
+        return self.index.resolve(name) is None and self.resolve(name) is not None
+
+    @cached_property
+    def lora_targets(self) -> dict[str, tuple[LoraModule, TensorInfo | None]]:
+        return {m: (lm, self.tensor(f"{m}.weight")) for m, lm in self.adapter.lora.items()}
+
+    @cached_property
+    def token_embedding_for(self) -> dict[str, TensorInfo | None]:
+        return {m: self.tensor(f"{m}.weight") for m in self.adapter.trainable_tokens}
+
+    @cached_property
+    def plan(self) -> VocabPlan:
+        vocab = self.vocab
+        carried: dict[str, int] = {}
+        for full in self.adapter.full.values():
+            if full.chosen.copy == "original_module":
+                continue
+            name = self.resolve(full.target)
+            shape = full.chosen.info.shape
+            if name is None or not vocab.is_vocab(name) or not shape:
+                continue
+            carried[name] = shape[-1] if name in vocab.biases else shape[0]
+        lora_rows: dict[str, int] = {}
+        for module, (lm, weight) in self.lora_targets.items():
+            if weight is None or weight.name not in vocab.matrices or lm.A is None or lm.B is None:
+                continue
+            if lm.embedding and len(lm.A.info.shape) == 2:
+                lora_rows[weight.name] = lm.A.info.shape[1]
+            elif not lm.embedding and len(lm.B.info.shape) == 2:
+                lora_rows[weight.name] = lm.B.info.shape[0]
+        base_rows = vocab.rows
+        implied = list(carried.values()) + list(lora_rows.values())
+        if implied:
+            return VocabPlan(base_rows, max(implied), "the adapter's saved matrices", carried, lora_rows)
+        indices = [i for idx in self.config.trainable_token_indices.values() for i in idx]
+        if base_rows is not None and indices and max(indices) + 1 > base_rows:
+            return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows)
+        tok = self.tokenizer
+        if base_rows is not None and tok is not None and _tok_size(tok) > base_rows:
+            return VocabPlan(base_rows, _tok_size(tok), f"the tokenizer in {tok.directory}", carried, lora_rows)
+        return VocabPlan(base_rows, base_rows, "the base", carried, lora_rows)
+
+
+def _tok_size(tok: TokenizerFacts) -> int:
+    return max(tok.length, tok.max_id + 1)
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER.search("." + name)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# One check per family. Each takes the context and returns findings.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_vocabulary(ctx: _Context) -> list[Finding]:
+    """Family 1 (+ hidden size of vocabulary matrices): full vocab tensors against the base."""
+    out: list[Finding] = []
+    for full in ctx.adapter.full.values():
+        if full.chosen.copy == "original_module":
+            continue
+        name = ctx.resolve(full.target)
+        if name is None:
+            continue  # an orphan: check_orphans reports it
+        base_t = ctx.base.by_name[name]
+        a_shape, b_shape = full.chosen.info.shape, base_t.shape
+        if a_shape == b_shape:
+            continue
+        common = dict(tensor=name, adapter_key=full.chosen.key, adapter_shape=a_shape, base_shape=b_shape)
+        vocab_tensor = ctx.vocab.is_vocab(name)
+        rows_only = len(a_shape) == len(b_shape) and (a_shape[1:] == b_shape[1:] if name not in ctx.vocab.biases else a_shape[:-1] == b_shape[:-1])
+        if vocab_tensor and rows_only:
+            out.append(Finding(
+                Code.VOCAB_ROWS,
+                f"{name}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}; "
+                f"PEFT's merge fails here with 'size mismatch'.",
+                f"Run `{ctx.merge_cmd}` (resizes to the adapter's rows), or `{ctx.resize_like_cmd}` first.",
+                **common,
+            ))
+        elif vocab_tensor:
+            out.append(Finding(
+                Code.HIDDEN_SIZE,
+                f"{name}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}: "
+                f"the adapter was trained on a model with hidden size {a_shape[-1]}, not {b_shape[-1]}.",
+                "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
+                **common,
+            ))
+        else:
+            out.append(Finding(
+                Code.FULL_SHAPE,
+                f"{name}: the adapter replaces it with {shape_str(a_shape)}, the base has {shape_str(b_shape)}.",
+                "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
+                **common,
+            ))
+    rows = set(ctx.plan.carried.values()) | set(ctx.plan.lora_rows.values())
+    if len(rows) > 1:
+        detail = ", ".join(f"{n}: {r}" for n, r in {**ctx.plan.lora_rows, **ctx.plan.carried}.items())
+        out.append(Finding(
+            Code.VOCAB_DISAGREE,
+            f"the adapter's vocabulary-sized tensors imply different vocabulary sizes ({detail}).",
+            f"Check which tokenizer the adapter was trained with; `lora-inspector merge` would use the largest ({max(rows)}).",
+        ))
+    return out
+
+
+def check_tokenizer(ctx: _Context) -> list[Finding]:
+    """Family 2: tokenizer length, config.vocab_size and embedding rows agree."""
+    out: list[Finding] = []
+    v = ctx.vocab
+    if isinstance(v.config_vocab, int) and v.rows is not None and v.config_vocab != v.rows:
+        out.append(Finding(
+            Code.CONFIG_VOCAB,
+            f"config.json says vocab_size {v.config_vocab} but {v.embeddings[0] if v.embeddings else 'the embedding'} has {v.rows} rows.",
+            f"Set vocab_size to {v.rows} in {ctx.base.root / 'config.json'}, or resize with `lora-inspector resize`.",
+            tensor=v.embeddings[0] if v.embeddings else None,
+        ))
+    tok, rows = ctx.tokenizer, ctx.plan.rows
+    if tok is None or rows is None:
+        return out
+    size = _tok_size(tok)
+    after = "" if not ctx.plan.grows else f" after the adapter ({ctx.plan.source})"
+    embed = v.embeddings[0] if v.embeddings else None
+    if size > rows:
+        out.append(Finding(
+            Code.TOKENIZER_LARGER,
+            f"the tokenizer in {tok.directory} has {size} tokens but the embedding has {rows} rows{after}: "
+            f"token ids {rows}..{size - 1} are out of range.",
+            f"Run `{_cmd('lora-inspector', 'resize', ctx.base.path, '--tokenizer', tok.directory, '--out', 'base-resized')}`, "
+            "or use the tokenizer the adapter was trained with (--tokenizer DIR).",
+            tensor=embed,
+            base_shape=(rows, v.hidden) if v.hidden else None,
+        ))
+    elif size < rows:
+        out.append(Finding(
+            Code.EMBEDDING_LARGER,
+            f"the embedding has {rows} rows{after} and the tokenizer in {tok.directory} has {size} tokens: "
+            f"{rows - size} rows are padding no token uses.",
+            "Nothing to do unless the tokenizer is the wrong one; pass --tokenizer DIR to check another.",
+            tensor=embed,
+        ))
+    return out
+
+
+def _lora_shapes(ctx: _Context, lm: LoraModule, weight: TensorInfo) -> list[Finding]:
+    out: list[Finding] = []
+    a, b = lm.A, lm.B
+    if a is None or b is None:
+        present = a or b or lm.B_bias or lm.magnitude
+        missing = "lora_B" if b is None else "lora_A"
+        return [Finding(Code.LORA_PAIR, f"{lm.module}: {missing} is missing; PEFT would merge a zero or random delta.",
+                        "Re-save the adapter from the trained model; the file is incomplete.",
+                        tensor=weight.name, adapter_key=present.key, adapter_shape=present.info.shape)]
+    if len(a.info.shape) != 2 or len(b.info.shape) != 2:
+        return [Finding(Code.UNSUPPORTED_LAYER, f"{lm.module}: LoRA tensors of rank {len(a.info.shape)} (a Conv LoRA); lora-inspector merges Linear, Conv1D and Embedding LoRA only.",
+                        "Merge this adapter with PEFT's merge_and_unload.", tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape)]
+    r_a, r_b = a.info.shape[0], b.info.shape[1]
+    if r_a != r_b:
+        out.append(Finding(Code.LORA_PAIR, f"{lm.module}: lora_A has rank {r_a} but lora_B has rank {r_b}.",
+                           "Re-save the adapter; A and B must come from the same layer.", tensor=weight.name, adapter_key=b.key, adapter_shape=b.info.shape, base_shape=weight.shape))
+    expected_r = ctx.config.rank_for(lm.module)
+    if r_a != expected_r:
+        out.append(Finding(Code.LORA_RANK, f"{lm.module}: the tensors have rank {r_a} but the config says r={expected_r}"
+                           + (" (rank_pattern)" if expected_r != ctx.config.r else "") + "; PEFT fails to load it.",
+                           f"Set r (or rank_pattern for {lm.module}) to {r_a} in adapter_config.json.",
+                           tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape))
+    if len(weight.shape) != 2:
+        return out
+    vocab_rows_ok = weight.name in ctx.vocab.matrices  # grown rows are judged by check_new_rows
+    if lm.embedding:
+        rows, hidden = weight.shape
+        if b.info.shape[0] != hidden:
+            out.append(Finding(Code.EMBEDDING_LORA, f"{lm.module}: lora_embedding_B is {shape_str(b.info.shape)} but the embedding is {shape_str(weight.shape)} (hidden {hidden}).",
+                               "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=b.key, adapter_shape=b.info.shape, base_shape=weight.shape))
+        if a.info.shape[1] != rows and not vocab_rows_ok:
+            out.append(Finding(Code.EMBEDDING_LORA, f"{lm.module}: lora_embedding_A is {shape_str(a.info.shape)} but the embedding has {rows} rows.",
+                               "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape))
+        out_dim = hidden
+    else:
+        out_dim, in_dim = weight.shape[::-1] if ctx.fan_in_fan_out else weight.shape
+        layout = " (fan_in_fan_out: the base stores [in, out])" if ctx.fan_in_fan_out else ""
+        if a.info.shape[1] != in_dim:
+            out.append(Finding(Code.LORA_A_SHAPE, f"{lm.module}: lora_A is {shape_str(a.info.shape)}, expected [{r_a}, {in_dim}] for the base weight {shape_str(weight.shape)}{layout}.",
+                               "Use the base model the adapter was trained on" + ("; for GPT-2 style Conv1D set fan_in_fan_out: true." if not ctx.fan_in_fan_out and a.info.shape[1] == weight.shape[0] else "."),
+                               tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape))
+        if b.info.shape[0] != out_dim and not (vocab_rows_ok and not ctx.fan_in_fan_out):
+            out.append(Finding(Code.LORA_B_SHAPE, f"{lm.module}: lora_B is {shape_str(b.info.shape)}, expected [{out_dim}, {r_b}] for the base weight {shape_str(weight.shape)}{layout}.",
+                               "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=b.key, adapter_shape=b.info.shape, base_shape=weight.shape))
+        out_dim = b.info.shape[0] if vocab_rows_ok else out_dim
+    for extra, enabled, code, field_name in ((lm.magnitude, ctx.config.use_dora, Code.DORA_MAGNITUDE, "use_dora"), (lm.B_bias, ctx.config.lora_bias, Code.LORA_BIAS, "lora_bias")):
+        if extra is None:
+            continue
+        if not enabled:
+            out.append(Finding(code, f"{extra.key} is saved but {field_name} is false in adapter_config.json: PEFT ignores it and the merge differs from training.",
+                               f"Set {field_name}: true in adapter_config.json.", tensor=weight.name, adapter_key=extra.key, adapter_shape=extra.info.shape))
+        elif extra.info.shape != (out_dim,):
+            out.append(Finding(code, f"{extra.key} is {shape_str(extra.info.shape)}, expected [{out_dim}] for the base weight {shape_str(weight.shape)}.",
+                               "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=extra.key, adapter_shape=extra.info.shape, base_shape=weight.shape))
+    if ctx.config.use_dora and lm.magnitude is None:
+        out.append(Finding(Code.DORA_MAGNITUDE, f"{lm.module}: use_dora is true but no lora_magnitude_vector is saved; PEFT would re-initialize it from the base weight.",
+                           "Re-save the adapter with PEFT >= 0.9, or set use_dora: false if the adapter is plain LoRA.", tensor=weight.name, adapter_key=a.key))
+    return out
+
+
+def check_lora_shapes(ctx: _Context) -> list[Finding]:
+    """Family 3: lora_A/B, embedding LoRA, DoRA magnitude, lora_bias and rank against the base."""
+    out: list[Finding] = []
+    for module, (lm, weight) in ctx.lora_targets.items():
+        if weight is not None:
+            out += _lora_shapes(ctx, lm, weight)
+            if not matches_target(ctx.config, module) or (ctx.config.layers_to_transform and _layer_of(module) not in ctx.config.layers_to_transform):
+                key = (lm.A or lm.B).key
+                out.append(Finding(Code.NOT_TARGETED, f"{module} has LoRA tensors but target_modules {ctx.config.target_modules!r} does not select it: PEFT never loads them.",
+                                   "Add the module to target_modules in adapter_config.json (or remove the tensors).", tensor=weight.name, adapter_key=key))
+    return out
+
+
+def check_orphans(ctx: _Context) -> list[Finding]:
+    """Family 4 (+ layer count, unknown keys): adapter tensors that touch no base tensor."""
+    out: list[Finding] = []
+    orphans: list[tuple[str, TensorInfo]] = []  # (what it targets, the adapter tensor)
+    for module, (lm, weight) in ctx.lora_targets.items():
+        if weight is None:
+            orphans += [(f"{module}.weight", t.info) for t in (lm.A, lm.B, lm.B_bias, lm.magnitude) if t is not None]
+    for full in ctx.adapter.full.values():
+        if ctx.resolve(full.target) is None:
+            orphans += [(full.target, c.info) for c in full.copies]
+    for module, delta in ctx.adapter.trainable_tokens.items():
+        if ctx.token_embedding_for[module] is None:
+            orphans.append((f"{module}.weight", delta.info))
+    layers = config_value(ctx.base.config, "num_hidden_layers", "n_layer", "num_layers")
+    beyond = [(t, info) for t, info in orphans if isinstance(layers, int) and (_layer_of(t) or -1) >= layers]
+    if beyond:
+        top = max(_layer_of(t) for t, _ in beyond)
+        out.append(Finding(Code.LAYER_COUNT, f"the adapter has tensors for layers up to {top} ({len(beyond)} tensors) but the base has {layers} layers.",
+                           "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
+                           adapter_key=beyond[0][1].name))
+    for target, info in orphans:
+        if (target, info) in beyond:
+            continue
+        out.append(Finding(Code.ORPHAN, f"{info.name} targets {target}, which the base does not have: the adapter silently does nothing there.",
+                           "Use the base model the adapter was trained on, or rename the keys to the base's module names.",
+                           tensor=target, adapter_key=info.name, adapter_shape=info.shape))
+    for t in ctx.adapter.unknown:
+        out.append(Finding(Code.UNKNOWN_KEY, f"{t.key} is not a LoRA tensor lora-inspector knows (another PEFT method's key?).",
+                           "Check peft_type in adapter_config.json; merge such adapters with PEFT itself.", adapter_key=t.key, adapter_shape=t.info.shape))
+    targets = ctx.config.target_modules
+    modules = ctx.index.modules
+    if isinstance(targets, tuple):
+        for t in targets:
+            if not any(m == t or m.endswith("." + t) for m in modules) and not (ctx.vocab.tied and t in ("lm_head", "embed_out")):
+                out.append(Finding(Code.TARGET_UNMATCHED, f"target_modules entry {t!r} matches no module of the base.",
+                                   "Check the spelling against `lora-inspector scan BASE --tensors`; the entry has no effect."))
+    elif isinstance(targets, str) and targets != "all-linear":
+        if not any(re.fullmatch(targets, m) for m in modules):
+            out.append(Finding(Code.TARGET_UNMATCHED, f"target_modules regex {targets!r} matches no module of the base.",
+                               "Check the pattern against `lora-inspector scan BASE --tensors`."))
+    return out
+
+
+def check_new_rows(ctx: _Context) -> list[Finding]:
+    """Family 5: grown vocabulary rows that LoRA changes but nobody carries, or that nobody carries at all."""
+    out: list[Finding] = []
+    plan = ctx.plan
+    if not plan.grows:
+        return out
+    new = f"rows {plan.base_rows}..{plan.rows - 1}" if plan.rows > plan.base_rows else "the rows"
+    for name, rows in plan.lora_rows.items():
+        if rows != plan.base_rows and plan.carried.get(name) != rows:
+            key = next(lm.A.key for lm, w in ctx.lora_targets.values() if w is not None and w.name == name and lm.A)
+            out.append(Finding(Code.ROWS_NOT_CARRIED,
+                               f"{name}: LoRA was trained on {rows} rows but the base has {plan.base_rows} and the adapter does not carry {new} "
+                               "(saved with save_embedding_layers=False?): the rows training saw are lost.",
+                               f"Re-save the adapter with the resized embedding, or accept new rows by merging with an explicit --init: `{ctx.merge_cmd} --init mean`.",
+                               tensor=name, adapter_key=key, adapter_shape=(rows, ctx.base.by_name[name].shape[1]), base_shape=ctx.base.by_name[name].shape))
+    changed_by_tokens = {w.name for w in ctx.token_embedding_for.values() if w is not None}
+    candidates = [n for n in ctx.vocab.matrices + ctx.vocab.biases if n not in plan.carried and n not in plan.lora_rows and n not in changed_by_tokens]
+    for name in candidates:
+        base_shape = ctx.base.by_name[name].shape
+        grown = (plan.rows, *base_shape[1:]) if name not in ctx.vocab.biases else (*base_shape[:-1], plan.rows)
+        out.append(Finding(Code.ROWS_UNCARRIED,
+                           f"{name} must grow from {shape_str(base_shape)} to {shape_str(grown)} ({plan.source}) but the adapter does not carry it: "
+                           f"the merge fills {new} with --init (default mean, as transformers' resize_token_embeddings).",
+                           f"Nothing to do if that is intended; pick the init with `{ctx.merge_cmd} --init mean|hf_mvn|normal|zero`.",
+                           tensor=name, base_shape=base_shape, adapter_shape=grown))
+    return out
+
+
+def check_trainable_tokens(ctx: _Context) -> list[Finding]:
+    """Family 6: trainable_token_indices against the base's rows, and the deltas' shapes."""
+    out: list[Finding] = []
+    rows = ctx.vocab.rows
+    for key, indices in ctx.config.trainable_token_indices.items():
+        if not indices or rows is None:
+            continue
+        top = max(indices)
+        where = key or "the input embedding"
+        if top >= rows:
+            out.append(Finding(Code.TOKEN_INDICES,
+                               f"trainable_token_indices for {where} reach token {top} but the base has {rows} rows: the merged model needs {top + 1} rows.",
+                               f"Run `{ctx.merge_cmd}` (grows to {top + 1} rows; rows no index covers get --init), or resize the base first.",
+                               tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.hidden) if ctx.vocab.hidden else None))
+    for module, delta in ctx.adapter.trainable_tokens.items():
+        name = module.rpartition(".")[2]
+        indices = ctx.config.trainable_token_indices.get(name, ctx.config.trainable_token_indices.get(None))
+        weight = ctx.token_embedding_for[module]
+        if indices is not None and delta.info.shape and delta.info.shape[0] != len(indices):
+            out.append(Finding(Code.TOKEN_INDICES, f"{delta.key} has {delta.info.shape[0]} rows but trainable_token_indices lists {len(indices)} tokens.",
+                               "Re-save the adapter; the delta and the config disagree.", adapter_key=delta.key, adapter_shape=delta.info.shape))
+        if weight is not None and len(delta.info.shape) == 2 and len(weight.shape) == 2 and delta.info.shape[1] != weight.shape[1]:
+            out.append(Finding(Code.HIDDEN_SIZE, f"{delta.key} is {shape_str(delta.info.shape)} but {weight.name} is {shape_str(weight.shape)}.",
+                               "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=delta.key, adapter_shape=delta.info.shape, base_shape=weight.shape))
+    return out
+
+
+def check_tied(ctx: _Context) -> list[Finding]:
+    """Family 7: a tied base whose adapter replaces only the embedding or only the head."""
+    if not ctx.vocab.tied or not ctx.vocab.embeddings:
+        return []
+    embed = ctx.vocab.embeddings[0]
+    heads, embeds = [], []
+    for full in ctx.adapter.full.values():
+        if full.chosen.copy != "original_module" and ctx.resolve(full.target) == embed:
+            (heads if ctx.is_tied_head(full.target) else embeds).append(full)
+    if bool(heads) == bool(embeds):
+        return []
+    which, other = ("the embedding", "lm_head") if embeds else ("lm_head", "the embedding")
+    full = (embeds or heads)[0]
+    return [Finding(Code.TIED_ONE_SIDE,
+                    f"the base ties lm_head to {embed} and the adapter replaces only {which} ({full.chosen.key}): after the merge they differ.",
+                    f"`{ctx.merge_cmd}` unties them as PEFT does: it writes both and sets tie_word_embeddings: false; {other} keeps the base's values.",
+                    tensor=embed, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape, base_shape=ctx.base.by_name[embed].shape)]
+
+
+def check_empty(ctx: _Context) -> list[Finding]:
+    """Family 8: tensors with a 0 in their shape (ZeRO-3 saves without gathering)."""
+    out = []
+    for t in ctx.adapter.tensors:
+        if 0 in t.info.shape:
+            out.append(Finding(Code.EMPTY_TENSOR, f"{t.key} is empty {shape_str(t.info.shape)}: saved from a sharded (ZeRO-3 / FSDP) model without gathering.",
+                               "Re-save with the parameters gathered (DeepSpeed: stage3_gather_16bit_weights_on_model_save=true, or zero_to_fp32.py).",
+                               adapter_key=t.key, adapter_shape=t.info.shape))
+    for t in ctx.base.tensors:
+        if 0 in t.shape:
+            out.append(Finding(Code.EMPTY_TENSOR, f"base tensor {t.name} is empty {shape_str(t.shape)}.",
+                               "Re-save the base model with its parameters gathered.", tensor=t.name, base_shape=t.shape))
+    return out
+
+
+def check_quantized(ctx: _Context) -> list[Finding]:
+    """Family 9: a quantized base cannot be merged into without dequantizing."""
+    quant = ctx.base.config.get("quantization_config")
+    keys = [t.name for t in ctx.base.tensors if _QUANT_KEYS.search(t.name)]
+    packed = [t.name for t in ctx.base.tensors if t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in ("U8", "I8", "F8_E4M3", "F8_E5M2", "F4", "I32")]
+    if not (quant or keys or packed):
+        return []
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else None
+    evidence = f"quantization_config ({method})" if quant else f"quantized tensors such as {(keys or packed)[0]}"
+    return [Finding(Code.QUANTIZED_BASE, f"the base is quantized ({evidence}); merging into packed weights would corrupt them.",
+                    "Merge into the original full-precision base model (the one the quantized copy was made from).",
+                    tensor=(keys or packed or [None])[0])]
+
+
+def check_architecture(ctx: _Context) -> list[Finding]:
+    """Family 10: base_model_name_or_path against the base's model_type (layer and hidden sizes are
+    reported where the tensors show them)."""
+    name = (ctx.config.base_model_name_or_path or "").lower()
+    model_type = str(ctx.base.config.get("model_type") or "").lower()
+    if not name or not model_type:
+        return []
+    own = _FAMILIES.get(model_type, (model_type,))
+    if any(f in name for f in own) or model_type.replace("_", "") in name.replace("-", "").replace("_", ""):
+        return []
+    others = [mt for mt, frags in _FAMILIES.items() if mt != model_type and any(f in name for f in frags) and not any(f in name for f in own)]
+    if not others:
+        return []
+    return [Finding(Code.BASE_NAME, f"the adapter was trained on {ctx.config.base_model_name_or_path!r} ({others[0]}?) but the base's model_type is {model_type!r}.",
+                    "Check that BASE is the model the adapter was trained on.")]
+
+
+def check_dtypes(ctx: _Context) -> list[Finding]:
+    """Family 11: dtype differences (the merge computes in fp32 and writes the base dtype)."""
+    base_dtypes = Counter(t.dtype for t in ctx.base.tensors if t.dtype in FLOAT_DTYPES)
+    adapter_dtypes = Counter(t.info.dtype for t in ctx.adapter.tensors if t.info.dtype in FLOAT_DTYPES)
+    if not base_dtypes or not adapter_dtypes or set(adapter_dtypes) <= set(base_dtypes) and len(base_dtypes) == 1:
+        return []
+    base_main = base_dtypes.most_common(1)[0][0]
+    if set(adapter_dtypes) == {base_main}:
+        return []
+    listing = ", ".join(f"{d} x{n}" for d, n in adapter_dtypes.items())
+    return [Finding(Code.DTYPE, f"the adapter stores {listing}; the base stores {base_main}.",
+                    f"Nothing to do: the merge computes in fp32 and writes {base_main} (choose with --dtype).")]
+
+
+def check_bloat(ctx: _Context) -> list[Finding]:
+    """Family 12: the same matrix stored several times (plain + modules_to_save + original_module)."""
+    out = []
+    for full in ctx.adapter.full.values():
+        if len(full.copies) < 2:
+            continue
+        waste = sum(c.info.nbytes for c in full.copies) - full.chosen.info.nbytes
+        kinds = ", ".join(c.copy for c in full.copies)
+        out.append(Finding(Code.BLOAT, f"{full.target} is stored {len(full.copies)} times ({kinds}); {human_bytes(waste)} are copies PEFT does not use "
+                           f"(it loads the {full.chosen.copy} one).",
+                           "Harmless for the merge; re-save with a current PEFT to shrink the adapter.",
+                           tensor=ctx.resolve(full.target), adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape))
+    return out
+
+
+def check_memory(ctx: _Context) -> list[Finding]:
+    """Family 13: what the standard PEFT merge needs in RAM vs the streaming merge."""
+    base_bytes = ctx.base.total_bytes
+    if ctx.plan.grows and ctx.vocab.rows:
+        per_row = sum(ctx.base.by_name[n].nbytes // max(ctx.base.by_name[n].shape[0], 1) for n in ctx.vocab.matrices)
+        base_bytes += per_row * (ctx.plan.rows - ctx.vocab.rows)
+    peft = 2 * base_bytes + ctx.adapter.checkpoint.total_bytes
+    largest = max([t.numel for t in ctx.base.tensors] + [t.info.numel for t in ctx.adapter.tensors] + [0])
+    if ctx.plan.grows and ctx.vocab.hidden:
+        largest = max(largest, ctx.plan.rows * ctx.vocab.hidden)
+    stream = 3 * 4 * largest + max([t.info.nbytes for t in ctx.adapter.tensors] + [0])
+    return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} (the model twice plus the adapter); "
+                    f"lora-inspector's streaming merge about {human_bytes(stream)} (the largest tensor in fp32, three times).",
+                    f"`{ctx.merge_cmd}` streams one tensor at a time.")]
+
+
+def check_unsupported(ctx: _Context) -> list[Finding]:
+    """Family 14: PEFT methods and LoRA variants the merge does not handle."""
+    out = []
+    if ctx.config.peft_type != "LORA":
+        out.append(Finding(Code.UNSUPPORTED_METHOD, f"peft_type is {ctx.config.peft_type}; lora-inspector checks and merges LoRA adapters only.",
+                           "Merge it with PEFT's merge_and_unload (if the method supports merging)."))
+    if ctx.config.target_parameters:
+        out.append(Finding(Code.TARGET_PARAMETERS, f"target_parameters {list(ctx.config.target_parameters)} puts LoRA on raw parameters (e.g. MoE experts), which lora-inspector does not merge.",
+                           "Merge it with PEFT's merge_and_unload."))
+    return out
+
+
+CHECKS = (
+    check_unsupported,
+    check_vocabulary,
+    check_tokenizer,
+    check_lora_shapes,
+    check_orphans,
+    check_new_rows,
+    check_trainable_tokens,
+    check_tied,
+    check_empty,
+    check_quantized,
+    check_architecture,
+    check_dtypes,
+    check_bloat,
+    check_memory,
+)
+
+
+def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, tokenizer_dir: str | None = None) -> Diagnosis:
+    """Run every check; findings come sorted by severity, then code, then tensor."""
+    ctx = _Context(base, adapter, tokenizer, tokenizer_dir)
+    if ctx.config.peft_type != "LORA":
+        findings = check_unsupported(ctx) + check_empty(ctx)
+    else:
+        findings = [f for check in CHECKS for f in check(ctx)]
+    order = {code: i for i, code in enumerate(Code)}
+    findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.tensor or "", f.adapter_key or ""))
+    return Diagnosis(base, adapter, tokenizer, ctx.plan, tuple(findings))

@@ -1,0 +1,98 @@
+"""Finding codes (stable, never renumbered) and the Finding record every check returns.
+
+The hundreds digit is the family in SPEC.md's "What check must find" (LI1xx vocabulary, ...,
+LI14xx unsupported). The README documents every code with its causes and fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+SEVERITIES = ("error", "warning", "info")
+
+
+class Code(Enum):
+    """code -> (slug, default severity, one-line meaning)."""
+
+    VOCAB_ROWS = ("LI101", "vocab-size-mismatch", "error", "the adapter's full embedding / lm_head has a different number of rows than the base")
+    VOCAB_DISAGREE = ("LI102", "adapter-vocab-disagrees", "error", "the adapter's vocabulary-sized tensors disagree on the vocabulary size")
+    FULL_SHAPE = ("LI103", "full-tensor-shape-mismatch", "error", "a full tensor the adapter replaces has another shape in the base")
+    TOKENIZER_LARGER = ("LI201", "tokenizer-larger-than-embedding", "error", "the tokenizer has more tokens than the embedding has rows")
+    EMBEDDING_LARGER = ("LI202", "embedding-larger-than-tokenizer", "info", "the embedding has more rows than the tokenizer has tokens (padding rows)")
+    CONFIG_VOCAB = ("LI203", "config-vocab-size-mismatch", "warning", "config.json vocab_size differs from the embedding's rows")
+    LORA_A_SHAPE = ("LI301", "lora-a-shape", "error", "lora_A does not fit the base weight's input dimension")
+    LORA_B_SHAPE = ("LI302", "lora-b-shape", "error", "lora_B does not fit the base weight's output dimension")
+    LORA_RANK = ("LI303", "lora-rank", "error", "the rank stored in the tensors differs from r / rank_pattern")
+    DORA_MAGNITUDE = ("LI304", "dora-magnitude", "error", "a DoRA magnitude vector has the wrong length or DoRA is off in the config")
+    EMBEDDING_LORA = ("LI305", "embedding-lora-shape", "error", "lora_embedding_A/B do not fit the embedding")
+    LORA_BIAS = ("LI306", "lora-bias-shape", "error", "lora_B.bias does not fit, or lora_bias is off in the config")
+    LORA_PAIR = ("LI307", "lora-pair-incomplete", "error", "lora_A without lora_B (or the reverse), or their ranks differ")
+    ORPHAN = ("LI401", "orphan-tensor", "error", "an adapter tensor matches no base tensor: it would silently do nothing")
+    TARGET_UNMATCHED = ("LI402", "target-module-unmatched", "warning", "a target_modules entry matches no base module")
+    NOT_TARGETED = ("LI403", "tensor-not-targeted", "error", "LoRA tensors for a module the config does not target: PEFT ignores them")
+    UNKNOWN_KEY = ("LI404", "unknown-key", "error", "an adapter key no PEFT LoRA layout explains")
+    ROWS_NOT_CARRIED = ("LI501", "new-rows-not-carried", "error", "LoRA changes vocabulary rows the adapter does not carry: what training saw is lost")
+    ROWS_UNCARRIED = ("LI502", "new-rows-uninitialized", "warning", "a vocabulary matrix must grow but nobody carries its new rows: merge fills them with --init")
+    TOKEN_INDICES = ("LI601", "trainable-token-out-of-range", "error", "trainable_token_indices reach beyond the base's rows")
+    TIED_ONE_SIDE = ("LI701", "tied-embedding-one-side", "warning", "the base ties lm_head to the embedding and the adapter replaces only one of them")
+    EMPTY_TENSOR = ("LI801", "empty-tensor", "error", "a tensor has a 0 in its shape (a ZeRO-3 save without gathering)")
+    QUANTIZED_BASE = ("LI901", "quantized-base", "error", "the base is quantized: a merge would have to dequantize it")
+    HIDDEN_SIZE = ("LI1001", "hidden-size-mismatch", "error", "the adapter was trained on a model with another hidden size")
+    LAYER_COUNT = ("LI1002", "layer-count-mismatch", "error", "the adapter addresses layers the base does not have")
+    BASE_NAME = ("LI1003", "base-model-name-mismatch", "warning", "base_model_name_or_path names another architecture than the base's model_type")
+    DTYPE = ("LI1101", "dtype-difference", "info", "adapter and base store different dtypes")
+    BLOAT = ("LI1201", "adapter-bloat", "warning", "the adapter stores the same matrix several times")
+    MEMORY_PLAN = ("LI1301", "memory-plan", "info", "memory the standard PEFT merge needs vs the streaming merge")
+    UNSUPPORTED_METHOD = ("LI1401", "unsupported-peft-type", "error", "the adapter is not LoRA")
+    UNSUPPORTED_LAYER = ("LI1402", "unsupported-layer", "error", "a LoRA layer type the merge does not support (Conv LoRA)")
+    TARGET_PARAMETERS = ("LI1403", "target-parameters", "error", "target_parameters (LoRA on raw parameters) is not supported")
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def slug(self) -> str:
+        return self.value[1]
+
+    @property
+    def severity(self) -> str:
+        return self.value[2]
+
+    @property
+    def meaning(self) -> str:
+        return self.value[3]
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: Code
+    message: str
+    hint: str
+    severity: str = ""  # defaults to the code's severity
+    tensor: str | None = None  # the base tensor concerned
+    adapter_key: str | None = None
+    adapter_shape: tuple[int, ...] | None = None
+    base_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.severity:
+            object.__setattr__(self, "severity", self.code.severity)
+
+    def as_json(self) -> dict:
+        return {
+            "code": self.code.code,
+            "name": self.code.slug,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+            "tensor": self.tensor,
+            "adapter_key": self.adapter_key,
+            "adapter_shape": list(self.adapter_shape) if self.adapter_shape is not None else None,
+            "base_shape": list(self.base_shape) if self.base_shape is not None else None,
+        }
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
