@@ -75,8 +75,8 @@ def emit(s: Settings, command: str, result) -> None:
             _write_output(s.output, console.export_text())
         else:
             console = Console(no_color=s.no_color)
-            if not console.is_terminal:  # piped or redirected: do not fold tensor names at 80 columns
-                console.width = 160
+            if not console.is_terminal and "COLUMNS" not in os.environ:
+                console.width = 160  # piped or redirected: do not fold tensor names at 80 columns
             console.print(renderable)
         return
     from inspector.report import github, jsonfmt, markdown

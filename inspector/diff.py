@@ -1,4 +1,9 @@
-"""``diff``: tensors added, removed, reshaped and re-typed between two checkpoints (headers only)."""
+"""``diff``: tensors added, removed, reshaped and re-typed between two checkpoints (headers only).
+
+A model compared with a PEFT adapter is compared the way PEFT would load it: each full tensor the
+adapter carries (plain, ``modules_to_save`` or ``base_layer`` copy) stands against the base tensor
+it replaces, so ``diff BASE ADAPTER`` shows ``lm_head.weight [32000, 8] -> [70840, 8]``.
+"""
 
 from __future__ import annotations
 
@@ -24,19 +29,46 @@ class DiffResult:
     reshaped: tuple[Change, ...]
     retyped: tuple[Change, ...]
     unchanged: int
+    aligned: bool = False  # adapter keys were mapped onto the model's names
+    untouched: int = 0  # aligned only: model tensors the adapter carries no copy of (not "removed")
 
     @property
     def identical(self) -> bool:
         return not (self.added or self.removed or self.reshaped or self.retyped)
 
 
+def _adapter_view(adapter: Checkpoint, model: Checkpoint) -> dict[str, TensorInfo]:
+    """The adapter's tensors keyed by the model tensor each full copy replaces (others keep their key)."""
+    from inspector.adapter import COPY_PREFERENCE, classify_key
+    from inspector.base import BaseIndex
+
+    index = BaseIndex(model)
+    view: dict[str, TensorInfo] = {}
+    chosen: dict[str, int] = {}
+    for info in adapter.tensors:
+        t = classify_key(info)
+        target = index.resolve(t.target) if t.role == "full" and t.copy in COPY_PREFERENCE else None
+        if target is None:
+            view[info.name] = info
+        elif COPY_PREFERENCE.index(t.copy) < chosen.get(target, len(COPY_PREFERENCE)):
+            view[target], chosen[target] = info, COPY_PREFERENCE.index(t.copy)
+    return view
+
+
 def diff_checkpoints(a: Checkpoint, b: Checkpoint) -> DiffResult:
     """Compare two checkpoints tensor by tensor; a tensor both reshaped and re-typed is listed in both."""
-    in_a, in_b = a.by_name, b.by_name
+    aligned = {a.kind, b.kind} == {"model", "adapter"}
+    in_a = _adapter_view(a, b) if aligned and a.kind == "adapter" else a.by_name
+    in_b = _adapter_view(b, a) if aligned and b.kind == "adapter" else b.by_name
     added = tuple(t for n, t in in_b.items() if n not in in_a)
     removed = tuple(t for n, t in in_a.items() if n not in in_b)
+    untouched = 0
+    if aligned:  # an adapter lacks most model tensors by design: only its own extras are news
+        model_only = removed if a.kind == "model" else added
+        untouched = len(model_only)
+        added, removed = (added, ()) if a.kind == "model" else ((), removed)
     common = [(n, in_a[n], in_b[n]) for n in in_a if n in in_b]
     reshaped = tuple(Change(n, x, y) for n, x, y in common if x.shape != y.shape)
     retyped = tuple(Change(n, x, y) for n, x, y in common if x.dtype != y.dtype)
     unchanged = sum(1 for _, x, y in common if x.shape == y.shape and x.dtype == y.dtype)
-    return DiffResult(a, b, added, removed, reshaped, retyped, unchanged)
+    return DiffResult(a, b, added, removed, reshaped, retyped, unchanged, aligned, untouched)

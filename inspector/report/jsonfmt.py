@@ -59,6 +59,8 @@ def diff(result: DiffResult) -> str:
                 "retyped": len(result.retyped),
                 "unchanged": result.unchanged,
                 "identical": result.identical,
+                "aligned": result.aligned,
+                "untouched": result.untouched,
             },
         }
     )

@@ -52,6 +52,7 @@ def diff(result: DiffResult) -> str:
     out.append(
         f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
+        + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
     )
     return "\n".join(out) + "\n"
 

@@ -85,6 +85,7 @@ def diff(result: DiffResult) -> RenderableType:
     summary = Text(
         f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
+        + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
     )
     return Group(head, table, summary)
 
