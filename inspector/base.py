@@ -15,6 +15,9 @@ from inspector.tensor import TensorInfo
 
 _EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|shared|embedding|embeddings)\.weight$")
 _NOT_VOCAB = re.compile(r"position|wpe|token_type|rotary|rel_pos")
+# Vocabulary matrices live outside the repeated blocks; a per-layer tensor that happens to be
+# [vocab, hidden] (GPT-2's Conv1D c_proj is [4*hidden, hidden]) or [vocab] is never one.
+_IN_LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.\d+\.")
 # Models that store Linear weights as [in, out] (transformers' Conv1D): PEFT sets fan_in_fan_out for them.
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 
@@ -88,7 +91,7 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
     config = base.config
     config_vocab = config_value(config, "vocab_size", "n_vocab")
     hidden = config_value(config, "hidden_size", "n_embd", "d_model", "dim")
-    two_d = [t for t in base.tensors if len(t.shape) == 2 and not _NOT_VOCAB.search(t.name)]
+    two_d = [t for t in base.tensors if len(t.shape) == 2 and not _NOT_VOCAB.search(t.name) and not _IN_LAYER.search("." + t.name)]
     named = [t for t in two_d if _EMBED.search(t.name)]
     rows = config_vocab if isinstance(config_vocab, int) and any(t.shape[0] == config_vocab for t in two_d) else None
     if rows is None and named:
@@ -100,7 +103,7 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
     matrices = [t for t in two_d if t.shape[0] == rows and (hidden is None or t.shape[1] == hidden)]
     embeddings = tuple(t.name for t in matrices if _EMBED.search(t.name)) or tuple(t.name for t in matrices[:1])
     heads = tuple(t.name for t in matrices if t.name not in embeddings)
-    biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name))
+    biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name) and not _IN_LAYER.search("." + t.name))
     tie = config_value(config, "tie_word_embeddings")
     tied = (tie is None or bool(tie)) and not heads
     return VocabLayout(rows, hidden, embeddings, heads, biases, tied, config_vocab)

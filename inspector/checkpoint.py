@@ -129,7 +129,8 @@ def read_json(path: Path, what: str = "JSON file") -> dict:
         data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except OSError as exc:
         raise InvalidInputError(f"Cannot read {what}", path, exc.strerror or str(exc), hint) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError covers UnicodeDecodeError, JSONDecodeError and integer literals past the 4,300-digit limit.
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"Cannot read {what}", path, f"not valid JSON ({exc})", hint) from exc
     if not isinstance(data, dict):
         raise InvalidInputError(f"Cannot read {what}", path, f"the top level is a JSON {type(data).__name__}, not an object", hint)
@@ -142,8 +143,12 @@ def _inside(root: Path, rel: str, index: Path) -> Path:
     if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or ":" in rel or "\\" in rel:
         raise InvalidInputError("Cannot read sharded index", index, f"shard name {rel!r} points outside the checkpoint", hint)
     target = root / rel
-    real_root = root.resolve()
-    if not target.resolve().is_relative_to(real_root):
+    real = target.resolve()
+    inside = real.is_relative_to(root.resolve())
+    # The Hugging Face cache keeps files in <repo>/blobs and links them from <repo>/snapshots/<rev>/.
+    snapshot = root.resolve()
+    in_hf_cache = snapshot.parent.name == "snapshots" and real.is_relative_to(snapshot.parent.parent / "blobs")
+    if not (inside or in_hf_cache):
         raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} resolves outside the checkpoint (symlink?)", hint)
     return target
 

@@ -54,6 +54,7 @@ class VocabPlan:
     source: str
     carried: dict[str, int]  # base vocab tensor -> rows of the full copy the adapter carries
     lora_rows: dict[str, int]  # base vocab tensor -> rows its LoRA tensors imply
+    basis: str = "base"  # what set ``rows``: "adapter" | "trainable_tokens" | "tokenizer" | "base"
 
     @property
     def grows(self) -> bool:
@@ -148,13 +149,13 @@ class _Context:
         base_rows = vocab.rows
         implied = list(carried.values()) + list(lora_rows.values())
         if implied:
-            return VocabPlan(base_rows, max(implied), "the adapter's saved matrices", carried, lora_rows)
+            return VocabPlan(base_rows, max(implied), "the adapter's saved matrices", carried, lora_rows, "adapter")
         indices = [i for idx in self.config.trainable_token_indices.values() for i in idx]
         if base_rows is not None and indices and max(indices) + 1 > base_rows:
-            return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows)
+            return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows, "trainable_tokens")
         tok = self.tokenizer
         if base_rows is not None and tok is not None and _tok_size(tok) > base_rows:
-            return VocabPlan(base_rows, _tok_size(tok), f"the tokenizer in {tok.directory}", carried, lora_rows)
+            return VocabPlan(base_rows, _tok_size(tok), f"the tokenizer in {tok.directory}", carried, lora_rows, "tokenizer")
         return VocabPlan(base_rows, base_rows, "the base", carried, lora_rows)
 
 
@@ -233,11 +234,15 @@ def check_tokenizer(ctx: _Context) -> list[Finding]:
             f"Set vocab_size to {v.rows} in {ctx.base.root / 'config.json'}, or resize with `lora-inspector resize`.",
             tensor=v.embeddings[0] if v.embeddings else None,
         ))
-    tok, rows = ctx.tokenizer, ctx.plan.rows
+    tok, plan = ctx.tokenizer, ctx.plan
+    # A plan grown to the tokenizer's length is what merge would do about it, not rows anybody has:
+    # token ids index the base's rows then (SPEC family 2: tokenizer larger than the embedding is an error).
+    by_adapter = plan.grows and plan.basis != "tokenizer"
+    rows = plan.rows if by_adapter else plan.base_rows
     if tok is None or rows is None:
         return out
     size = _tok_size(tok)
-    after = "" if not ctx.plan.grows else f" after the adapter ({ctx.plan.source})"
+    after = f" after the adapter ({plan.source})" if by_adapter else ""
     embed = v.embeddings[0] if v.embeddings else None
     if size > rows:
         out.append(Finding(

@@ -91,6 +91,8 @@ def read_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], d
         header = json.loads(text, object_pairs_hook=_reject_duplicates(path))
     except json.JSONDecodeError as exc:
         raise _fail(path, f"header is not JSON ({exc.msg} at character {exc.pos})") from exc
+    except ValueError as exc:  # not a JSONDecodeError: an integer literal past Python's 4,300-digit limit
+        raise _fail(path, f"header is not JSON ({exc})") from exc
     except RecursionError as exc:
         raise _fail(path, "header JSON is nested too deeply") from exc
     if not isinstance(header, dict):
@@ -102,7 +104,7 @@ def read_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], d
         if not isinstance(entry, dict):
             raise _fail(path, f"tensor {name!r} is described by a {type(entry).__name__}, not an object")
         dtype = entry.get("dtype")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:  # a list or dict here is unhashable
             raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
         shape = _shape(path, name, entry.get("shape"))
         begin, end = _offsets(path, name, entry.get("data_offsets"))

@@ -48,7 +48,7 @@ def _load_json(path: Path) -> object:
         if path.stat().st_size > MAX_TOKENIZER_BYTES:
             raise _fail(path, "file is larger than 512 MB")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, huge int literals
         raise _fail(path, f"not readable JSON ({exc})") from exc
 
 

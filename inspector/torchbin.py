@@ -90,7 +90,7 @@ def _call(path: Path, func: object, args: object) -> object:
             raise _fail(path, "_rebuild_parameter called with unexpected arguments")
         return args[0]
     if key == _REBUILD_TENSOR:
-        if len(args) not in (6, 7) or not isinstance(args[0], _Storage) or type(args[1]) is not int:
+        if len(args) not in (6, 7) or not isinstance(args[0], _Storage) or type(args[1]) is not int or args[1] < 0:
             raise _fail(path, "_rebuild_tensor_v2 called with unexpected arguments")
         return _Tensor(args[0], args[1], _ints(path, args[2], "a tensor size"), _ints(path, args[3], "a tensor stride"))
     raise _fail(path, f"REDUCE of {func.module}.{func.name}")
@@ -190,6 +190,8 @@ def walk_pickle(path: Path, data: bytes) -> dict[str, _Tensor]:
             args = stack.pop()
             stack.append(_call(path, stack.pop(), args))
         elif name in ("SETITEM", "SETITEMS"):
+            if name == "SETITEM" and len(stack) < 3:  # the dict, a key and a value
+                raise _fail(path, "stack underflow")
             items = [stack.pop(), stack.pop()][::-1] if name == "SETITEM" else _pop_mark(path, stack)
             if len(items) % 2 or not stack or not isinstance(stack[-1], dict):
                 raise _fail(path, f"{name} on something that is not a dict")
@@ -198,6 +200,8 @@ def walk_pickle(path: Path, data: bytes) -> dict[str, _Tensor]:
                     raise _fail(path, f"dict key {k!r} is not a string")
                 stack[-1][k] = v
         elif name in ("APPEND", "APPENDS"):
+            if name == "APPEND" and len(stack) < 2:  # the list and an item
+                raise _fail(path, "stack underflow")
             items = [stack.pop()] if name == "APPEND" else _pop_mark(path, stack)
             if not stack or not isinstance(stack[-1], list):
                 raise _fail(path, f"{name} on something that is not a list")
