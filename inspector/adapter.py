@@ -322,6 +322,12 @@ def matches_target(config: AdapterConfig, module: str) -> bool:
         return False
     if isinstance(excl, tuple) and (module in excl or any(module.endswith("." + e) for e in excl)):
         return False
+    # target_parameters ("mlp.down_proj.weight") also wraps the owning module; its LoRA tensors are
+    # saved as <module>.lora_A/B.weight like target_modules' and PEFT loads them.
+    for param in config.target_parameters:
+        owner = param.rpartition(".")[0]
+        if owner and (module == owner or module.endswith("." + owner)):
+            return True
     targets = config.target_modules
     if targets is None:
         return False

@@ -105,5 +105,9 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
     heads = tuple(t.name for t in matrices if t.name not in embeddings)
     biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name) and not _IN_LAYER.search("." + t.name))
     tie = config_value(config, "tie_word_embeddings")
-    tied = (tie is None or bool(tie)) and not heads
+    # A bare encoder/decoder (BertModel, LlamaModel) has no output layer to tie, whatever the
+    # config's tie_word_embeddings default says; *LMHeadModel, *ForCausalLM, ... have one.
+    archs = config.get("architectures")
+    headless = isinstance(archs, list) and bool(archs) and all(isinstance(a, str) and a.endswith("Model") and "Head" not in a for a in archs)
+    tied = (tie is None or bool(tie)) and not heads and not headless
     return VocabLayout(rows, hidden, embeddings, heads, biases, tied, config_vocab)

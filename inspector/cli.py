@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -49,13 +50,25 @@ def settings(ctx: click.Context, **overrides) -> Settings:
 
 
 def _write_output(path: str, text: str) -> None:
-    # Written beside the target and renamed, so a failed run never leaves half a report.
+    """Write a report beside its target and rename it in, so a failed run never leaves half a file."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError("Cannot write report", path, f"the directory '{folder}' does not exist", "Create the directory first, or pass another --output path.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError("Cannot write report", path, exc.strerror or str(exc), "Pass an --output path in a writable directory.") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError("Cannot write report", path, exc.strerror or str(exc), "Pass an --output path in a writable directory.") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -70,7 +83,7 @@ def emit(s: Settings, command: str, result) -> None:
 
         renderable = getattr(terminal, command)(result)
         if s.output:
-            console = Console(record=True, file=open(os.devnull, "w"), width=120, no_color=True)
+            console = Console(record=True, file=io.StringIO(), width=120, no_color=True)
             console.print(renderable)
             _write_output(s.output, console.export_text())
         else:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.adapter import Adapter, LoraModule, matches_target
+from inspector.adapter import Adapter, AdapterTensor, LoraModule, matches_target
 from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_value, vocab_layout
 from inspector.checkpoint import Checkpoint
 from inspector.findings import Code, Finding, severity_rank
@@ -135,12 +135,12 @@ class _Context:
                 continue
             name = self.resolve(full.target)
             shape = full.chosen.info.shape
-            if name is None or not vocab.is_vocab(name) or not shape:
+            if name is None or not vocab.is_vocab(name) or not shape or 0 in shape:
                 continue
             carried[name] = shape[-1] if name in vocab.biases else shape[0]
         lora_rows: dict[str, int] = {}
         for module, (lm, weight) in self.lora_targets.items():
-            if weight is None or weight.name not in vocab.matrices or lm.A is None or lm.B is None:
+            if weight is None or weight.name not in vocab.matrices or lm.A is None or lm.B is None or _empty(lm.A, lm.B):
                 continue
             if lm.embedding and len(lm.A.info.shape) == 2:
                 lora_rows[weight.name] = lm.A.info.shape[1]
@@ -157,6 +157,12 @@ class _Context:
         if base_rows is not None and tok is not None and _tok_size(tok) > base_rows:
             return VocabPlan(base_rows, _tok_size(tok), f"the tokenizer in {tok.directory}", carried, lora_rows, "tokenizer")
         return VocabPlan(base_rows, base_rows, "the base", carried, lora_rows)
+
+
+def _empty(*tensors: AdapterTensor | None) -> bool:
+    """A 0 in a shape: a ZeRO-3 save without gathering. check_empty reports it; the other checks
+    skip such tensors rather than read a size or a layout out of a shape that has none."""
+    return any(t is not None and 0 in t.info.shape for t in tensors)
 
 
 def _tok_size(tok: TokenizerFacts) -> int:
@@ -180,19 +186,22 @@ def check_vocabulary(ctx: _Context) -> list[Finding]:
         if full.chosen.copy == "original_module":
             continue
         name = ctx.resolve(full.target)
-        if name is None:
-            continue  # an orphan: check_orphans reports it
+        if name is None or _empty(full.chosen):
+            continue  # an orphan (check_orphans) or an empty tensor (check_empty)
         base_t = ctx.base.by_name[name]
         a_shape, b_shape = full.chosen.info.shape, base_t.shape
         if a_shape == b_shape:
             continue
-        common = dict(tensor=name, adapter_key=full.chosen.key, adapter_shape=a_shape, base_shape=b_shape)
+        # A tied head is not stored in the base: name it as the adapter does, and say what it shares.
+        tied_head = ctx.is_tied_head(full.target)
+        label = f"{full.target} (tied to {name})" if tied_head else name
+        common = dict(tensor=full.target if tied_head else name, adapter_key=full.chosen.key, adapter_shape=a_shape, base_shape=b_shape)
         vocab_tensor = ctx.vocab.is_vocab(name)
         rows_only = len(a_shape) == len(b_shape) and (a_shape[1:] == b_shape[1:] if name not in ctx.vocab.biases else a_shape[:-1] == b_shape[:-1])
         if vocab_tensor and rows_only:
             out.append(Finding(
                 Code.VOCAB_ROWS,
-                f"{name}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}; "
+                f"{label}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}; "
                 f"PEFT's merge fails here with 'size mismatch'.",
                 f"Run `{ctx.merge_cmd}` (resizes to the adapter's rows), or `{ctx.resize_like_cmd}` first.",
                 **common,
@@ -200,7 +209,7 @@ def check_vocabulary(ctx: _Context) -> list[Finding]:
         elif vocab_tensor:
             out.append(Finding(
                 Code.HIDDEN_SIZE,
-                f"{name}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}: "
+                f"{label}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}: "
                 f"the adapter was trained on a model with hidden size {a_shape[-1]}, not {b_shape[-1]}.",
                 "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
                 **common,
@@ -330,7 +339,8 @@ def check_lora_shapes(ctx: _Context) -> list[Finding]:
     out: list[Finding] = []
     for module, (lm, weight) in ctx.lora_targets.items():
         if weight is not None:
-            out += _lora_shapes(ctx, lm, weight)
+            if not _empty(lm.A, lm.B, lm.B_bias, lm.magnitude):
+                out += _lora_shapes(ctx, lm, weight)
             if not matches_target(ctx.config, module) or (ctx.config.layers_to_transform and _layer_of(module) not in ctx.config.layers_to_transform):
                 key = (lm.A or lm.B).key
                 out.append(Finding(Code.NOT_TARGETED, f"{module} has LoRA tensors but target_modules {ctx.config.target_modules!r} does not select it: PEFT never loads them.",
@@ -443,7 +453,9 @@ def check_tied(ctx: _Context) -> list[Finding]:
     embed = ctx.vocab.embeddings[0]
     heads, embeds = [], []
     for full in ctx.adapter.full.values():
-        if full.chosen.copy != "original_module" and ctx.resolve(full.target) == embed:
+        # base_layer copies are the frozen weights PEFT saves beside a LoRA layer: merging LoRA into a
+        # tied weight changes both sides alike, so only modules_to_save-style replacements untie.
+        if full.chosen.copy in ("plain", "modules_to_save") and ctx.resolve(full.target) == embed:
             (heads if ctx.is_tied_head(full.target) else embeds).append(full)
     if bool(heads) == bool(embeds):
         return []
@@ -519,9 +531,9 @@ def check_bloat(ctx: _Context) -> list[Finding]:
     """Family 12: the same matrix stored several times (plain + modules_to_save + original_module)."""
     out = []
     for full in ctx.adapter.full.values():
-        if len(full.copies) < 2:
-            continue
         waste = sum(c.info.nbytes for c in full.copies) - full.chosen.info.nbytes
+        if len(full.copies) < 2 or waste <= 0:  # no bytes to save: empty copies are LI801's
+            continue
         kinds = ", ".join(c.copy for c in full.copies)
         out.append(Finding(Code.BLOAT, f"{full.target} is stored {len(full.copies)} times ({kinds}); {human_bytes(waste)} are copies PEFT does not use "
                            f"(it loads the {full.chosen.copy} one).",

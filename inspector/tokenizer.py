@@ -108,6 +108,11 @@ def _sentencepiece_pieces(path: Path) -> list[str]:
     return pieces
 
 
+def _is_id(key: object) -> bool:
+    # ASCII only: "²".isdigit() is True, yet int("²") raises.
+    return isinstance(key, str) and key.isascii() and key.isdigit()
+
+
 def _added_tokens(directory: Path) -> dict[str, int]:
     added: dict[str, int] = {}
     config = directory / "tokenizer_config.json"
@@ -116,7 +121,7 @@ def _added_tokens(directory: Path) -> dict[str, int]:
         decoder = data.get("added_tokens_decoder") if isinstance(data, dict) else None
         if isinstance(decoder, dict):
             for idx, tok in decoder.items():
-                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(idx).isdigit():
+                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and _is_id(idx):
                     added[tok["content"]] = int(idx)
     extra = directory / "added_tokens.json"
     if extra.is_file():
@@ -144,7 +149,15 @@ def read_tokenizer(directory: Path) -> TokenizerFacts | None:
         added = _added_tokens(directory)
         source = directory / "tokenizer.model"
     elif (directory / "vocab.txt").is_file():  # WordPiece (BERT) slow-tokenizer files
-        lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        try:
+            text = (directory / "vocab.txt").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(directory / "vocab.txt", f"not readable UTF-8 text ({exc})") from exc
+        # transformers' load_vocab reads lines with universal newlines only; str.splitlines() would also
+        # split inside tokens at U+0085, U+2028 and friends and over-count.
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if lines[-1] == "":
+            lines.pop()
         vocab = {tok: i for i, tok in enumerate(lines)}
         added = _added_tokens(directory)
         source = directory / "vocab.txt"

@@ -1,0 +1,853 @@
+"""``lora-inspector check``: every finding family on real PEFT adapters, and the CLI contract.
+
+Adapters are written by PEFT's own ``save_pretrained`` at test time (tests/models.py); a broken file
+that PEFT cannot write is a real adapter with exactly one minimal edit (tests/check_cases.py).
+Each test asserts the exact findings: code, severity, base tensor, adapter key and both shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from inspector.check import run_check
+from inspector.cli import main
+from inspector.report import terminal
+from tests.check_cases import DROP, drop, edit_config, edit_json, edit_tensors, make_tokenizer, rename, replace
+from tests.models import Built, copy_checkpoint, load_model, make_llama, make_lora_adapter
+
+REPO = Path(__file__).resolve().parent.parent
+P = "base_model.model."  # PEFT's key prefix
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+Q0 = "model.layers.0.self_attn.q_proj"
+
+
+def attn(layer: int, proj: str) -> str:
+    return f"model.layers.{layer}.self_attn.{proj}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running check
+# ---------------------------------------------------------------------------------------------
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    rc = main(["check", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def check_json(capsys, base: object, adapter: object, *extra: object) -> tuple[int, dict]:
+    rc, out, err = run(capsys, base, adapter, "--format", "json", *extra)
+    assert "Traceback" not in err
+    report = json.loads(out)
+    assert report["schema"] == 1 and report["command"] == "check"
+    return rc, report
+
+
+def rows(report: dict) -> list[tuple]:
+    """Findings as (code, severity, tensor, adapter_key, adapter_shape, base_shape), the memory plan
+    excepted: every LoRA report carries exactly one LI1301 info, checked here once for all tests."""
+    plans = [f for f in report["findings"] if f["code"] == "LI1301"]
+    assert [(f["severity"], f["tensor"]) for f in plans] == [("info", None)]
+    counted = {s: sum(f["severity"] == s for f in report["findings"]) for s in ("error", "warning", "info")}
+    assert report["summary"] == counted
+    out = []
+    for f in report["findings"]:
+        if f["code"] == "LI1301":
+            continue
+        assert f["message"] and f["hint"]
+        out.append((f["code"], f["severity"], f["tensor"], f["adapter_key"], _tuple(f["adapter_shape"]), _tuple(f["base_shape"])))
+    return sorted(out, key=lambda r: tuple("" if v is None else str(v) for v in r))
+
+
+def _tuple(shape):
+    return tuple(shape) if shape is not None else None
+
+
+def expect(*items: tuple) -> list[tuple]:
+    return sorted(items, key=lambda r: tuple("" if v is None else str(v) for v in r))
+
+
+def by_code(report: dict, code: str) -> list[dict]:
+    return [f for f in report["findings"] if f["code"] == code]
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters built once for this module (the conftest session fixtures cover the common ones)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("check")
+
+
+@pytest.fixture(scope="module")
+def rslora_llama(root: Path, llama: Built) -> Built:
+    return make_lora_adapter(llama.path, root / "rslora", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=True)
+
+
+@pytest.fixture(scope="module")
+def pattern_llama(root: Path, llama: Built) -> Built:
+    return make_lora_adapter(
+        llama.path,
+        root / "pattern",
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"v_proj": 2, "model.layers.1.self_attn.q_proj": 6},
+        alpha_pattern={"down_proj": 3},
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_gpt2_all(root: Path, gpt2: Built) -> Built:
+    """Conv1D c_attn, c_fc and c_proj: GPT-2's c_proj is [4*hidden, hidden] = [64, 16], the vocabulary's shape."""
+    return make_lora_adapter(gpt2.path, root / "gpt2_all", r=2, lora_alpha=4, target_modules=["c_attn", "c_fc", "c_proj"], fan_in_fan_out=True)
+
+
+@pytest.fixture(scope="module")
+def mts_norm(root: Path, llama: Built) -> Built:
+    """modules_to_save on a module that is not a vocabulary matrix (the final norm)."""
+    return make_lora_adapter(llama.path, root / "mts_norm", r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["model.norm"])
+
+
+@pytest.fixture(scope="module")
+def embed_lora(root: Path, llama: Built) -> Built:
+    return make_lora_adapter(llama.path, root / "embed_lora", r=2, lora_alpha=4, target_modules=["embed_tokens", "q_proj"])
+
+
+@pytest.fixture(scope="module")
+def tokens_llama(root: Path, llama: Built) -> Built:
+    return make_lora_adapter(llama.path, root / "tokens", r=2, lora_alpha=4, target_modules=["q_proj"], trainable_token_indices=[3, 5, 60])
+
+
+@pytest.fixture(scope="module")
+def embed_lora_grown(root: Path, llama: Built) -> Built:
+    """Embedding LoRA trained on an 80-token vocabulary: PEFT saves the resized embedding as base_layer."""
+    return make_lora_adapter(llama.path, root / "embed_lora_grown", vocab=80, r=2, lora_alpha=4, target_modules=["embed_tokens"])
+
+
+@pytest.fixture(scope="module")
+def mts_embed_grown(root: Path, llama: Built) -> Built:
+    return make_lora_adapter(llama.path, root / "mts_embed_grown", vocab=80, r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+
+
+@pytest.fixture(scope="module")
+def llama_wide(root: Path) -> Built:
+    """A Llama with hidden 32 (intermediate 64): another model than ``llama``."""
+    return make_llama(root / "llama_wide", hidden=32)
+
+
+@pytest.fixture(scope="module")
+def llama_4layers(root: Path) -> Built:
+    return make_llama(root / "llama_4layers", layers=4)
+
+
+@pytest.fixture(scope="module")
+def tok80(root: Path) -> Path:
+    return make_tokenizer(root / "tok80", 80)
+
+
+@pytest.fixture(scope="module")
+def tok50(root: Path) -> Path:
+    return make_tokenizer(root / "tok50", 50)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clean adapters: exit 0, nothing but the memory plan
+# ---------------------------------------------------------------------------------------------
+
+CLEAN = [
+    ("llama", "lora_llama"),
+    ("llama", "rslora_llama"),
+    ("llama", "dora_llama"),
+    ("llama", "pattern_llama"),
+    ("gpt2", "lora_gpt2"),
+    ("gpt2", "lora_gpt2_all"),
+    ("qwen2", "lora_qwen2"),
+    ("bert", "lora_bert"),
+    ("llama", "mts_norm"),
+    ("llama", "embed_lora"),
+    ("llama", "tokens_llama"),
+    ("llama_sharded", "lora_llama"),  # 9 shards behind model.safetensors.index.json
+    ("llama_bin", "lora_llama_bin"),  # legacy pytorch_model.bin + adapter_model.bin
+]
+
+
+@pytest.mark.parametrize(("base", "adapter"), CLEAN, ids=[f"{b}-{a}" for b, a in CLEAN])
+def test_clean_adapters_pass(capsys, request, base: str, adapter: str) -> None:
+    base_dir, adapter_dir = request.getfixturevalue(base).path, request.getfixturevalue(adapter).path
+    rc, report = check_json(capsys, base_dir, adapter_dir)
+    assert rows(report) == []
+    assert report["summary"] == {"error": 0, "warning": 0, "info": 1}
+    assert rc == 0
+    assert run(capsys, base_dir, adapter_dir, "--fail-on", "warning")[0] == 0
+
+
+def test_clean_fixtures_are_what_they_claim(pattern_llama: Built, lora_qwen2: Built, dora_llama: Built, embed_lora: Built, tokens_llama: Built) -> None:
+    # The clean cases only prove something if PEFT really wrote the layouts they stand for.
+    shapes = pattern_llama.shapes()
+    assert shapes[f"{P}{attn(1, 'q_proj')}.lora_A.weight"] == (6, 16)  # rank_pattern
+    assert shapes[f"{P}{attn(0, 'v_proj')}.lora_A.weight"] == (2, 16)
+    assert shapes[f"{P}{attn(0, 'q_proj')}.lora_A.weight"] == (4, 16)
+    assert lora_qwen2.shapes()[f"{P}{attn(0, 'k_proj')}.lora_B.bias"] == (8,)
+    assert dora_llama.shapes()[f"{P}{attn(0, 'o_proj')}.lora_magnitude_vector"] == (16,)
+    assert embed_lora.shapes()[f"{P}model.embed_tokens.lora_embedding_A"] == (2, 64)
+    assert tokens_llama.shapes()[f"{P}model.embed_tokens.token_adapter.trainable_tokens_delta"] == (3, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# LI101 vocabulary mismatch: the seed case, in every format
+# ---------------------------------------------------------------------------------------------
+
+SEED_BASE_SHAPE, SEED_ADAPTER_SHAPE = [32000, 8], [70840, 8]
+
+
+def seed_findings(seed_dir: Path) -> list[dict]:
+    """The two LI101 findings of the seed case, field by field (the JSON golden)."""
+    base, adapter = seed_dir / "base", seed_dir / "adapter"
+    hint = (
+        f"Run `lora-inspector merge {base} {adapter} --out merged` (resizes to the adapter's rows), "
+        f"or `lora-inspector resize {base} --like {adapter} --out base-resized` first."
+    )
+    return [
+        {
+            "code": "LI101",
+            "name": "vocab-size-mismatch",
+            "severity": "error",
+            "message": f"{name}: the adapter carries [70840, 8], the base has [32000, 8]; PEFT's merge fails here with 'size mismatch'.",
+            "hint": hint,
+            "tensor": name,
+            "adapter_key": P + name,
+            "adapter_shape": SEED_ADAPTER_SHAPE,
+            "base_shape": SEED_BASE_SHAPE,
+        }
+        for name in (HEAD, EMBED)
+    ]
+
+
+def test_seed_json_golden(capsys, seed_dir: Path) -> None:
+    rc, report = check_json(capsys, seed_dir / "base", seed_dir / "adapter")
+    assert rc == 1
+    errors = [f for f in report["findings"] if f["severity"] == "error"]
+    assert errors == seed_findings(seed_dir)
+    assert report["summary"] == {"error": 2, "warning": 0, "info": 2}
+    assert rows(report) == expect(
+        ("LI101", "error", HEAD, P + HEAD, (70840, 8), (32000, 8)),
+        ("LI101", "error", EMBED, P + EMBED, (70840, 8), (32000, 8)),
+        ("LI1101", "info", None, None, None, None),
+    )
+    # The adapter dir's extended tokenizer agrees with the adapter's 70,840 rows: no LI201.
+    assert report["vocab"] == {"base_rows": 32000, "merged_rows": 70840, "source": "the adapter's saved matrices"}
+    assert report["tokenizer"]["length"] == 70840
+    assert report["base"]["kind"] == "model" and report["adapter"]["kind"] == "adapter"
+    assert report["adapter"]["config"]["modules_to_save"] == ["embed_tokens", "lm_head"]
+
+
+def test_seed_github_annotations(capsys, seed_dir: Path) -> None:
+    rc, out, err = run(capsys, seed_dir / "base", seed_dir / "adapter", "--format", "github")
+    assert rc == 1 and err == ""
+    lines = out.splitlines()
+    expected = [f"::error title=LI101 vocab-size-mismatch::{f['message']} Hint: {f['hint']}" for f in seed_findings(seed_dir)]
+    assert [line for line in lines if line.startswith("::error")] == expected
+    assert [line.split("::")[1] for line in lines if line.startswith("::notice")] == [
+        "notice title=LI1101 dtype-difference",
+        "notice title=LI1301 memory-plan",
+        "notice title=lora-inspector check",
+    ]
+    assert lines[-1] == "::notice title=lora-inspector check::2 errors, 0 warnings, 2 info"
+    assert not any(line.startswith("::warning") for line in lines)
+
+
+def test_seed_markdown_table(capsys, seed_dir: Path) -> None:
+    rc, out, err = run(capsys, seed_dir / "base", seed_dir / "adapter", "--format", "markdown")
+    assert rc == 1 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "### lora-inspector check fails: 2 errors, 0 warnings, 2 info"
+    assert "| severity | code | tensor | adapter | base | what | fix |" in lines
+    expected = [f"| ❌ error | `LI101` | `{f['tensor']}` | [70840, 8] | [32000, 8] | {f['message']} | {f['hint']} |" for f in seed_findings(seed_dir)]
+    assert [line for line in lines if "`LI101`" in line] == expected
+    assert sum(line.startswith("| ℹ️ info | `LI1") for line in lines) == 2
+
+
+def test_seed_rich_console(seed_dir: Path) -> None:
+    console = Console(file=io.StringIO(), width=100, no_color=True)
+    console.print(terminal.check(run_check(str(seed_dir / "base"), str(seed_dir / "adapter"))))
+    text = console.file.getvalue()
+    assert text.count("LI101") == 2
+    assert text.count("[70840, 8]") >= 2 and text.count("[32000, 8]") >= 2
+    assert "2 errors, 0 warnings, 2 info" in text
+    assert "32000 -> 70840 (the adapter's saved matrices)" in text
+
+
+def test_seed_rich_via_main(capsys, seed_dir: Path) -> None:
+    rc, out, err = run(capsys, seed_dir / "base", seed_dir / "adapter", "--no-color")
+    assert rc == 1 and err == ""
+    assert out.count("LI101") == 2
+    for needle in ("lm_head.weight", "model.embed_tokens.weight", "[70840, 8]", "[32000, 8]", "2 errors, 0 warnings, 2 info"):
+        assert needle in out
+
+
+def test_seed_check_never_imports_torch_or_transformers(seed_dir: Path) -> None:
+    # SPEC: scan/check read headers and small JSON only; checked in a fresh interpreter.
+    code = (
+        "import sys\n"
+        "from inspector.cli import main\n"
+        f"codes = [main(['check', {str(seed_dir / 'base')!r}, {str(seed_dir / 'adapter')!r}, '--format', f]) for f in ('json', 'rich', 'markdown', 'github')]\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft'))\n"
+        "sys.stderr.write(repr((codes, heavy)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == repr(([1, 1, 1, 1], []))
+
+
+def test_grown_llama_modules_to_save(capsys, llama: Built, lora_llama_grown: Built) -> None:
+    rc, report = check_json(capsys, llama.path, lora_llama_grown.path)
+    assert rc == 1
+    # PEFT 0.21 writes each modules_to_save matrix three times (plain, modules_to_save, original_module).
+    assert rows(report) == expect(
+        ("LI101", "error", HEAD, P + HEAD, (80, 16), (64, 16)),
+        ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
+        ("LI1201", "warning", HEAD, P + HEAD, (80, 16), None),
+        ("LI1201", "warning", EMBED, P + EMBED, (80, 16), None),
+    )
+    assert report["vocab"]["merged_rows"] == 80
+
+
+# Which copies of a modules_to_save matrix PEFT versions wrote: 0.21 all three; older ones only the
+# ``modules_to_save`` copy; an adapter re-saved by a script only the plain key.
+LAYOUTS = {
+    "plain": ("",),
+    "modules_to_save": (".modules_to_save",),
+    "modules_to_save+original_module": (".modules_to_save", ".original_module"),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_vocab_mismatch_in_every_key_layout(capsys, root: Path, llama: Built, lora_llama_grown: Built, layout: str) -> None:
+    kept = LAYOUTS[layout]
+
+    def keep_layout(tensors):
+        for module in ("model.embed_tokens", "lm_head"):
+            for copy in ("", ".modules_to_save", ".original_module"):
+                if copy not in kept:
+                    del tensors[f"{P}{module}{copy}.weight"]
+        return tensors
+
+    adapter = edit_tensors(lora_llama_grown.path, root / f"layout_{layout}", keep_layout)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    chosen = kept[0]  # original_module is the frozen pre-training copy, never the trained one
+    expected = [("LI101", "error", name, f"{P}{name[:-len('.weight')]}{chosen}.weight", (80, 16), (64, 16)) for name in (EMBED, HEAD)]
+    if len(kept) > 1:
+        expected += [("LI1201", "warning", name, f"{P}{name[:-len('.weight')]}{chosen}.weight", (80, 16), None) for name in (EMBED, HEAD)]
+    assert rows(report) == expect(*expected)
+
+
+def test_sharded_base(capsys, llama_sharded: Built, lora_llama_grown: Built) -> None:
+    rc, report = check_json(capsys, llama_sharded.path, lora_llama_grown.path)
+    assert rc == 1
+    assert [r for r in rows(report) if r[0] == "LI101"] == expect(
+        ("LI101", "error", HEAD, P + HEAD, (80, 16), (64, 16)),
+        ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
+    )
+
+
+def test_bert_word_embeddings_grown(capsys, root: Path, bert: Built) -> None:
+    # Found by config and shape, not by Llama's names; BertModel has no output layer, so nothing is
+    # "tied" to the embedding and there is no LI701.
+    adapter = make_lora_adapter(bert.path, root / "bert_grown", vocab=80, r=2, lora_alpha=4, target_modules=["query", "value"], modules_to_save=["word_embeddings"])
+    rc, report = check_json(capsys, bert.path, adapter.path)
+    assert rc == 1
+    name = "embeddings.word_embeddings.weight"
+    assert rows(report) == expect(
+        ("LI101", "error", name, P + name, (80, 16), (64, 16)),
+        ("LI1201", "warning", name, P + name, (80, 16), None),
+    )
+
+
+def test_gpt2_wte_grown(capsys, root: Path, gpt2: Built) -> None:
+    # GPT-2 ties lm_head to transformer.wte; PEFT's save_embedding_layers="auto" saw the resize and
+    # also saved lm_head, so both sides are carried (no LI701). The head is not stored in the base:
+    # its finding names lm_head.weight (and the message says it is tied to wte).
+    adapter = make_lora_adapter(gpt2.path, root / "gpt2_grown", vocab=80, r=2, lora_alpha=4, target_modules=["c_attn"], modules_to_save=["wte"], fan_in_fan_out=True)
+    rc, report = check_json(capsys, gpt2.path, adapter.path)
+    assert rc == 1
+    wte = "transformer.wte.weight"
+    assert rows(report) == expect(
+        ("LI101", "error", "lm_head.weight", P + HEAD, (80, 16), (64, 16)),
+        ("LI101", "error", wte, P + wte, (80, 16), (64, 16)),
+        ("LI1201", "warning", wte, P + wte, (80, 16), None),
+    )
+    head = next(f for f in report["findings"] if f["tensor"] == "lm_head.weight")
+    assert head["message"].startswith("lm_head.weight (tied to transformer.wte.weight): ")
+
+
+# ---------------------------------------------------------------------------------------------
+# LI2xx tokenizer / config / embedding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_larger_than_embedding(capsys, llama: Built, lora_llama: Built, tok80: Path) -> None:
+    rc, report = check_json(capsys, llama.path, lora_llama.path, "--tokenizer", tok80)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI201", "error", EMBED, None, None, (64, 16)),
+        # merge would grow both matrices to the tokenizer's length and fill the new rows
+        ("LI502", "warning", HEAD, None, (80, 16), (64, 16)),
+        ("LI502", "warning", EMBED, None, (80, 16), (64, 16)),
+    )
+    (li201,) = by_code(report, "LI201")
+    assert "80 tokens" in li201["message"] and "64 rows" in li201["message"] and "64..79" in li201["message"]
+    assert f"--tokenizer {tok80}" in li201["hint"]
+
+
+def test_tokenizer_in_adapter_dir_is_used(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = copy_checkpoint(lora_llama.path, root / "lora_with_tok80")
+    make_tokenizer(adapter, 80)  # where MedicalGPT-style training saves the extended tokenizer
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert [(f["code"], f["tensor"], f["base_shape"]) for f in by_code(report, "LI201")] == [("LI201", EMBED, [64, 16])]
+
+
+def test_embedding_larger_than_tokenizer_is_info(capsys, llama: Built, lora_llama: Built, tok50: Path) -> None:
+    rc, report = check_json(capsys, llama.path, lora_llama.path, "--tokenizer", tok50)
+    assert rc == 0
+    assert rows(report) == [("LI202", "info", EMBED, None, None, None)]
+    assert "14 rows are padding" in by_code(report, "LI202")[0]["message"]
+    assert run(capsys, llama.path, lora_llama.path, "--tokenizer", tok50, "--fail-on", "warning")[0] == 0
+
+
+def test_config_vocab_size_disagrees(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    base = edit_json(llama.path, root / "llama_vocab100", "config.json", vocab_size=100)
+    rc, report = check_json(capsys, base, lora_llama.path)
+    assert rc == 0
+    assert rows(report) == [("LI203", "warning", EMBED, None, None, None)]
+    assert "vocab_size 100" in report["findings"][0]["message"] and "64 rows" in report["findings"][0]["message"]
+    assert run(capsys, base, lora_llama.path, "--fail-on", "warning")[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# LI3xx LoRA shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_adapter_from_wider_model(capsys, root: Path, llama: Built, llama_wide: Built) -> None:
+    adapter = make_lora_adapter(llama_wide.path, root / "lora_wide", r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"])
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    expected = []
+    for layer in (0, 1):
+        q, down = attn(layer, "q_proj"), f"model.layers.{layer}.mlp.down_proj"
+        expected += [
+            ("LI301", "error", f"{q}.weight", f"{P}{q}.lora_A.weight", (2, 32), (16, 16)),
+            ("LI302", "error", f"{q}.weight", f"{P}{q}.lora_B.weight", (32, 2), (16, 16)),
+            ("LI301", "error", f"{down}.weight", f"{P}{down}.lora_A.weight", (2, 64), (16, 32)),
+            ("LI302", "error", f"{down}.weight", f"{P}{down}.lora_B.weight", (32, 2), (16, 32)),
+        ]
+    assert rows(report) == expect(*expected)
+
+
+def test_reshaped_lora_a(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    key = f"{P}{Q0}.lora_A.weight"
+    adapter = edit_tensors(lora_llama.path, root / "reshaped_a", replace(key, torch.zeros(4, 12)))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI301", "error", f"{Q0}.weight", key, (4, 12), (16, 16))]
+    assert "expected [4, 16]" in by_code(report, "LI301")[0]["message"]
+
+
+def test_reshaped_lora_b(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    v1 = attn(1, "v_proj")
+    key = f"{P}{v1}.lora_B.weight"
+    adapter = edit_tensors(lora_llama.path, root / "reshaped_b", replace(key, torch.zeros(10, 4)))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI302", "error", f"{v1}.weight", key, (10, 4), (8, 16))]
+    assert "expected [8, 4]" in by_code(report, "LI302")[0]["message"]
+
+
+def test_gpt2_without_fan_in_fan_out_layout_is_still_conv1d(capsys, root: Path, gpt2: Built, lora_gpt2: Built) -> None:
+    # model_type gpt2 stores [in, out] whatever the config says; a lora_B one row short is LI302.
+    key = f"{P}transformer.h.0.attn.c_attn.lora_B.weight"
+    adapter = edit_tensors(lora_gpt2.path, root / "gpt2_short_b", replace(key, torch.zeros(47, 2)))
+    rc, report = check_json(capsys, gpt2.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI302", "error", "transformer.h.0.attn.c_attn.weight", key, (47, 2), (16, 48))]
+
+
+def test_rank_differs_from_config(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "r8", r=8)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI303", "error", f"{attn(layer, proj)}.weight", f"{P}{attn(layer, proj)}.lora_A.weight", (4, 16), (16, 16) if proj == "q_proj" else (8, 16))
+        for layer in (0, 1) for proj in ("q_proj", "v_proj")
+    ])
+    assert "rank 4 but the config says r=8" in report["findings"][0]["message"]
+
+
+def test_rank_differs_from_rank_pattern(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "rank_pattern_v2", rank_pattern={"v_proj": 2})
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI303", "error", f"{attn(layer, 'v_proj')}.weight", f"{P}{attn(layer, 'v_proj')}.lora_A.weight", (4, 16), (8, 16)) for layer in (0, 1)
+    ])
+    assert "(rank_pattern)" in report["findings"][0]["message"]
+
+
+def test_dora_magnitude_with_use_dora_false(capsys, root: Path, llama: Built, dora_llama: Built) -> None:
+    adapter = edit_config(dora_llama.path, root / "dora_off", use_dora=False)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI304", "error", f"{attn(layer, proj)}.weight", f"{P}{attn(layer, proj)}.lora_magnitude_vector", (16,), None)
+        for layer in (0, 1) for proj in ("q_proj", "o_proj")
+    ])
+
+
+def test_dora_magnitude_missing(capsys, root: Path, llama: Built, dora_llama: Built) -> None:
+    o1 = attn(1, "o_proj")
+    adapter = edit_tensors(dora_llama.path, root / "dora_no_magnitude", drop(f"{P}{o1}.lora_magnitude_vector"))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI304", "error", f"{o1}.weight", f"{P}{o1}.lora_A.weight", None, None)]
+
+
+def test_dora_magnitude_wrong_length(capsys, root: Path, llama: Built, dora_llama: Built) -> None:
+    key = f"{P}{Q0}.lora_magnitude_vector"
+    adapter = edit_tensors(dora_llama.path, root / "dora_short_magnitude", replace(key, torch.ones(12)))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI304", "error", f"{Q0}.weight", key, (12,), (16, 16))]
+
+
+def test_lora_bias_with_lora_bias_false(capsys, root: Path, qwen2: Built, lora_qwen2: Built) -> None:
+    adapter = edit_config(lora_qwen2.path, root / "qwen_bias_off", lora_bias=False)
+    rc, report = check_json(capsys, qwen2.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI306", "error", f"{attn(layer, proj)}.weight", f"{P}{attn(layer, proj)}.lora_B.bias", (16,) if proj == "q_proj" else (8,), None)
+        for layer in (0, 1) for proj in ("q_proj", "k_proj", "v_proj")
+    ])
+
+
+def test_lora_b_missing(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_tensors(lora_llama.path, root / "no_lora_b", drop(f"{P}{Q0}.lora_B.weight"))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI307", "error", f"{Q0}.weight", f"{P}{Q0}.lora_A.weight", (4, 16), None)]
+    assert "lora_B is missing" in by_code(report, "LI307")[0]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# LI4xx orphans and targeting, LI1002 layer count
+# ---------------------------------------------------------------------------------------------
+
+
+def test_orphan_module(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    qq = attn(0, "qq_proj")
+
+    def to_qq(tensors):
+        for part in ("lora_A", "lora_B"):
+            tensors[f"{P}{qq}.{part}.weight"] = tensors.pop(f"{P}{Q0}.{part}.weight")
+        return tensors
+
+    adapter = edit_config(edit_tensors(lora_llama.path, root / "orphan_tmp", to_qq), root / "orphan", target_modules=["q_proj", "v_proj", "qq_proj"])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI401", "error", f"{qq}.weight", f"{P}{qq}.lora_A.weight", (4, 16), None),
+        ("LI401", "error", f"{qq}.weight", f"{P}{qq}.lora_B.weight", (16, 4), None),
+        ("LI402", "warning", None, None, None, None),  # "qq_proj" matches no base module either
+    )
+
+
+def test_orphan_full_tensor(capsys, root: Path, llama: Built, mts_norm: Built) -> None:
+    adapter = edit_tensors(mts_norm.path, root / "orphan_norm", rename(f"{P}model.norm.weight", f"{P}model.final_norm.weight"))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI401", "error", "model.final_norm.weight", f"{P}model.final_norm.weight", (16,), None)]
+
+
+def test_target_module_matches_nothing(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "target_nonexistent", target_modules=["q_proj", "v_proj", "nonexistent_proj"])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI402", "warning", None, None, None, None)]
+    assert "'nonexistent_proj'" in report["findings"][0]["message"]
+    rc, out, err = run(capsys, llama.path, adapter, "--fail-on", "warning", "--format", "github")
+    assert rc == 1
+    assert out.splitlines()[0].startswith("::warning title=LI402 target-module-unmatched::target_modules entry 'nonexistent_proj'")
+
+
+def test_target_regex_matches_nothing(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "target_regex_nothing", target_modules=r".*\.(q_proj|v_proj|nope_proj)$")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0 and rows(report) == []  # matches q/v: clean
+    adapter = edit_config(lora_llama.path, root / "target_regex_none", target_modules=r".*\.nope_proj")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert sorted(r[0] for r in rows(report)) == ["LI402"] + ["LI403"] * 4
+
+
+def test_tensors_for_untargeted_module(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "target_q_only", target_modules=["q_proj"])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI403", "error", f"{attn(layer, 'v_proj')}.weight", f"{P}{attn(layer, 'v_proj')}.lora_A.weight", None, None) for layer in (0, 1)
+    ])
+
+
+def test_layers_to_transform_excludes_tensors(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "layers_0", layers_to_transform=[0])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI403", "error", f"{attn(1, proj)}.weight", f"{P}{attn(1, proj)}.lora_A.weight", None, None) for proj in ("q_proj", "v_proj")
+    ])
+
+
+def test_foreign_key(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    key = f"{P}{Q0}.hada_w1_a"
+    adapter = edit_tensors(lora_llama.path, root / "foreign_key", replace(key, torch.zeros(4, 16)))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI404", "error", None, key, (4, 16), None)]
+
+
+def test_adapter_from_deeper_model(capsys, root: Path, llama: Built, llama_4layers: Built) -> None:
+    adapter = make_lora_adapter(llama_4layers.path, root / "lora_4layers", r=2, lora_alpha=4, target_modules=["q_proj"])
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    assert rows(report) == [("LI1002", "error", None, f"{P}{attn(2, 'q_proj')}.lora_A.weight", None, None)]
+    assert "layers up to 3 (4 tensors) but the base has 2 layers" in by_code(report, "LI1002")[0]["message"]
+
+
+def test_target_parameters_is_unsupported_not_untargeted(capsys, root: Path, llama: Built) -> None:
+    adapter = make_lora_adapter(llama.path, root / "target_parameters", r=2, lora_alpha=4, target_modules=[], target_parameters=["mlp.down_proj.weight"])
+    assert f"{P}model.layers.0.mlp.down_proj.lora_A.weight" in adapter.tensors
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    # PEFT loads these tensors (target_parameters wraps down_proj): LI1403 only, no LI403.
+    assert rows(report) == [("LI1403", "error", None, None, None, None)]
+    assert "mlp.down_proj.weight" in report["findings"][0]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# LI5xx grown rows, LI601 token indices, LI701 tied embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_embedding_lora_on_grown_vocab_without_base_layer(capsys, root: Path, llama: Built, embed_lora_grown: Built) -> None:
+    adapter = edit_tensors(embed_lora_grown.path, root / "embed_lora_no_base_layer", drop(f"{P}model.embed_tokens.base_layer.weight"))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI501", "error", EMBED, f"{P}model.embed_tokens.lora_embedding_A", (80, 16), (64, 16)),
+        ("LI502", "warning", HEAD, None, (80, 16), (64, 16)),
+    )
+    rc, out, _ = run(capsys, llama.path, adapter, "--format", "github")
+    assert rc == 1 and out.startswith("::error title=LI501 new-rows-not-carried::model.embed_tokens.weight: LoRA was trained on 80 rows but the base has 64")
+
+
+def test_embedding_lora_on_grown_vocab_with_base_layer(capsys, llama: Built, embed_lora_grown: Built) -> None:
+    base_layer = f"{P}model.embed_tokens.base_layer.weight"
+    assert embed_lora_grown.shapes()[base_layer] == (80, 16)  # PEFT saved the resized embedding
+    rc, report = check_json(capsys, llama.path, embed_lora_grown.path)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI101", "error", EMBED, base_layer, (80, 16), (64, 16)),
+        ("LI502", "warning", HEAD, None, (80, 16), (64, 16)),
+    )
+
+
+def test_untied_head_not_carried(capsys, root: Path, llama: Built, mts_embed_grown: Built) -> None:
+    # PEFT's save_embedding_layers="auto" also saved lm_head (it saw the resize); an adapter saved
+    # with save_embedding_layers=False, the case here, carries only modules_to_save's embedding.
+    adapter = edit_tensors(mts_embed_grown.path, root / "mts_embed_only", drop(f"{P}lm_head.weight"))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
+        ("LI502", "warning", HEAD, None, (80, 16), (64, 16)),
+        ("LI1201", "warning", EMBED, P + EMBED, (80, 16), None),
+    )
+    assert "rows 64..79" in by_code(report, "LI502")[0]["message"]
+
+
+@pytest.mark.parametrize("base", ["qwen2", "llama_tied"])
+def test_tied_base_embedding_only(capsys, request, root: Path, base: str) -> None:
+    built = request.getfixturevalue(base)
+    adapter = make_lora_adapter(built.path, root / f"tied_mts_{base}", r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    rc, report = check_json(capsys, built.path, adapter.path)
+    assert rc == 0
+    assert rows(report) == [("LI701", "warning", EMBED, P + EMBED, (64, 16), (64, 16))]
+    assert "tie_word_embeddings: false" in report["findings"][0]["hint"]
+    assert run(capsys, built.path, adapter.path, "--fail-on", "warning")[0] == 1
+
+
+def test_trainable_token_indices_beyond_base(capsys, root: Path, llama: Built, tokens_llama: Built) -> None:
+    adapter = edit_config(tokens_llama.path, root / "tokens_70", trainable_token_indices=[3, 5, 70])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI601", "error", EMBED, None, None, (64, 16)),
+        ("LI502", "warning", HEAD, None, (71, 16), (64, 16)),
+    )
+    assert "reach token 70 but the base has 64 rows: the merged model needs 71 rows" in by_code(report, "LI601")[0]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# LI801 ... LI1403
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 16)], ids=["flat", "rows"])
+def test_empty_tensor(capsys, root: Path, llama: Built, lora_llama: Built, shape: tuple[int, ...]) -> None:
+    key = f"{P}{Q0}.lora_A.weight"
+    adapter = edit_tensors(lora_llama.path, root / f"empty_{len(shape)}", replace(key, torch.zeros(shape)))
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI801", "error", None, key, shape, None)]
+
+
+def test_empty_modules_to_save_embedding(capsys, root: Path, llama: Built, mts_embed_grown: Built) -> None:
+    # ZeRO-3 without gathering: every copy of the saved embedding is torch.Size([0]).
+    def empty(tensors):
+        for key in list(tensors):
+            if "embed_tokens" in key or "lm_head" in key:
+                tensors[key] = torch.zeros(0)
+        return tensors
+
+    adapter = edit_tensors(mts_embed_grown.path, root / "empty_embed", empty)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    # LI801 alone: no LI101/LI1001 read out of a [0] "shape", no vocabulary plan, no bloat of 0 bytes.
+    assert rows(report) == expect(*[
+        ("LI801", "error", None, key, (0,), None)
+        for key in (P + EMBED, f"{P}model.embed_tokens.modules_to_save.weight", f"{P}model.embed_tokens.original_module.weight", P + HEAD)
+    ])
+    assert report["vocab"] == {"base_rows": 64, "merged_rows": 64, "source": "the base"}
+
+
+def test_quantized_base(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    base = edit_json(llama.path, root / "llama_bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    rc, report = check_json(capsys, base, lora_llama.path)
+    assert rc == 1
+    assert rows(report) == [("LI901", "error", None, None, None, None)]
+    assert "quantization_config (bitsandbytes)" in report["findings"][0]["message"]
+
+
+def test_base_model_name_of_another_family(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "named_qwen", base_model_name_or_path="Qwen/Qwen2-7B")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI1003", "warning", None, None, None, None)]
+    assert "'Qwen/Qwen2-7B' (qwen2?)" in report["findings"][0]["message"] and "'llama'" in report["findings"][0]["message"]
+
+
+def test_dtype_difference_is_info(capsys, llama_bf16: Built, lora_llama: Built) -> None:
+    rc, report = check_json(capsys, llama_bf16.path, lora_llama.path)
+    assert rc == 0
+    assert rows(report) == [("LI1101", "info", None, None, None, None)]
+    assert report["findings"][0]["message"] == "the adapter stores F32 x8; the base stores BF16."
+
+
+def test_bloat(capsys, root: Path, llama: Built, mts_norm: Built) -> None:
+    def copies(tensors):
+        plain = tensors[f"{P}model.norm.weight"]
+        tensors[f"{P}model.norm.modules_to_save.weight"] = plain.clone()
+        tensors[f"{P}model.norm.original_module.weight"] = plain.clone()
+        return tensors
+
+    adapter = edit_tensors(mts_norm.path, root / "bloat", copies)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI1201", "warning", "model.norm.weight", f"{P}model.norm.weight", (16,), None)]
+    assert report["findings"][0]["message"] == (
+        "model.norm.weight is stored 3 times (modules_to_save, original_module, plain); "
+        "128 B are copies PEFT does not use (it loads the plain one)."
+    )
+
+
+def test_non_lora_peft_type(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "loha_type", peft_type="LOHA")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert [(f["code"], f["severity"]) for f in report["findings"]] == [("LI1401", "error")]
+
+
+def test_real_loha_adapter(capsys, root: Path, llama: Built) -> None:
+    from peft import LoHaConfig, get_peft_model
+
+    peft_model = get_peft_model(load_model(llama.path), LoHaConfig(r=2, alpha=4, target_modules=["q_proj"]))
+    peft_model.save_pretrained(root / "loha")
+    rc, report = check_json(capsys, llama.path, root / "loha")
+    assert rc == 1
+    assert [(f["code"], f["severity"], f["message"]) for f in report["findings"]] == [
+        ("LI1401", "error", "peft_type is LOHA; lora-inspector checks and merges LoRA adapters only.")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit 2: invalid configs and usage errors
+# ---------------------------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "r_string": ({"r": "eight"}, "r is 'eight'; the LoRA rank must be a positive integer"),
+    "r_zero": ({"r": 0}, "r is 0; the LoRA rank must be a positive integer"),
+    "rslora_string": ({"use_rslora": "false"}, "use_rslora is 'false' (str); it must be true or false"),
+    "bad_regex": ({"target_modules": "model\\.(q_proj"}, "target_modules 'model\\\\.(q_proj' is not a valid regular expression"),
+    "no_peft_type": ({"peft_type": DROP}, "peft_type is None"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_invalid_config_exits_2(capsys, root: Path, llama: Built, lora_llama: Built, case: str) -> None:
+    changes, why = BAD_CONFIGS[case]
+    adapter = edit_config(lora_llama.path, root / f"bad_{case}", **changes)
+    rc, out, err = run(capsys, llama.path, adapter, "--format", "json")
+    assert rc == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"Error: Invalid adapter_config.json for '{adapter / 'adapter_config.json'}': {why}")
+    assert lines[1] == "Hint: Fix the field in adapter_config.json (PEFT writes it with LoraConfig.save_pretrained)."
+    assert "Traceback" not in err
+
+
+def test_swapped_arguments_exit_2(capsys, llama: Built, lora_llama: Built) -> None:
+    rc, out, err = run(capsys, lora_llama.path, llama.path)
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        f"Error: Arguments swapped for '{lora_llama.path}': BASE is a PEFT adapter and ADAPTER is a model.",
+        f"Hint: Run `lora-inspector check {llama.path} {lora_llama.path}`.",
+    ]
+
+
+def test_missing_tokenizer_dir_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    rc, out, err = run(capsys, llama.path, lora_llama.path, "--tokenizer", root / "no-such-dir")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"Error: Cannot read tokenizer for '{root / 'no-such-dir'}': not a directory.\nHint: ")
+
+
+def test_fail_on_warning(capsys, llama: Built, root: Path, lora_llama: Built) -> None:
+    adapter = edit_config(lora_llama.path, root / "warn_only", base_model_name_or_path="mistralai/Mistral-7B-v0.1")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0 and rows(report) == [("LI1003", "warning", None, None, None, None)]
+    assert run(capsys, llama.path, adapter, "--fail-on", "warning")[0] == 1
+    assert run(capsys, llama.path, adapter, "--fail-on", "error")[0] == 0
+    rc, out, err = run(capsys, llama.path, adapter, "--fail-on", "info")
+    assert rc == 2 and "Traceback" not in err and err.startswith("Error: ")
