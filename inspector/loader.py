@@ -1,0 +1,105 @@
+"""Read one tensor's bytes at a time from a checkpoint (safetensors or legacy .bin zip).
+
+Plain ``readinto`` of the exact byte span the header gave, not mmap: pages of a mapped file stay
+in the process's resident set, so mapping a 10 GB model and touching every tensor would make the
+"streaming" merge hold the whole model. Here peak memory is the tensor being read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from inspector.errors import InvalidInputError
+from inspector.tensor import TensorInfo
+
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "C64": "complex64",
+}
+
+
+def torch_dtype(st_dtype: str):
+    import torch
+
+    name = _TORCH_DTYPES.get(st_dtype)
+    if name is None or not hasattr(torch, name):
+        raise InvalidInputError("Cannot load tensor", None, f"dtype {st_dtype} has no torch equivalent here", "Convert the checkpoint to a standard dtype (F32, F16, BF16).")
+    return getattr(torch, name)
+
+
+def st_dtype(torch_dtype_) -> str:
+    name = str(torch_dtype_).removeprefix("torch.")
+    for st, tname in _TORCH_DTYPES.items():
+        if tname == name:
+            return st
+    raise ValueError(f"no safetensors dtype for {torch_dtype_}")
+
+
+class TensorReader:
+    """Open files of one checkpoint lazily and read tensors by their header facts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._files: dict[str, object] = {}
+        self._stamps: dict[str, tuple[int, int]] = {}
+
+    def _open(self, rel: str):
+        fh = self._files.get(rel)
+        if fh is None:
+            path = self.root / rel
+            fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+            st = os.fstat(fh.fileno())
+            self._files[rel], self._stamps[rel] = fh, (st.st_size, st.st_mtime_ns)
+        return fh
+
+    def read(self, info: TensorInfo):
+        """The tensor ``info`` describes, on the CPU, in its stored dtype."""
+        import torch
+
+        fh = self._open(info.file)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        fh.seek(info.start)
+        got = fh.readinto(memoryview(buf.numpy())) if info.nbytes else 0
+        if got != info.nbytes:
+            raise InvalidInputError("Cannot read tensor", self.root / info.file, f"{info.name} ends early ({got} of {info.nbytes} bytes)", "The file is truncated or changed while reading; re-download it.")
+        return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def close(self) -> None:
+        """Close every file, refusing results when a file changed while it was read (HOSTILE 24)."""
+        for rel, fh in self._files.items():
+            st = os.fstat(fh.fileno())
+            fh.close()
+            path = self.root / rel
+            try:
+                now = os.stat(path)
+            except OSError:
+                now = st
+            if (now.st_size, now.st_mtime_ns) != self._stamps[rel] or (st.st_size, st.st_mtime_ns) != self._stamps[rel]:
+                raise InvalidInputError("Input changed while reading", path, "its size or modification time changed during the run", "Run the command again when nothing else writes to the checkpoint.")
+        self._files.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            for fh in self._files.values():
+                fh.close()
+            self._files.clear()
