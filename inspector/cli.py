@@ -7,12 +7,14 @@ import io
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from inspector.errors import InspectorError, UsageError
+from inspector.repair import INITS  # no torch at import time
 
 FORMATS = ("rich", "json", "markdown", "github")
 
@@ -160,6 +162,50 @@ def check(ctx, base, adapter, tokenizer_dir, fail_on, **opts) -> None:
     result = run_check(base, adapter, tokenizer_dir)
     emit(settings(ctx, **opts), "check", result)
     ctx.exit(1 if result.fails(fail_on) else 0)
+
+
+@contextmanager
+def progress_bar(s: Settings, total: int, label: str):
+    """A rich progress bar on stderr (terminal only, not --quiet); yields an advance(bytes) callback."""
+    from rich.console import Console
+
+    console = Console(stderr=True, no_color=s.no_color)
+    if s.quiet or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@cli.command()
+@click.argument("base")
+@click.option("--out", required=True, metavar="DIR", help="Where to write the resized model (must not exist or be empty; --force replaces).")
+@click.option("--vocab", type=click.IntRange(min=1), help="New number of rows.")
+@click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Resize to this tokenizer's length and copy its files.")
+@click.option("--like", metavar="ADAPTER", help="Resize to the size the adapter implies (its saved rows, token indices or tokenizer).")
+@click.option("--init", type=click.Choice(INITS), help="New-row init (default: subword_mean with --tokenizer, else mean).")
+@click.option("--pad-to-multiple-of", "pad_to", type=click.IntRange(min=1), help="Round the rows up; padding rows get the mean.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in).")
+@output_options
+@click.pass_context
+def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_shard_size, force, **opts) -> None:
+    """Write BASE with embedding / lm_head (and output bias) resized; old rows bit-identical."""
+    from inspector.checkpoint import read_checkpoint
+    from inspector.resize import resize_checkpoint
+    from inspector.writer import parse_size
+
+    s = settings(ctx, **opts)
+    total = read_checkpoint(base, with_tokenizer=False).total_bytes if Path(base).exists() else 0
+    with progress_bar(s, total, "resize") as advance:
+        result = resize_checkpoint(base, out, vocab=vocab, tokenizer=tokenizer_dir, like=like, init=init, pad_to=pad_to, seed=seed,
+                                   force=force, max_shard_size=parse_size(max_shard_size), progress=advance)
+    emit(s, "resize", result)
 
 
 def _print_error(exc: InspectorError) -> None:

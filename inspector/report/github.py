@@ -44,3 +44,8 @@ def check(diagnosis) -> str:
     s = diagnosis.summary
     lines.append(annotation("notice", "lora-inspector check", f"{s['error']} errors, {s['warning']} warnings, {s['info']} info"))
     return "\n".join(lines) + "\n"
+
+
+def resize(result) -> str:
+    plan = result.plan
+    return annotation("notice", "resize", f"{plan.old_rows} -> {plan.rows} rows ({plan.init}) written to {result.out}") + "\n"

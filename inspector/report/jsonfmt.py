@@ -80,3 +80,28 @@ def check(diagnosis) -> str:
             "summary": diagnosis.summary,
         }
     )
+
+
+def resize(result) -> str:
+    plan, sub = result.plan, result.subword
+    return dumps(
+        {
+            "schema": SCHEMA,
+            "command": "resize",
+            "out": str(result.out),
+            "old_rows": plan.old_rows,
+            "rows": plan.rows,
+            "requested_rows": plan.requested,
+            "reason": plan.reason,
+            "init": plan.init,
+            "matrices": [{"name": m.name, "old_shape": list(m.old_shape), "new_shape": list(m.new_shape), "init": m.init} for m in result.matrices],
+            "subword": None if sub is None else {
+                "tokens": sub.tokens,
+                "fallbacks": sub.fallbacks,
+                "byte_only": sub.byte_only,
+                "byte_only_share": round(sub.byte_only / sub.tokens, 4) if sub.tokens else 0.0,
+                "padding_rows": sub.padding,
+            },
+            "tokenizer_from": result.tokenizer_from,
+        }
+    )

@@ -76,3 +76,14 @@ def check(diagnosis) -> str:
         ]
         out += _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
     return "\n".join(out) + "\n"
+
+
+def resize(result) -> str:
+    plan = result.plan
+    out = [f"### resized `{plan.old_rows}` -> `{plan.rows}` rows ({plan.reason})", ""]
+    out += _table(["tensor", "before", "after", "init"], [[f"`{m.name}`", shape_str(m.old_shape), shape_str(m.new_shape), m.init] for m in result.matrices])
+    if result.subword is not None:
+        sub = result.subword
+        out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
+    out += ["", f"written to `{result.out}`"]
+    return "\n".join(out) + "\n"

@@ -139,3 +139,26 @@ def check(diagnosis) -> RenderableType:
     grid.add_row("result", verdict)
     parts.append(Panel(grid, title="[bold]lora-inspector check", title_align="left", expand=False))
     return Group(*parts)
+
+
+def resize(result) -> RenderableType:
+    plan = result.plan
+    table = Table(title=f"resized {plan.old_rows} -> {plan.rows} rows ({plan.reason})", title_justify="left")
+    table.add_column("tensor", overflow="fold")
+    table.add_column("before", justify="right", no_wrap=True)
+    table.add_column("after", justify="right", no_wrap=True)
+    table.add_column("new rows", no_wrap=True)
+    for m in result.matrices:
+        table.add_row(m.name, shape_str(m.old_shape), shape_str(m.new_shape), m.init if plan.rows > plan.old_rows else "-")
+    lines = [table]
+    if plan.rows != plan.requested:
+        lines.append(Text(f"padded {plan.requested} -> {plan.rows} rows (--pad-to-multiple-of); padding rows use the mean"))
+    if result.subword is not None:
+        sub = result.subword
+        share = sub.byte_only / sub.tokens if sub.tokens else 0.0
+        lines.append(Text(
+            f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean (no pieces), "
+            f"{sub.byte_only} ({share:.1%}) split into byte-fallback pieces only (weak averages)"
+        ))
+    lines.append(Text(f"written: {result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
+    return Group(*lines)

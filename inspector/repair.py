@@ -1,0 +1,180 @@
+"""Vocabulary repair: plan a resize of embedding / lm_head rows and initialize the new rows.
+
+Statistics are computed in fp32, per matrix from that matrix's own old rows (lm_head from
+lm_head), seeded; old rows are copied bit-identically. ``hf_mvn`` follows transformers'
+``resize_token_embeddings(mean_resizing=True)``; ``subword_mean`` averages the old rows of the
+pieces the old tokenizer splits each new token into (Hewitt 2021; the usual vocabulary-expansion
+recipe).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inspector.base import VocabLayout, config_value, vocab_layout
+from inspector.checkpoint import Checkpoint
+from inspector.errors import UsageError
+
+INITS = ("subword_mean", "mean", "hf_mvn", "normal", "zero")
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    old_rows: int
+    rows: int  # after --pad-to-multiple-of
+    requested: int  # before padding
+    reason: str  # where the size came from, for the report
+    matrices: tuple[str, ...]  # [V, H] tensors resized along dim 0
+    biases: tuple[str, ...]  # [V] / [1, V] tensors resized along the last dim
+    init: str
+
+    def new_shape(self, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+        if name in self.biases:
+            return (*shape[:-1], self.rows)
+        return (self.rows, *shape[1:])
+
+    def touches(self, name: str) -> bool:
+        return name in self.matrices or name in self.biases
+
+
+@dataclass
+class SubwordPlan:
+    """For each new row (in order), the old-vocabulary ids whose rows it averages ([] -> mean)."""
+
+    pieces: list[list[int]]
+    fallbacks: int  # new tokens with no usable piece (initialized with the mean)
+    byte_only: int  # new tokens whose pieces are all byte-fallback pieces (<0xE6>...)
+    padding: int  # rows beyond the new tokenizer's length (padding rows: mean)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.pieces) - self.padding
+
+
+@dataclass
+class MatrixResult:
+    name: str
+    old_shape: tuple[int, ...]
+    new_shape: tuple[int, ...]
+    init: str
+
+
+@dataclass
+class ResizeResult:
+    out: Path
+    plan: ResizePlan
+    matrices: list[MatrixResult] = field(default_factory=list)
+    subword: SubwordPlan | None = None
+    tokenizer_from: str | None = None
+
+
+def padded(rows: int, multiple: int | None) -> int:
+    if not multiple:
+        return rows
+    return -(-rows // multiple) * multiple
+
+
+def plan_resize(base: Checkpoint, rows: int, reason: str, init: str, pad_to: int | None = None) -> ResizePlan:
+    """Which tensors change and to what size; refuses bases whose vocabulary cannot be found."""
+    layout: VocabLayout = vocab_layout(base)
+    if layout.rows is None or not layout.embeddings:
+        raise UsageError("Cannot resize", base.path, "no vocabulary embedding found (no 2-D tensor with config.vocab_size rows)", "Check the base with `lora-inspector scan BASE --tensors`.")
+    if rows <= 0:
+        raise UsageError("Cannot resize", base.path, f"the target vocabulary size {rows} is not positive", "Pass --vocab N with N > 0.")
+    if pad_to is not None and pad_to <= 0:
+        raise UsageError("Invalid --pad-to-multiple-of", None, f"{pad_to} is not a positive integer", "Pass e.g. --pad-to-multiple-of 64.")
+    return ResizePlan(layout.rows, padded(rows, pad_to), rows, reason, layout.matrices, layout.biases, init)
+
+
+# -- new-row initializers ------------------------------------------------------------------------
+
+
+def _seeded(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def mvn_rows(old32, count: int, seed: int):
+    """transformers' mean_resizing: N(mean, 1e-9 * cov) when that is positive definite, else the mean."""
+    import torch
+    from torch.distributions import constraints
+    from torch.distributions.multivariate_normal import MultivariateNormal
+
+    mean = old32.mean(dim=0)
+    centered = old32 - mean
+    covariance = centered.T @ centered / old32.shape[0]
+    if constraints.positive_definite.check(1e-9 * covariance).all():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MultivariateNormal(mean, covariance_matrix=1e-9 * covariance).sample((count,))
+    return mean.expand(count, -1).clone()
+
+
+def new_rows(old, count: int, init: str, *, seed: int = 0, initializer_range: float = 0.02, subword: SubwordPlan | None = None, bias: bool = False):
+    """``count`` new rows (fp32) for the matrix (or 1-D bias) ``old``, by ``init``."""
+    import torch
+
+    old32 = old.float() if not bias else old.float().reshape(-1, 1)
+    width = old32.shape[1]
+    if count <= 0:
+        return old32.new_zeros((0, width)) if not bias else old32.new_zeros((0,))
+    mean = old32.mean(dim=0)
+    if init == "zero":
+        rows = old32.new_zeros((count, width))
+    elif init == "normal":
+        rows = torch.randn((count, width), generator=_seeded(seed)) * initializer_range
+        if bias:
+            rows.zero_()  # transformers' _init_weights zeroes Linear biases
+    elif init == "hf_mvn":
+        if bias:  # transformers: normal(mean, 1e-9 * std) for the lm_head bias
+            std = old32.std(dim=0)
+            rows = mean + 1e-9 * std * torch.randn((count, width), generator=_seeded(seed))
+        else:
+            rows = mvn_rows(old32, count, seed)
+    elif init == "subword_mean" and subword is not None:
+        rows = mean.expand(count, -1).clone()
+        for i, ids in enumerate(subword.pieces[:count]):
+            if ids:
+                rows[i] = old32[ids].mean(dim=0)
+    elif init in ("mean", "subword_mean"):
+        rows = mean.expand(count, -1).clone()
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return rows.reshape(-1) if bias else rows
+
+
+def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) -> SubwordPlan:
+    """Split each new token's text with the old tokenizer (no special tokens, unknown pieces dropped)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    old_tok = AutoTokenizer.from_pretrained(str(old_dir))
+    new_tok = AutoTokenizer.from_pretrained(str(new_dir))
+    unk = old_tok.unk_token_id
+    old_vocab = old_tok.convert_ids_to_tokens(list(range(min(len(old_tok), old_rows))))
+    byte_ids = {i for i, t in enumerate(old_vocab) if t and _BYTE_PIECE.match(t)}
+    pieces: list[list[int]] = []
+    fallbacks = byte_only = 0
+    limit = min(len(new_tok), new_rows_)
+    for token_id in range(old_rows, limit):
+        token = new_tok.convert_ids_to_tokens(token_id)
+        text = new_tok.convert_tokens_to_string([token]) if token is not None else ""
+        ids = [i for i in old_tok(text, add_special_tokens=False)["input_ids"] if i != unk and 0 <= i < old_rows] if text else []
+        if not ids:
+            fallbacks += 1
+        elif all(i in byte_ids for i in ids):
+            byte_only += 1
+        pieces.append(ids)
+    padding = max(0, new_rows_ - max(limit, old_rows))
+    pieces += [[] for _ in range(padding)]
+    return SubwordPlan(pieces, fallbacks, byte_only, padding)
+
+
+def initializer_range(config: dict) -> float:
+    value = config_value(config, "initializer_range", "init_std")
+    return float(value) if isinstance(value, (int, float)) else 0.02

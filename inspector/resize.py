@@ -1,0 +1,139 @@
+"""``resize``: write a copy of BASE whose vocabulary matrices have N rows, streaming one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from inspector.checkpoint import Checkpoint, read_checkpoint
+from inspector.errors import UsageError
+from inspector.loader import TensorReader
+from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
+from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
+from inspector.writer import CheckpointWriter, OutputTensor
+
+# Files of a model directory that are not tensors or the config: copied through as they are.
+_TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+MAX_SIDE_FILE = 100_000_000
+
+Progress = Callable[[int], None]
+
+
+def side_files(directory: Path) -> list[Path]:
+    """Small non-tensor files of a checkpoint dir (generation config, tokenizer, chat template, ...)."""
+    out = []
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if name.startswith(".") or name == "config.json" or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
+            continue
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_SIDE_FILE:
+            out.append(path)
+    return out
+
+
+def updated_config(config: dict, rows: int) -> dict:
+    """config.json with vocab_size set (in text_config too, where the text model keeps it)."""
+    new = dict(config)
+    if "vocab_size" in new or not isinstance(new.get("text_config"), dict):
+        new["vocab_size"] = rows
+    if isinstance(new.get("text_config"), dict) and "vocab_size" in new["text_config"]:
+        new["text_config"] = {**new["text_config"], "vocab_size": rows}
+    return new
+
+
+def output_plan(base: Checkpoint, plan: ResizePlan, dtype: str | None = None) -> list[OutputTensor]:
+    return [OutputTensor(t.name, dtype or t.dtype, plan.new_shape(t.shape, t.name) if plan.touches(t.name) else t.shape) for t in base.tensors]
+
+
+def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subword: SubwordPlan | None):
+    """The resized tensor: old rows bit-identical, then ``plan.init`` rows, then mean padding rows."""
+    import torch
+
+    bias = name in plan.biases
+    if bias:
+        flat = old.reshape(-1)
+        if plan.rows <= plan.old_rows:
+            return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
+        added = new_rows(flat, plan.requested - plan.old_rows, plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
+        pad = new_rows(flat, plan.rows - max(plan.requested, plan.old_rows), "mean", bias=True)
+        return torch.cat([flat, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
+    if plan.rows <= plan.old_rows:
+        return old[: plan.rows].clone()
+    added = new_rows(old, max(0, plan.requested - plan.old_rows), plan.init, seed=seed, initializer_range=init_range, subword=subword)
+    pad = new_rows(old, plan.rows - max(plan.requested, plan.old_rows), "mean")
+    return torch.cat([old, added.to(old.dtype), pad.to(old.dtype)])
+
+
+def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, like: str | None) -> tuple[int, str]:
+    given = [x for x in (vocab, tokenizer, like) if x is not None]
+    if len(given) != 1:
+        raise UsageError("Invalid options", None, "give exactly one of --vocab, --tokenizer and --like", "e.g. `lora-inspector resize BASE --out DIR --like ADAPTER`.")
+    if vocab is not None:
+        return vocab, f"--vocab {vocab}"
+    if tokenizer is not None:
+        facts = read_tokenizer(Path(tokenizer)) if Path(tokenizer).is_dir() else None
+        if facts is None:
+            raise UsageError("Cannot read tokenizer", tokenizer, "no tokenizer files in this directory", "Pass the directory tokenizer.save_pretrained() wrote.")
+        return max(facts.length, facts.max_id + 1), f"the tokenizer in {tokenizer} ({facts.length} tokens)"
+    from inspector.check import run_check
+
+    diagnosis = run_check(base.path, like)
+    if diagnosis.plan.rows is None:
+        raise UsageError("Cannot resize", like, "the adapter implies no vocabulary size", "Pass --vocab N instead.")
+    return diagnosis.plan.rows, f"the adapter in {like} ({diagnosis.plan.source})"
+
+
+def resize_checkpoint(
+    base_path: str,
+    out: str,
+    *,
+    vocab: int | None = None,
+    tokenizer: str | None = None,
+    like: str | None = None,
+    init: str | None = None,
+    pad_to: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    max_shard_size: int = 5_000_000_000,
+    progress: Progress | None = None,
+) -> ResizeResult:
+    """Write BASE with its vocabulary matrices resized into OUT (safe writer: staging, verify, rename)."""
+    base = read_checkpoint(base_path)
+    if base.kind != "model":
+        raise UsageError("Not a base model", base_path, "this is a PEFT adapter", "Pass the base model directory; use --like ADAPTER to take the size from the adapter.")
+    rows, reason = _target_rows(base, vocab, tokenizer, like)
+    old_tok_known = base.tokenizer is not None
+    chosen = init or ("subword_mean" if tokenizer is not None and old_tok_known else "mean")
+    if chosen == "subword_mean" and not (tokenizer is not None and old_tok_known):
+        raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR)", "Pass --tokenizer DIR, or choose --init mean.")
+    plan = plan_resize(base, rows, reason, chosen, pad_to)
+    subword = subword_pieces(base.root, Path(tokenizer), plan.old_rows, plan.requested) if chosen == "subword_mean" and plan.requested > plan.old_rows else None
+
+    # Tokenizer files travel with the result: the new tokenizer if given, else the adapter's
+    # (--like: the one training used), else the base's own.
+    tok_source = Path(tokenizer) if tokenizer else (Path(like) if like and read_tokenizer(Path(like)) else base.root)
+    inputs = [base.root] + [Path(p) for p in (tokenizer, like) if p]
+    result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=str(tok_source))
+    init_range = initializer_range(base.config)
+    with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force) as writer:
+        with TensorReader(base.root) as reader:  # closing checks the inputs did not change meanwhile
+            for info in base.tensors:
+                tensor = reader.read(info)
+                if plan.touches(info.name):
+                    tensor = grow(tensor, plan, info.name, seed=seed, init_range=init_range, subword=subword)
+                    result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), chosen))
+                writer.write(info.name, tensor)
+                if progress:
+                    progress(info.nbytes)
+                del tensor
+        writer.add_file("config.json", json.dumps(updated_config(base.config, plan.rows), indent=2) + "\n")
+        for path in side_files(base.root):
+            if tok_source == base.root or path.name not in TOKENIZER_FILES:
+                writer.copy_file(path)
+        if tok_source != base.root:
+            for name in TOKENIZER_FILES:
+                if (tok_source / name).is_file():
+                    writer.copy_file(tok_source / name)
+        writer.commit()
+    return result
