@@ -334,3 +334,20 @@ def matches_target(config: AdapterConfig, module: str) -> bool:
     if isinstance(targets, str):
         return targets == "all-linear" or re.fullmatch(targets, module) is not None
     return module in targets or any(module.endswith("." + t) for t in targets)
+
+
+def is_transposed(weight: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...], default: bool, rows_may_differ: bool = False) -> bool | None:
+    """Does ``weight`` store [in, out] for this LoRA pair (transformers' Conv1D), or [out, in]?
+
+    PEFT decides per layer (Conv1D -> fan_in_fan_out, nn.Linear -> not, whatever the config says);
+    headers show it by which orientation fits. Square weights fit both: then ``default`` (the
+    config / model type) decides. ``rows_may_differ``: a vocabulary head whose rows grow.
+    None when neither fits.
+    """
+    if len(weight) != 2 or len(a) != 2 or len(b) != 2:
+        return None
+    linear = weight[1] == a[1] and (weight[0] == b[0] or rows_may_differ)
+    conv1d = weight[0] == a[1] and weight[1] == b[0]
+    if linear and conv1d:
+        return default
+    return True if conv1d else (False if linear else None)

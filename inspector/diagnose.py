@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.adapter import Adapter, AdapterTensor, LoraModule, matches_target
+from inspector.adapter import Adapter, AdapterTensor, LoraModule, is_transposed, matches_target
 from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_value, vocab_layout
 from inspector.checkpoint import Checkpoint
 from inspector.findings import Code, Finding, severity_rank
@@ -309,13 +309,15 @@ def _lora_shapes(ctx: _Context, lm: LoraModule, weight: TensorInfo) -> list[Find
                                "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape))
         out_dim = hidden
     else:
-        out_dim, in_dim = weight.shape[::-1] if ctx.fan_in_fan_out else weight.shape
-        layout = " (fan_in_fan_out: the base stores [in, out])" if ctx.fan_in_fan_out else ""
+        fits = is_transposed(weight.shape, a.info.shape, b.info.shape, ctx.fan_in_fan_out, rows_may_differ=vocab_rows_ok)
+        fan = ctx.fan_in_fan_out if fits is None else fits
+        out_dim, in_dim = weight.shape[::-1] if fan else weight.shape
+        layout = " (fan_in_fan_out: the base stores [in, out])" if fan else ""
         if a.info.shape[1] != in_dim:
             out.append(Finding(Code.LORA_A_SHAPE, f"{lm.module}: lora_A is {shape_str(a.info.shape)}, expected [{r_a}, {in_dim}] for the base weight {shape_str(weight.shape)}{layout}.",
-                               "Use the base model the adapter was trained on" + ("; for GPT-2 style Conv1D set fan_in_fan_out: true." if not ctx.fan_in_fan_out and a.info.shape[1] == weight.shape[0] else "."),
+                               "Use the base model the adapter was trained on.",
                                tensor=weight.name, adapter_key=a.key, adapter_shape=a.info.shape, base_shape=weight.shape))
-        if b.info.shape[0] != out_dim and not (vocab_rows_ok and not ctx.fan_in_fan_out):
+        if b.info.shape[0] != out_dim and not (vocab_rows_ok and not fan):
             out.append(Finding(Code.LORA_B_SHAPE, f"{lm.module}: lora_B is {shape_str(b.info.shape)}, expected [{out_dim}, {r_b}] for the base weight {shape_str(weight.shape)}{layout}.",
                                "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=b.key, adapter_shape=b.info.shape, base_shape=weight.shape))
         out_dim = b.info.shape[0] if vocab_rows_ok else out_dim

@@ -158,6 +158,9 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
     unk = old_tok.unk_token_id
     old_vocab = old_tok.convert_ids_to_tokens(list(range(min(len(old_tok), old_rows))))
     byte_ids = {i for i, t in enumerate(old_vocab) if t and _BYTE_PIECE.match(t)}
+    # Sentencepiece-style tokenizers put the word-boundary marker before the bytes ("心" -> "▁",
+    # <0xE5>, <0xBF>, <0x83>); a lone marker carries no meaning, so it does not count against byte-only.
+    marker_ids = {i for i, t in enumerate(old_vocab) if t == "\u2581"}
     pieces: list[list[int]] = []
     fallbacks = byte_only = 0
     limit = min(len(new_tok), new_rows_)
@@ -167,7 +170,7 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
         ids = [i for i in old_tok(text, add_special_tokens=False)["input_ids"] if i != unk and 0 <= i < old_rows] if text else []
         if not ids:
             fallbacks += 1
-        elif all(i in byte_ids for i in ids):
+        elif any(i in byte_ids for i in ids) and all(i in byte_ids or i in marker_ids for i in ids):
             byte_only += 1
         pieces.append(ids)
     padding = max(0, new_rows_ - max(limit, old_rows))

@@ -108,7 +108,7 @@ def resize_checkpoint(
     if chosen == "subword_mean" and not (tokenizer is not None and old_tok_known):
         raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR)", "Pass --tokenizer DIR, or choose --init mean.")
     plan = plan_resize(base, rows, reason, chosen, pad_to)
-    subword = subword_pieces(base.root, Path(tokenizer), plan.old_rows, plan.requested) if chosen == "subword_mean" and plan.requested > plan.old_rows else None
+    subword = subword_pieces(base.root, Path(tokenizer), plan.old_rows, plan.rows) if chosen == "subword_mean" and plan.requested > plan.old_rows else None
 
     # Tokenizer files travel with the result: the new tokenizer if given, else the adapter's
     # (--like: the one training used), else the base's own.

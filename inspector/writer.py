@@ -1,0 +1,618 @@
+"""The one safe, streaming checkpoint writer that ``resize`` and ``merge`` share.
+
+Every output tensor is planned up front (name, dtype, shape), so each shard's header is known before
+any data exists: a shard is written header first, then filled one tensor at a time as ``write`` is
+called, which keeps peak memory at one tensor. Everything goes into a hidden staging directory beside
+the target; ``commit`` re-reads every shard header, writes the index, fsyncs and renames the staging
+directory into place (SPEC "Output safety"). Any failure, Ctrl-C included, removes the staging
+directory and leaves the target as it was.
+
+Importing this module does not import torch (``scan``/``check`` never do); ``write`` imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from inspector.errors import InspectorError, InvalidInputError, UsageError
+from inspector.header import read_header
+from inspector.tensor import DTYPE_BITS, data_bytes
+from inspector.units import human_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+SINGLE_FILE = "model.safetensors"  # transformers' name for an unsharded checkpoint (no index)
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # transformers' default shard size, decimal GB
+# Room beyond the planned shards: config/tokenizer files added later and filesystem overhead.
+SPACE_MARGIN = 16 * 1024**2
+_CHUNK = 1 << 20
+_WRITE_WHAT = "Cannot write checkpoint"
+
+
+def shard_name(index: int, count: int) -> str:
+    """transformers' shard naming: 1-based, both numbers zero-padded to 5 digits."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------- sizes
+
+_UNITS: dict[str, int] = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"\s*(\d+(?:_\d+)*(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size: ``5GB`` -> 5,000,000,000, ``2GiB`` -> 2 * 1024**3, ``500MB``, plain integers.
+
+    Units are case-insensitive and always mean bytes (``5gb`` is 5 GB, not gigabits); the result
+    must be a positive whole number of bytes. Raises ``UsageError`` on anything else.
+    """
+
+    def junk(why: str) -> UsageError:
+        return UsageError("Invalid size", None, why, "Give bytes or a number with a unit: 500MB, 5GB, 2GiB.")
+
+    if isinstance(text, bool):  # bool is an int subclass; True is not a size
+        raise junk(f"{text!r} is not a size")
+    if isinstance(text, int):
+        value = text
+    elif isinstance(text, str):
+        match = _SIZE_RE.fullmatch(text)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise junk(f"{text!r} is not a size")
+        scaled = Decimal(match.group(1).replace("_", "")) * _UNITS[match.group(2).lower()]
+        if scaled != scaled.to_integral_value():
+            raise junk(f"{text!r} is not a whole number of bytes")
+        value = int(scaled)
+    else:
+        raise junk(f"{text!r} is not a size")
+    if value <= 0:
+        raise junk(f"{text!r} is not a positive size")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor the writer will receive: what its header entry says before any data exists."""
+
+    name: str
+    dtype: str  # safetensors dtype string, e.g. "BF16", "F32"
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Shard:
+    file: str
+    first: int  # index into the plan of its first tensor
+    stop: int  # one past its last tensor
+    header: bytes  # 8-byte length + padded JSON
+    data_size: int
+
+    @property
+    def file_size(self) -> int:
+        return len(self.header) + self.data_size
+
+
+def _check_plan(tensors: Sequence[OutputTensor]) -> list[int]:
+    """Validate the plan (a bad plan is a programming error) and return each tensor's byte size."""
+    seen: set[str] = set()
+    sizes = []
+    for t in tensors:
+        if not isinstance(t.name, str) or not t.name or t.name == "__metadata__":
+            raise ValueError(f"invalid tensor name {t.name!r}")
+        if t.name in seen:
+            raise ValueError(f"tensor {t.name!r} is planned twice")
+        seen.add(t.name)
+        if t.dtype not in DTYPE_BITS:
+            raise ValueError(f"tensor {t.name!r} has unknown safetensors dtype {t.dtype!r}")
+        if not all(type(d) is int and d >= 0 for d in t.shape):
+            raise ValueError(f"tensor {t.name!r} has invalid shape {t.shape!r}")
+        nbytes = data_bytes(t.dtype, tuple(t.shape))
+        if nbytes is None:
+            raise ValueError(f"tensor {t.name!r} ({t.dtype} {list(t.shape)}) does not fill whole bytes")
+        sizes.append(nbytes)
+    return sizes
+
+
+def _split(sizes: list[int], max_shard_size: int) -> list[tuple[int, int]]:
+    """Greedy in-order split: a new shard starts when the next tensor would pass the limit.
+
+    A tensor larger than the limit gets a shard of its own. Sizes count tensor data only, as
+    transformers does.
+    """
+    bounds: list[tuple[int, int]] = []
+    first, used = 0, 0
+    for i, size in enumerate(sizes):
+        if i > first and used + size > max_shard_size:
+            bounds.append((first, i))
+            first, used = i, 0
+        used += size
+    bounds.append((first, len(sizes)))  # an empty plan still makes one (empty) model.safetensors
+    return bounds
+
+
+def _encode_header(tensors: Sequence[OutputTensor], sizes: list[int], metadata: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for t, size in zip(tensors, sizes):
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # safetensors pads with spaces so the data starts 8-byte aligned
+    return len(blob).to_bytes(8, "little") + blob
+
+
+# ---------------------------------------------------------------------------------- path checks
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ancestor_identities(path: Path) -> set[tuple[int, int]]:
+    return {ident for p in path.parents if (ident := _identity(p)) is not None}
+
+
+def _overlap(out_real: Path, in_real: Path, shown: Path) -> str | None:
+    """Why ``out`` overlaps an input, or None. Real paths catch symlinks; (dev, inode) pairs catch
+    hard links and bind mounts, which give the same file or directory another name."""
+    if out_real == in_real:
+        return f"it is the input '{shown}'"
+    if out_real.is_relative_to(in_real):
+        return f"it is inside the input '{shown}'"
+    if in_real.is_relative_to(out_real):
+        return f"it contains the input '{shown}'"
+    out_id, in_id = _identity(out_real), _identity(in_real)
+    if out_id is not None and out_id == in_id:
+        return f"it is the input '{shown}' under another name (a hard link or bind mount)"
+    if in_id is not None and in_id in _ancestor_identities(out_real):
+        return f"it is inside the input '{shown}' (reached through a bind mount)"
+    if out_id is not None and out_id in _ancestor_identities(in_real):
+        return f"it contains the input '{shown}' (reached through a bind mount)"
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(path.anchor or ".")
+
+
+# ------------------------------------------------------------------------------------- file I/O
+
+
+def _write_all(fh: Any, data: bytes | memoryview | np.ndarray) -> None:
+    """Write a whole buffer. The single point every byte goes through (tests patch it)."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    written = fh.write(view)
+    if written is not None and written != len(view):  # a buffered file writes all or raises
+        raise OSError(errno.EIO, f"short write ({written} of {len(view)} bytes)")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # filesystems without dir fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _make_dir_beside(target: Path, tag: str) -> Path:
+    """Create an empty hidden directory next to ``target`` (same filesystem, so renames are atomic).
+
+    ``os.mkdir`` rather than ``mkdtemp``: the umask applies, so the published directory gets the
+    permissions any other new directory would, not mkdtemp's 0700.
+    """
+    while True:
+        path = target.parent / f".{target.name}.{tag}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+@functools.cache
+def _torch_dtypes() -> dict[Any, str]:
+    import torch
+
+    names = {
+        "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+        "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+        "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+        "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
+        "complex64": "C64",
+    }  # fmt: skip
+    return {getattr(torch, k): v for k, v in names.items() if hasattr(torch, k)}
+
+
+def _raw_bytes(tensor: torch.Tensor, planned: OutputTensor) -> np.ndarray:
+    """The tensor's little-endian bytes as a flat uint8 array (no copy when already contiguous on CPU)."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor {planned.name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+    dtype = _torch_dtypes().get(tensor.dtype)
+    if dtype != planned.dtype:
+        raise ValueError(f"tensor {planned.name!r} is {tensor.dtype} ({dtype}); the plan says {planned.dtype}")
+    if tuple(tensor.shape) != tuple(planned.shape):
+        raise ValueError(f"tensor {planned.name!r} has shape {list(tensor.shape)}; the plan says {list(planned.shape)}")
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    # bf16 has no numpy dtype, so go through uint8; resolve lazy conj/neg views before reinterpreting.
+    flat = t.resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+    return flat.numpy()
+
+
+# ---------------------------------------------------------------------------------------- writer
+
+State = Literal["open", "committed", "aborted"]
+
+
+class CheckpointWriter:
+    """Stream planned tensors into ``out_dir`` through a staging directory; publish on ``commit``.
+
+    Use as a context manager: an exception (``KeyboardInterrupt`` included) inside the ``with``
+    aborts, removing the staging directory. All paths are validated here, before anything is
+    written; each refusal is a ``UsageError``. ``extra_bytes`` is the size of files the caller will
+    add with ``add_file``/``copy_file``, counted in the free-space check.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        inputs: Sequence[str | Path],
+        tensors: Sequence[OutputTensor],
+        max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+        force: bool = False,
+        metadata: dict[str, str] | None = None,
+        extra_bytes: int = 0,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.force = force
+        self.tensors: tuple[OutputTensor, ...] = tuple(tensors)
+        if type(max_shard_size) is not int or max_shard_size <= 0:
+            raise UsageError("Invalid size", None, f"max shard size {max_shard_size!r} is not a positive number of bytes",
+                             "Give bytes or a number with a unit: 500MB, 5GB, 2GiB.")  # fmt: skip
+        meta = {"format": "pt", **(metadata or {})}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise ValueError("safetensors metadata must map strings to strings")
+        self.metadata: dict[str, str] = meta
+
+        sizes = _check_plan(self.tensors)
+        bounds = _split(sizes, max_shard_size)
+        self._shards = [
+            _Shard(
+                file=SINGLE_FILE if len(bounds) == 1 else shard_name(i, len(bounds)),
+                first=a,
+                stop=b,
+                header=_encode_header(self.tensors[a:b], sizes[a:b], meta),
+                data_size=sum(sizes[a:b]),
+            )
+            for i, (a, b) in enumerate(bounds)
+        ]
+        self._shard_of = [i for i, s in enumerate(self._shards) for _ in range(s.first, s.stop)]
+        self.total_size = sum(sizes)  # tensor data bytes, the index's metadata.total_size
+        self.planned_bytes = sum(s.file_size for s in self._shards)
+
+        # The real path: symlinked --out writes where the link points, and staging sits beside that.
+        self._target = _real(self.out_dir)
+        self._validate_paths([Path(p) for p in inputs], extra_bytes)
+
+        self._state: State = "open"
+        self._staging: Path | None = None
+        self._created: list[Path] = []  # parent directories we made, removed again on abort
+        self._fh: Any = None
+        self._next = 0  # index into the plan of the next tensor to write
+        self._names: set[str] = {s.file for s in self._shards} | {INDEX_FILE, SINGLE_FILE}
+        self._extra: set[str] = set()
+
+    # ------------------------------------------------------------------------------ validation
+
+    def _refuse(self, why: str, hint: str, what: str = "Refusing to write output") -> UsageError:
+        return UsageError(what, self.out_dir, why, hint)
+
+    def _validate_paths(self, inputs: list[Path], extra_bytes: int) -> None:
+        target = self._target
+        for inp in inputs:
+            why = _overlap(target, _real(inp), inp)
+            if why is not None:
+                raise self._refuse(
+                    why,
+                    f"Choose an --out directory outside '{inp}' that does not contain it either, "
+                    f"e.g. '{_real(inp).parent / (_real(inp).name + '-out')}'; inputs are never written to.",
+                )
+        if os.path.lexists(target):
+            if not target.is_dir():
+                raise self._refuse(f"'{target}' exists and is not a directory",
+                                   "Choose a directory path for --out (it is created if missing).")  # fmt: skip
+            if not self.force:
+                try:
+                    non_empty = any(os.scandir(target))
+                except OSError as exc:
+                    raise self._refuse(f"cannot list it ({exc.strerror})", "Check the directory's permissions.") from exc
+                if non_empty:
+                    raise self._refuse("the directory exists and is not empty",
+                                       "Choose a new or empty --out directory, or pass --force to replace it.")  # fmt: skip
+
+        probe = _nearest_existing(target.parent)
+        free = shutil.disk_usage(probe).free
+        needed = self.planned_bytes + max(0, extra_bytes) + SPACE_MARGIN
+        if free < needed:
+            note = (" With --force the old output is removed only after the new one is complete,"
+                    " so its space does not count as free.") if self.force else ""  # fmt: skip
+            raise self._refuse(
+                f"{human_bytes(needed)} needed but only {human_bytes(free)} free on the disk holding '{probe}'",
+                f"Free disk space or choose an --out on another disk.{note}",
+                what="Not enough disk space",
+            )
+
+    # --------------------------------------------------------------------------------- plumbing
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        if exc_type is not None:
+            self.abort()
+            return False
+        if self._state == "open":  # left the block cleanly without commit(): publish nothing
+            self.abort()
+            raise ValueError("CheckpointWriter left without commit() or abort(); nothing was written")
+        return False
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Any exception out of a public method aborts; OS errors become a user-facing error."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            raise self._io_error(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def _io_error(self, exc: OSError) -> InspectorError:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            hint = f"The disk holding '{self._target.parent}' is full; free space or choose another --out."
+        else:
+            hint = "Check that the output location is writable and its disk is healthy."
+        return InspectorError(_WRITE_WHAT, self.out_dir, exc.strerror or str(exc), hint + " Nothing was written.")
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"CheckpointWriter is already {self._state}")
+
+    def _ensure_staging(self) -> Path:
+        if self._staging is None:
+            missing = [p for p in (self._target.parent, *self._target.parent.parents) if not p.exists()]
+            for p in reversed(missing):  # outermost first
+                os.mkdir(p)
+                self._created.append(p)
+            self._staging = _make_dir_beside(self._target, "staging")
+        return self._staging
+
+    def _check_name(self, name: str) -> None:
+        plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+        if not plain:
+            raise ValueError(f"{name!r} is not a plain file name")
+        if name in self._names or name in self._extra:
+            raise ValueError(f"{name!r} is already part of the output")
+
+    # ------------------------------------------------------------------------------ tensor data
+
+    def _open_shard(self, shard: _Shard) -> None:
+        self._fh = open(self._ensure_staging() / shard.file, "xb", buffering=_CHUNK)
+        _write_all(self._fh, shard.header)
+
+    def _close_shard(self) -> None:
+        fh, self._fh = self._fh, None
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fh.close()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next planned tensor; it must match the plan's name, dtype and shape (else ValueError)."""
+        with self._guard():
+            self._check_open()
+            if self._next >= len(self.tensors):
+                raise ValueError(f"tensor {name!r} was not planned: all {len(self.tensors)} tensors are written")
+            planned = self.tensors[self._next]
+            if name != planned.name:
+                raise ValueError(f"expected tensor {planned.name!r} (number {self._next + 1} of the plan), got {name!r}")
+            raw = _raw_bytes(tensor, planned)
+            shard = self._shards[self._shard_of[self._next]]
+            if self._fh is None:
+                self._open_shard(shard)
+            _write_all(self._fh, raw)
+            del raw  # let a device->host copy go before the next tensor arrives
+            self._next += 1
+            if self._next == shard.stop:
+                self._close_shard()
+
+    # ---------------------------------------------------------------------------- other files
+
+    def add_file(self, name: str, data: bytes | str) -> None:
+        """Add a small file (e.g. ``config.json``) to the output; ``name`` is a plain file name."""
+        with self._guard():
+            self._check_open()
+            self._check_name(name)
+            blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            with open(self._ensure_staging() / name, "xb") as fh:
+                self._extra.add(name)
+                _write_all(fh, blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def copy_file(self, src: str | Path, name: str | None = None) -> None:
+        """Copy ``src`` into the output as ``name`` (default: its own name), refusing a file that
+        changes while it is copied (size or mtime differ before and after)."""
+        with self._guard():
+            self._check_open()
+            src = Path(src)
+            name = src.name if name is None else name
+            self._check_name(name)
+            staging = self._ensure_staging()
+            hint = "Check that the file exists and is readable."
+            try:
+                fsrc = open(src, "rb")
+                before = os.fstat(fsrc.fileno())
+            except OSError as exc:
+                raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
+            with fsrc:
+                if not stat.S_ISREG(before.st_mode):
+                    raise InvalidInputError("Cannot copy", src, "not a regular file", "Pass a file, not a directory or device.")
+                copied = 0
+                with open(staging / name, "xb") as fdst:
+                    self._extra.add(name)
+                    while copied <= before.st_size:  # a file that keeps growing must not copy forever
+                        try:
+                            chunk = fsrc.read(_CHUNK)
+                        except OSError as exc:
+                            raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
+                        if not chunk:
+                            break
+                        _write_all(fdst, chunk)
+                        copied += len(chunk)
+                    fdst.flush()
+                    os.fsync(fdst.fileno())
+                after = os.fstat(fsrc.fileno())
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or copied != after.st_size:
+                raise InvalidInputError("Cannot copy", src, "the file changed while it was being copied",
+                                        "Wait until nothing is writing to it, then run again.")  # fmt: skip
+
+    # ---------------------------------------------------------------------------------- publish
+
+    def _verify(self, staging: Path) -> None:
+        """Re-open every shard with the strict reader: names, dtypes, shapes and sizes equal the plan."""
+        for shard in self._shards:
+            path = staging / shard.file
+            try:
+                found, meta = read_header(path)
+            except InvalidInputError as exc:
+                raise self._verify_error(shard, exc.why) from exc
+            want = [(t.name, t.dtype, tuple(t.shape)) for t in self.tensors[shard.first : shard.stop]]
+            got = [(t.name, t.dtype, t.shape) for t in found]  # read_header returns data order
+            if got != want:
+                raise self._verify_error(shard, "its tensors differ from the plan")
+            if os.path.getsize(path) != shard.file_size:
+                raise self._verify_error(shard, f"it is {os.path.getsize(path)} bytes, planned {shard.file_size}")
+            if meta != self.metadata:
+                raise self._verify_error(shard, "its __metadata__ differs from the plan")
+
+    def _verify_error(self, shard: _Shard, why: str) -> InspectorError:
+        return InspectorError(_WRITE_WHAT, self.out_dir, f"verifying '{shard.file}' failed: {why}",
+                              "The disk may be failing, or this is a bug; nothing was published.")  # fmt: skip
+
+    def _write_index(self, staging: Path) -> None:
+        weight_map = {t.name: self._shards[self._shard_of[i]].file for i, t in enumerate(self.tensors)}
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
+        # transformers' own layout: indent 2, sorted keys, trailing newline.
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        with open(staging / INDEX_FILE, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _publish(self, staging: Path) -> None:
+        target = self._target
+        if self.force and os.path.lexists(target):
+            # Two renames: old output aside, new one in; only then delete the old one.
+            aside = _make_dir_beside(target, "old")
+            try:
+                os.rename(target, aside)  # replaces the empty placeholder
+            except BaseException:
+                os.rmdir(aside)
+                raise
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                if os.path.lexists(staging):  # the swap did not happen: put the old output back
+                    os.rename(aside, target)
+                else:
+                    shutil.rmtree(aside, ignore_errors=True)
+                raise
+            self._staging = None
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(staging, target)  # atomic; also replaces an empty existing directory
+            self._staging = None
+        self._created = []
+        _fsync_dir(target.parent)
+
+    def commit(self) -> Path:
+        """Verify every shard, write the index (several shards only), fsync and publish; return ``out_dir``."""
+        with self._guard():
+            self._check_open()
+            if self._next < len(self.tensors):
+                missing = self.tensors[self._next].name
+                raise ValueError(f"{len(self.tensors) - self._next} planned tensors were not written, starting with {missing!r}")
+            staging = self._ensure_staging()
+            if not self.tensors:  # an empty plan still publishes a valid, empty model.safetensors
+                self._open_shard(self._shards[0])
+                self._close_shard()
+            self._verify(staging)
+            if len(self._shards) > 1:
+                self._write_index(staging)
+            _fsync_dir(staging)
+            self._publish(staging)
+            self._state = "committed"
+        return self.out_dir
+
+    def abort(self) -> None:
+        """Remove the staging directory (and parents this writer created); the target is untouched."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass  # the data is being thrown away
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        for p in reversed(self._created):
+            try:
+                os.rmdir(p)
+            except OSError:
+                break
+        self._created = []
+        if self._state == "open":
+            self._state = "aborted"
