@@ -68,6 +68,7 @@ class Diagnosis:
     tokenizer: TokenizerFacts | None
     plan: VocabPlan
     findings: tuple[Finding, ...]
+    context: "CheckContext"  # the lookups the checks used (name resolution, vocab layout): merge reuses them
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -84,8 +85,8 @@ def _cmd(*words: str) -> str:
     return " ".join(shlex.quote(w) if not w.startswith("--") and w != "lora-inspector" else w for w in words)
 
 
-class _Context:
-    """What every check reads: the base, the adapter, and lookups derived from them once."""
+class CheckContext:
+    """What every check (and the merge) reads: the base, the adapter, and lookups derived from them once."""
 
     def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, tokenizer_dir: str | None) -> None:
         self.base, self.adapter, self.tokenizer, self.tokenizer_dir = base, adapter, tokenizer, tokenizer_dir
@@ -179,7 +180,7 @@ def _layer_of(name: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_vocabulary(ctx: _Context) -> list[Finding]:
+def check_vocabulary(ctx: CheckContext) -> list[Finding]:
     """Family 1 (+ hidden size of vocabulary matrices): full vocab tensors against the base."""
     out: list[Finding] = []
     for full in ctx.adapter.full.values():
@@ -232,7 +233,7 @@ def check_vocabulary(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_tokenizer(ctx: _Context) -> list[Finding]:
+def check_tokenizer(ctx: CheckContext) -> list[Finding]:
     """Family 2: tokenizer length, config.vocab_size and embedding rows agree."""
     out: list[Finding] = []
     v = ctx.vocab
@@ -274,7 +275,7 @@ def check_tokenizer(ctx: _Context) -> list[Finding]:
     return out
 
 
-def _lora_shapes(ctx: _Context, lm: LoraModule, weight: TensorInfo) -> list[Finding]:
+def _lora_shapes(ctx: CheckContext, lm: LoraModule, weight: TensorInfo) -> list[Finding]:
     out: list[Finding] = []
     a, b = lm.A, lm.B
     if a is None or b is None:
@@ -336,7 +337,7 @@ def _lora_shapes(ctx: _Context, lm: LoraModule, weight: TensorInfo) -> list[Find
     return out
 
 
-def check_lora_shapes(ctx: _Context) -> list[Finding]:
+def check_lora_shapes(ctx: CheckContext) -> list[Finding]:
     """Family 3: lora_A/B, embedding LoRA, DoRA magnitude, lora_bias and rank against the base."""
     out: list[Finding] = []
     for module, (lm, weight) in ctx.lora_targets.items():
@@ -350,7 +351,7 @@ def check_lora_shapes(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_orphans(ctx: _Context) -> list[Finding]:
+def check_orphans(ctx: CheckContext) -> list[Finding]:
     """Family 4 (+ layer count, unknown keys): adapter tensors that touch no base tensor."""
     out: list[Finding] = []
     orphans: list[tuple[str, TensorInfo]] = []  # (what it targets, the adapter tensor)
@@ -393,7 +394,7 @@ def check_orphans(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_new_rows(ctx: _Context) -> list[Finding]:
+def check_new_rows(ctx: CheckContext) -> list[Finding]:
     """Family 5: grown vocabulary rows that LoRA changes but nobody carries, or that nobody carries at all."""
     out: list[Finding] = []
     plan = ctx.plan
@@ -421,7 +422,7 @@ def check_new_rows(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_trainable_tokens(ctx: _Context) -> list[Finding]:
+def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
     """Family 6: trainable_token_indices against the base's rows, and the deltas' shapes."""
     out: list[Finding] = []
     rows = ctx.vocab.rows
@@ -448,7 +449,7 @@ def check_trainable_tokens(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_tied(ctx: _Context) -> list[Finding]:
+def check_tied(ctx: CheckContext) -> list[Finding]:
     """Family 7: a tied base whose adapter replaces only the embedding or only the head."""
     if not ctx.vocab.tied or not ctx.vocab.embeddings:
         return []
@@ -469,7 +470,7 @@ def check_tied(ctx: _Context) -> list[Finding]:
                     tensor=embed, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape, base_shape=ctx.base.by_name[embed].shape)]
 
 
-def check_empty(ctx: _Context) -> list[Finding]:
+def check_empty(ctx: CheckContext) -> list[Finding]:
     """Family 8: tensors with a 0 in their shape (ZeRO-3 saves without gathering)."""
     out = []
     for t in ctx.adapter.tensors:
@@ -484,7 +485,7 @@ def check_empty(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_quantized(ctx: _Context) -> list[Finding]:
+def check_quantized(ctx: CheckContext) -> list[Finding]:
     """Family 9: a quantized base cannot be merged into without dequantizing."""
     quant = ctx.base.config.get("quantization_config")
     keys = [t.name for t in ctx.base.tensors if _QUANT_KEYS.search(t.name)]
@@ -498,7 +499,7 @@ def check_quantized(ctx: _Context) -> list[Finding]:
                     tensor=(keys or packed or [None])[0])]
 
 
-def check_architecture(ctx: _Context) -> list[Finding]:
+def check_architecture(ctx: CheckContext) -> list[Finding]:
     """Family 10: base_model_name_or_path against the base's model_type (layer and hidden sizes are
     reported where the tensors show them)."""
     name = (ctx.config.base_model_name_or_path or "").lower()
@@ -515,7 +516,7 @@ def check_architecture(ctx: _Context) -> list[Finding]:
                     "Check that BASE is the model the adapter was trained on.")]
 
 
-def check_dtypes(ctx: _Context) -> list[Finding]:
+def check_dtypes(ctx: CheckContext) -> list[Finding]:
     """Family 11: dtype differences (the merge computes in fp32 and writes the base dtype)."""
     base_dtypes = Counter(t.dtype for t in ctx.base.tensors if t.dtype in FLOAT_DTYPES)
     adapter_dtypes = Counter(t.info.dtype for t in ctx.adapter.tensors if t.info.dtype in FLOAT_DTYPES)
@@ -529,7 +530,7 @@ def check_dtypes(ctx: _Context) -> list[Finding]:
                     f"Nothing to do: the merge computes in fp32 and writes {base_main} (choose with --dtype).")]
 
 
-def check_bloat(ctx: _Context) -> list[Finding]:
+def check_bloat(ctx: CheckContext) -> list[Finding]:
     """Family 12: the same matrix stored several times (plain + modules_to_save + original_module)."""
     out = []
     for full in ctx.adapter.full.values():
@@ -544,7 +545,7 @@ def check_bloat(ctx: _Context) -> list[Finding]:
     return out
 
 
-def check_memory(ctx: _Context) -> list[Finding]:
+def check_memory(ctx: CheckContext) -> list[Finding]:
     """Family 13: what the standard PEFT merge needs in RAM vs the streaming merge."""
     base_bytes = ctx.base.total_bytes
     if ctx.plan.grows and ctx.vocab.rows:
@@ -560,7 +561,7 @@ def check_memory(ctx: _Context) -> list[Finding]:
                     f"`{ctx.merge_cmd}` streams one tensor at a time.")]
 
 
-def check_unsupported(ctx: _Context) -> list[Finding]:
+def check_unsupported(ctx: CheckContext) -> list[Finding]:
     """Family 14: PEFT methods and LoRA variants the merge does not handle."""
     out = []
     if ctx.config.peft_type != "LORA":
@@ -592,11 +593,11 @@ CHECKS = (
 
 def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, tokenizer_dir: str | None = None) -> Diagnosis:
     """Run every check; findings come sorted by severity, then code, then tensor."""
-    ctx = _Context(base, adapter, tokenizer, tokenizer_dir)
+    ctx = CheckContext(base, adapter, tokenizer, tokenizer_dir)
     if ctx.config.peft_type != "LORA":
         findings = check_unsupported(ctx) + check_empty(ctx)
     else:
         findings = [f for check in CHECKS for f in check(ctx)]
     order = {code: i for i, code in enumerate(Code)}
     findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.tensor or "", f.adapter_key or ""))
-    return Diagnosis(base, adapter, tokenizer, ctx.plan, tuple(findings))
+    return Diagnosis(base, adapter, tokenizer, ctx.plan, tuple(findings), ctx)
