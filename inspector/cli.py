@@ -208,6 +208,39 @@ def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_s
     emit(s, "resize", result)
 
 
+@cli.command()
+@click.argument("base")
+@click.argument("adapter")
+@click.option("--out", required=True, metavar="DIR", help="Where to write the merged model (must not exist or be empty; --force replaces).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Output dtype of float tensors (auto: each base tensor's own).")
+@click.option("--init", type=click.Choice(INITS), help="Init for grown rows no one carries (default mean); giving it also accepts LI501.")
+@click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in).")
+@output_options
+@click.pass_context
+def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max_shard_size, force, **opts) -> None:
+    """Merge ADAPTER into BASE, streaming one tensor at a time; equals PEFT's merge_and_unload.
+
+    Resizes to the vocabulary the adapter implies. Exit 1 (nothing written) when check finds an
+    error the merge cannot repair.
+    """
+    from inspector.merge import merge_adapter
+    from inspector.writer import parse_size
+
+    s = settings(ctx, **opts)
+    size = parse_size(max_shard_size)
+    from inspector.checkpoint import read_checkpoint
+
+    total = read_checkpoint(base, with_tokenizer=False).total_bytes if Path(base).exists() else 0
+    with progress_bar(s, total, "merge") as advance:
+        result = merge_adapter(base, adapter, out, device=device, dtype=dtype, init=init, seed=seed, force=force,
+                               max_shard_size=size, tokenizer_dir=tokenizer_dir, progress=advance)
+    emit(s, "merge", result)
+
+
 def _print_error(exc: InspectorError) -> None:
     sys.stderr.write(f"Error: {exc.message}\nHint: {exc.hint}\n")
 

@@ -79,6 +79,16 @@ class TensorReader:
             raise InvalidInputError("Cannot read tensor", self.root / info.file, f"{info.name} ends early ({got} of {info.nbytes} bytes)", "The file is truncated or changed while reading; re-download it.")
         return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
 
+    def read_rows(self, info: TensorInfo, start: int, stop: int):
+        """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""
+        if not info.shape or (start == 0 and stop >= info.shape[0]):
+            return self.read(info)
+        rows = info.shape[0]
+        start, stop = max(0, start), max(start, min(stop, rows))
+        row_bytes = info.nbytes // rows
+        part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, info.start + start * row_bytes, info.start + stop * row_bytes)
+        return self.read(part)
+
     def close(self) -> None:
         """Close every file, refusing results when a file changed while it was read (HOSTILE 24)."""
         for rel, fh in self._files.items():
@@ -103,3 +113,4 @@ class TensorReader:
             for fh in self._files.values():
                 fh.close()
             self._files.clear()
+

@@ -20,7 +20,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -464,6 +464,32 @@ class CheckpointWriter:
                 self._open_shard(shard)
             _write_all(self._fh, raw)
             del raw  # let a device->host copy go before the next tensor arrives
+            self._next += 1
+            if self._next == shard.stop:
+                self._close_shard()
+
+    def write_rows(self, name: str, chunks: Iterable[torch.Tensor]) -> None:
+        """Append the next planned tensor as consecutive row blocks (dim 0), so a tensor larger than
+        memory allows is never whole at once. The blocks must add up to the planned shape."""
+        with self._guard():
+            self._check_open()
+            if self._next >= len(self.tensors):
+                raise ValueError(f"tensor {name!r} was not planned: all {len(self.tensors)} tensors are written")
+            planned = self.tensors[self._next]
+            if name != planned.name or not planned.shape:
+                raise ValueError(f"expected tensor {planned.name!r} (number {self._next + 1} of the plan) with a row dimension, got {name!r}")
+            shard = self._shards[self._shard_of[self._next]]
+            if self._fh is None:
+                self._open_shard(shard)
+            rows = 0
+            for chunk in chunks:
+                block = OutputTensor(name, planned.dtype, (int(chunk.shape[0]) if chunk.dim() else -1, *planned.shape[1:]))
+                raw = _raw_bytes(chunk, block)
+                _write_all(self._fh, raw)
+                del raw
+                rows += block.shape[0]
+            if rows != planned.shape[0]:
+                raise ValueError(f"tensor {name!r}: row blocks add up to {rows} rows; the plan says {planned.shape[0]}")
             self._next += 1
             if self._next == shard.stop:
                 self._close_shard()

@@ -49,3 +49,7 @@ def check(diagnosis) -> str:
 def resize(result) -> str:
     plan = result.plan
     return annotation("notice", "resize", f"{plan.old_rows} -> {plan.rows} rows ({plan.init}) written to {result.out}") + "\n"
+
+
+def merge(result) -> str:
+    return annotation("notice", "merge", f"merged into {result.out}: {result.stats['tensors']} tensors, {result.stats['lora']} LoRA deltas") + "\n"

@@ -105,3 +105,24 @@ def resize(result) -> str:
             "tokenizer_from": result.tokenizer_from,
         }
     )
+
+
+def merge(result) -> str:
+    plan = result.plan
+    vocab = plan.diagnosis.plan
+    return dumps(
+        {
+            "schema": SCHEMA,
+            "command": "merge",
+            "out": str(result.out),
+            "base": plan.diagnosis.base.path,
+            "adapter": plan.diagnosis.adapter.checkpoint.path,
+            "device": plan.device,
+            "vocab": {"base_rows": vocab.base_rows, "merged_rows": vocab.rows, "source": vocab.source},
+            "init": plan.init,
+            "untied": plan.untied,
+            "stats": result.stats,
+            "tokenizer_from": result.tokenizer_from,
+            "findings": [f.as_json() for f in plan.diagnosis.findings if f.severity != "info"],
+        }
+    )

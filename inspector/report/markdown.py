@@ -87,3 +87,11 @@ def resize(result) -> str:
         out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
     out += ["", f"written to `{result.out}`"]
     return "\n".join(out) + "\n"
+
+
+def merge(result) -> str:
+    plan, st = result.plan, result.stats
+    vocab = plan.diagnosis.plan
+    rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
+            ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
+    return "\n".join([f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]) + "\n"

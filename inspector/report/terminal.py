@@ -162,3 +162,23 @@ def resize(result) -> RenderableType:
         ))
     lines.append(Text(f"written: {result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
     return Group(*lines)
+
+
+def merge(result) -> RenderableType:
+    plan, st = result.plan, result.stats
+    vocab = plan.diagnosis.plan
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("merged", f"{plan.diagnosis.adapter.checkpoint.path} into {plan.diagnosis.base.path} on {plan.device}")
+    if vocab.grows:
+        grid.add_row("vocabulary", f"{vocab.base_rows} -> {vocab.rows} ({vocab.source}); rows no one carries: --init {plan.init}")
+    grid.add_row("tensors", f"{st['tensors']} written: {st['lora']} LoRA deltas merged, {st['replaced']} replaced by the adapter, "
+                 f"{st['tokens']} trainable-token sets, {st['grown']} grown, {st['copied']} copied through")
+    if plan.untied:
+        grid.add_row("tied", "lm_head untied from the embedding (tie_word_embeddings: false), as PEFT does")
+    for f in plan.diagnosis.findings:
+        if f.severity == "warning":
+            grid.add_row(Text(f.code.code, style="yellow"), f.message)
+    grid.add_row("written", Text(f"{result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
+    return Panel(grid, title="[bold]lora-inspector merge", title_align="left", expand=False)

@@ -1,0 +1,341 @@
+"""``merge``: stream BASE + ADAPTER into a merged model equal to PEFT's ``merge_and_unload``.
+
+The plan comes from ``check`` (headers only): refuse what cannot be repaired, grow the vocabulary
+to the size the adapter implies, and turn every adapter tensor into work on one output tensor.
+Execution reads one row block at a time, computes in fp32 on the device, casts back, checks that
+the result is finite and hands it to the shared writer: peak memory is one tensor's block (the
+vocabulary growth statistics aside), never the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inspector.adapter import is_transposed
+from inspector.check import run_check
+from inspector.diagnose import Diagnosis
+from inspector.errors import InvalidInputError, RefusedError, UsageError
+from inspector.loader import TensorReader
+from inspector.repair import initializer_range, new_rows
+from inspector.resize import side_files, updated_config
+from inspector.tensor import FLOAT_DTYPES, TensorInfo
+from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
+from inspector.writer import CheckpointWriter, OutputTensor
+
+CHUNK_BYTES = 64 << 20  # fp32 bytes of one row block
+DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+# Error findings the merge repairs itself, by resizing to the size the adapter implies.
+REPAIRABLE = frozenset({"LI101", "LI201", "LI601"})
+# LoRA on grown rows the adapter does not carry: repairable only when the user picks --init.
+REPAIRABLE_WITH_INIT = frozenset({"LI501"})
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One LoRA contribution to a 2-D weight: W += scale * B @ A (transposed: (B @ A).T)."""
+
+    module: str
+    A: TensorInfo
+    B: TensorInfo
+    scale: float
+    transposed: bool  # Conv1D ([in, out] storage) and Embedding LoRA
+    magnitude: TensorInfo | None = None  # DoRA
+
+
+@dataclass
+class Job:
+    """What the merge does to one output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: TensorInfo  # the base tensor whose rows it starts from
+    replace: TensorInfo | None = None  # a full copy from the adapter (modules_to_save / base_layer)
+    deltas: list[Delta] = field(default_factory=list)
+    bias_deltas: list[tuple[TensorInfo, float]] = field(default_factory=list)  # lora_bias: b += s * lora_B.bias
+    tokens: list[tuple[tuple[int, ...], TensorInfo]] = field(default_factory=list)  # trainable tokens: rows replaced
+
+    @property
+    def unchanged(self) -> bool:
+        return not (self.replace or self.deltas or self.bias_deltas or self.tokens) and self.shape == self.source.shape and self.dtype == self.source.dtype
+
+
+@dataclass
+class MergePlan:
+    diagnosis: Diagnosis
+    jobs: list[Job]
+    config: dict
+    untied: bool
+    init: str
+    device: str
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    plan: MergePlan
+    stats: dict[str, int]
+    tokenizer_from: str
+
+
+def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
+    allowed = REPAIRABLE | (REPAIRABLE_WITH_INIT if init_explicit else frozenset())
+    blocking = [f for f in diagnosis.findings if f.severity == "error" and f.code.code not in allowed]
+    if not blocking:
+        return
+    codes = sorted({f.code.code for f in blocking}, key=lambda c: int(c[2:]))
+    first = blocking[0]
+    only_init = all(f.code.code in REPAIRABLE_WITH_INIT for f in blocking)
+    hint = (
+        "What training saw for those rows is lost; merge anyway with an explicit --init (e.g. --init mean)."
+        if only_init
+        else f"Run `lora-inspector check {diagnosis.base.path} {diagnosis.adapter.checkpoint.path}` for every finding and its fix."
+    )
+    raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path, f"{len(blocking)} error finding(s) the merge cannot repair ({', '.join(codes)}): {first.message}", hint)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("Cannot use --device", None, f"{device} was asked for but CUDA is not available", "Use --device cpu (or auto).")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise UsageError("Cannot use --device", None, f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "Use --device cuda:0 or auto.")
+        return device
+    if device != "cpu":
+        raise UsageError("Invalid --device", None, f"{device!r} is not auto, cpu, cuda or cuda:N", "Use --device auto|cpu|cuda|cuda:N.")
+    return device
+
+
+def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", device: str = "cpu") -> MergePlan:
+    """Turn a diagnosis into one job per output tensor; refuses (exit 1) what it cannot repair."""
+    _refuse_unrepairable(diagnosis, init is not None)
+    ctx, plan, adapter = diagnosis.context, diagnosis.plan, diagnosis.adapter
+    vocab, cfg = ctx.vocab, adapter.config
+    grows = plan.grows
+
+    def out_shape(info: TensorInfo) -> tuple[int, ...]:
+        if grows and vocab.is_vocab(info.name):
+            return (*info.shape[:-1], plan.rows) if info.name in vocab.biases else (plan.rows, *info.shape[1:])
+        return info.shape
+
+    def out_dtype(info: TensorInfo) -> str:
+        return DTYPES[dtype] if dtype != "auto" and info.dtype in FLOAT_DTYPES else info.dtype
+
+    jobs = {t.name: Job(t.name, out_shape(t), out_dtype(t), t) for t in diagnosis.base.tensors}
+    embed = vocab.embeddings[0] if vocab.embeddings else None
+    head: Job | None = None  # the untied head of a tied base, when the adapter makes the sides differ
+
+    def head_job(target: str) -> Job:
+        nonlocal head
+        if head is None:
+            src = jobs[embed].source
+            head = Job(target, jobs[embed].shape, jobs[embed].dtype, src)
+        return head
+
+    for full in adapter.full.values():
+        if full.chosen.copy == "original_module":
+            continue
+        name = ctx.resolve(full.target)
+        if name is None:
+            continue
+        job = head_job(full.target) if ctx.is_tied_head(full.target) else jobs[name]
+        job.replace = full.chosen.info
+    for module, (lm, weight) in ctx.lora_targets.items():
+        if weight is None or lm.A is None or lm.B is None:
+            continue
+        tied_head = ctx.is_tied_head(f"{module}.weight") and not getattr(cfg, "ensure_weight_tying", False)
+        job = head_job(f"{module}.weight") if tied_head else jobs[weight.name]
+        transposed = lm.embedding or bool(is_transposed(job.shape, lm.A.info.shape, lm.B.info.shape, ctx.fan_in_fan_out, rows_may_differ=vocab.is_vocab(weight.name)))
+        magnitude = lm.magnitude.info if (cfg.use_dora and lm.magnitude is not None) else None
+        job.deltas.append(Delta(module, lm.A.info, lm.B.info, cfg.scale_for(module), transposed, magnitude))
+        if lm.B_bias is not None and cfg.lora_bias:
+            bias = ctx.tensor(f"{module}.bias")
+            if bias is not None:
+                jobs[bias.name].bias_deltas.append((lm.B_bias.info, cfg.scale_for(module)))
+    for module, delta in adapter.trainable_tokens.items():
+        weight = ctx.token_embedding_for[module]
+        indices = cfg.trainable_token_indices.get(module.rpartition(".")[2], cfg.trainable_token_indices.get(None))
+        if weight is not None and indices:
+            jobs[weight.name].tokens.append((indices, delta.info))
+
+    ordered = []
+    for name, job in jobs.items():
+        ordered.append(job)
+        if head is not None and name == embed:
+            ordered.append(head)  # the untied head follows its embedding
+    config = updated_config(diagnosis.base.config, plan.rows) if grows else dict(diagnosis.base.config)
+    if head is not None:
+        config["tie_word_embeddings"] = False  # as PEFT's merge_and_unload does once the sides differ
+        if isinstance(config.get("text_config"), dict) and "tie_word_embeddings" in config["text_config"]:
+            config["text_config"] = {**config["text_config"], "tie_word_embeddings": False}
+    if dtype != "auto":
+        for key in ("dtype", "torch_dtype"):
+            if key in config:
+                config[key] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+    return MergePlan(diagnosis, ordered, config, head is not None, init or "mean", device)
+
+
+# -- execution -------------------------------------------------------------------------------------
+
+
+def _growth(job: Job, reader: TensorReader, plan: MergePlan, seed: int):
+    """New rows (fp32) for a grown tensor the adapter does not carry, from the base's own rows."""
+    import torch
+
+    old = reader.read(job.source)
+    bias = len(job.shape) == 1 or (len(job.shape) == 2 and job.source.shape[0] == 1 and job.shape[0] == 1)
+    if bias:
+        flat = old.reshape(-1)
+        count = job.shape[-1] - flat.shape[0]
+        init = "zero" if job.name.endswith("final_logits_bias") else plan.init  # transformers pads it with zeros
+        return new_rows(flat, count, init, seed=seed, initializer_range=initializer_range(plan.diagnosis.base.config), bias=True).reshape(-1)
+    count = job.shape[0] - old.shape[0]
+    rows = new_rows(old, count, plan.init, seed=seed, initializer_range=initializer_range(plan.diagnosis.base.config))
+    del old
+    return rows.to(torch.float32)
+
+
+def _finite(t, job: Job) -> None:
+    import torch
+
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise InvalidInputError("Refusing to write a non-finite result", job.name, "the merged tensor contains NaN or Inf", "Check the adapter and the base for NaN/Inf values (`lora-inspector diff --values`); nothing was written.")
+
+
+def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int):
+    """Small tensors (biases, norms, scalars): computed whole."""
+    import torch
+
+    from inspector.loader import torch_dtype
+
+    dev = plan.device
+    if job.replace is not None:
+        t = adapter.read(job.replace).to(dev, torch.float32)
+    else:
+        t = base.read(job.source).to(dev, torch.float32)
+        if job.shape != job.source.shape:
+            grown = _growth(job, base, plan, seed).to(dev)
+            t = torch.cat([t.reshape(-1), grown]).reshape(job.shape)
+    for info, scale in job.bias_deltas:
+        t = t + scale * adapter.read(info).to(dev, torch.float32)
+    out = t.to(torch_dtype(job.dtype)).cpu()
+    _finite(out, job)
+    return out
+
+
+def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int) -> Iterator:
+    """Row blocks of a 2-D+ output tensor, in the output dtype, on the CPU."""
+    import torch
+
+    from inspector.loader import torch_dtype
+
+    dev, out_dtype = plan.device, torch_dtype(job.dtype)
+    rows = job.shape[0]
+    row_numel = max(1, int(torch.tensor(job.shape[1:]).prod().item()) if len(job.shape) > 1 else 1)
+    step = max(1, CHUNK_BYTES // (4 * row_numel))
+    if job.unchanged:  # copied through: no fp32 round trip, only the finite check
+        for r0 in range(0, rows, step):
+            block = base.read_rows(job.source, r0, r0 + step)
+            _finite(block, job)
+            yield block
+        return
+    source, src_reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
+    have = source.shape[0]
+    grown = _growth(job, base, plan, seed) if rows > have and job.replace is None else None
+    loras = [(d, adapter.read(d.A).to(dev, torch.float32), adapter.read(d.B).to(dev, torch.float32)) for d in job.deltas]
+    dora = [(d, A, B) for d, A, B in loras if d.magnitude is not None]
+    tokens = [(torch.tensor(idx, dtype=torch.long), adapter.read(info).to(dev, torch.float32)) for idx, info in job.tokens]
+
+    def rows_fp32(r0: int, r1: int):
+        parts = []
+        if r0 < have:
+            parts.append(src_reader.read_rows(source, r0, min(r1, have)).to(dev, torch.float32))
+        if r1 > have:
+            parts.append(grown[max(r0, have) - have : r1 - have].to(dev))
+        w = torch.cat(parts) if len(parts) > 1 else parts[0]
+        for d, A, B in loras:
+            # Linear: rows of B @ A; transposed (Conv1D, Embedding): rows of (B @ A).T = A.T @ B.T
+            w.add_(d.scale * (A[:, r0:r1].T @ B.T if d.transposed else B[r0:r1] @ A))
+        return w
+
+    # DoRA: W' = m / ||W + s B A|| * (W + s B A), the norm per output unit. For Linear that is a row
+    # (local to a block); for Conv1D and Embedding a column over all rows, hence a first pass.
+    column_norms = {}
+    for d, _, _ in dora:
+        if d.transposed:
+            sq = None
+            for r0 in range(0, rows, step):
+                w = rows_fp32(r0, min(rows, r0 + step))
+                sq = w.square().sum(dim=0) if sq is None else sq + w.square().sum(dim=0)
+            column_norms[d.module] = sq.sqrt()
+    magnitudes = {d.module: adapter.read(d.magnitude).to(dev, torch.float32) for d, _, _ in dora}
+
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        w = rows_fp32(r0, r1)
+        for d, _, _ in dora:
+            m = magnitudes[d.module]
+            if d.transposed:
+                w.mul_((m / column_norms[d.module])[None, :])
+            else:
+                w.mul_((m[r0:r1] / w.norm(dim=1))[:, None])
+        for idx, delta in tokens:
+            hit = (idx >= r0) & (idx < r1)
+            if bool(hit.any()):
+                w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
+        out = w.to(out_dtype).cpu()
+        _finite(out, job)
+        yield out
+
+
+def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, max_shard_size: int = 5_000_000_000, progress: Progress | None = None) -> MergeResult:
+    """Stream every job through the writer; config, generation config and tokenizer files alongside."""
+    diagnosis = plan.diagnosis
+    base_root, adapter_root = diagnosis.base.root, diagnosis.adapter.checkpoint.root
+    tok_source = adapter_root if read_tokenizer(adapter_root) else base_root
+    extras = [p for p in side_files(base_root) if tok_source == base_root or p.name not in TOKENIZER_FILES]
+    if tok_source != base_root:
+        extras += [tok_source / n for n in TOKENIZER_FILES if (tok_source / n).is_file()]
+    planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
+    stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
+    with CheckpointWriter(out, inputs=[base_root, adapter_root], tensors=planned, max_shard_size=max_shard_size, force=force,
+                          extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
+        with TensorReader(base_root) as base, TensorReader(adapter_root) as adapter:
+            for job in plan.jobs:
+                stats["lora"] += len(job.deltas)
+                stats["replaced"] += job.replace is not None
+                stats["tokens"] += len(job.tokens)
+                stats["grown"] += job.shape != job.source.shape and job.replace is None
+                stats["copied"] += job.unchanged
+                if len(job.shape) >= 2:
+                    writer.write_rows(job.name, _blocks(job, base, adapter, plan, seed))
+                else:
+                    writer.write(job.name, _whole(job, base, adapter, plan, seed))
+                if progress:
+                    progress(job.source.nbytes)
+        writer.add_file("config.json", json.dumps(plan.config, indent=2) + "\n")
+        for path in extras:
+            writer.copy_file(path)
+        writer.commit()
+    return MergeResult(Path(out), plan, stats, str(tok_source))
+
+
+def merge_adapter(base_path: str, adapter_path: str, out: str, *, device: str = "auto", dtype: str = "auto", init: str | None = None,
+                  seed: int = 0, force: bool = False, max_shard_size: int = 5_000_000_000, tokenizer_dir: str | None = None,
+                  progress: Progress | None = None) -> MergeResult:
+    """check -> plan -> stream. Refuses (exit 1, nothing written) what the merge cannot repair."""
+    if dtype not in ("auto", *DTYPES):
+        raise UsageError("Invalid --dtype", None, f"{dtype!r} is not auto, bf16, fp16 or fp32", "Use --dtype auto|bf16|fp16|fp32.")
+    diagnosis = run_check(base_path, adapter_path, tokenizer_dir)
+    plan = plan_merge(diagnosis, init=init, dtype=dtype, device=resolve_device(device))
+    return execute(plan, out, seed=seed, force=force, max_shard_size=max_shard_size, progress=progress)
