@@ -133,15 +133,25 @@ def scan(ctx, paths, tensors, match, **opts) -> None:
 @cli.command()
 @click.argument("a")
 @click.argument("b")
+@click.option("--values", is_flag=True, help="Also stream both and report per-tensor max-abs and relative differences.")
+@click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True, help="With --values: differences up to this max-abs count as equal.")
 @output_options
 @click.pass_context
-def diff(ctx, a, b, **opts) -> None:
-    """Tensors added, removed, reshaped and re-typed from A to B. Exit 1 when they differ."""
-    from inspector.checkpoint import read_checkpoint
-    from inspector.diff import diff_checkpoints
+def diff(ctx, a, b, values, atol, **opts) -> None:
+    """Tensors added, removed, reshaped and re-typed from A to B. Exit 1 when they differ.
 
+    With --values (e.g. a merge against a reference merge), also the largest value differences.
+    """
+    from inspector.checkpoint import read_checkpoint
+    from inspector.diff import compare_values, diff_checkpoints
+
+    s = settings(ctx, **opts)
     result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
-    emit(settings(ctx, **opts), "diff", result)
+    if values:
+        total = sum(c.a.nbytes + c.b.nbytes for c in result.same_shape)
+        with progress_bar(s, total, "diff --values") as advance:
+            result = compare_values(result, atol=atol, progress=advance)
+    emit(s, "diff", result)
     ctx.exit(0 if result.identical else 1)
 
 

@@ -31,10 +31,25 @@ class DiffResult:
     unchanged: int
     aligned: bool = False  # adapter keys were mapped onto the model's names
     untouched: int = 0  # aligned only: model tensors the adapter carries no copy of (not "removed")
+    same_shape: tuple[Change, ...] = ()  # tensors in both with equal shapes: what --values compares
+    values: tuple[ValueDiff, ...] | None = None  # with --values
+    atol: float = 0.0
+
+    @property
+    def values_differ(self) -> bool:
+        return self.values is not None and any(v.nonfinite or v.max_abs > self.atol for v in self.values)
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.removed or self.reshaped or self.retyped)
+        return not (self.added or self.removed or self.reshaped or self.retyped or self.values_differ)
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    name: str
+    max_abs: float  # max |a - b|, computed in fp32
+    rel: float  # ||a - b|| / ||b|| (Frobenius); 0 when both are zero
+    nonfinite: bool  # NaN or Inf on either side
 
 
 def _adapter_view(adapter: Checkpoint, model: Checkpoint) -> dict[str, TensorInfo]:
@@ -71,4 +86,38 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint) -> DiffResult:
     reshaped = tuple(Change(n, x, y) for n, x, y in common if x.shape != y.shape)
     retyped = tuple(Change(n, x, y) for n, x, y in common if x.dtype != y.dtype)
     unchanged = sum(1 for _, x, y in common if x.shape == y.shape and x.dtype == y.dtype)
-    return DiffResult(a, b, added, removed, reshaped, retyped, unchanged, aligned, untouched)
+    same_shape = tuple(Change(n, x, y) for n, x, y in common if x.shape == y.shape)
+    return DiffResult(a, b, added, removed, reshaped, retyped, unchanged, aligned, untouched, same_shape)
+
+
+def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, block_bytes: int = 64 << 20) -> DiffResult:
+    """Stream both checkpoints' common tensors in row blocks and measure how far their values differ."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from inspector.loader import TensorReader
+
+    out = []
+    with TensorReader(result.a.root) as ra, TensorReader(result.b.root) as rb:
+        for c in result.same_shape:
+            rows = c.a.shape[0] if c.a.shape else 1
+            row_numel = max(1, c.a.numel // rows) if rows else 1
+            step = max(1, block_bytes // (4 * row_numel))
+            max_abs, diff_sq, ref_sq, nonfinite = 0.0, 0.0, 0.0, False
+            for r0 in range(0, rows, step):
+                x = ra.read_rows(c.a, r0, r0 + step).to(torch.float32)
+                y = rb.read_rows(c.b, r0, r0 + step).to(torch.float32)
+                if x.numel() == 0:
+                    continue
+                nonfinite |= not bool(torch.isfinite(x).all() and torch.isfinite(y).all())
+                d = (x - y).abs()
+                max_abs = max(max_abs, float(d.max()))
+                diff_sq += float(d.double().square().sum())
+                ref_sq += float(y.double().square().sum())
+            rel = math.sqrt(diff_sq / ref_sq) if ref_sq else (0.0 if diff_sq == 0 else math.inf)
+            out.append(ValueDiff(c.name, max_abs, rel, nonfinite))
+            if progress:
+                progress(c.a.nbytes + c.b.nbytes)
+    return dataclasses.replace(result, values=tuple(out), atol=atol)

@@ -33,6 +33,9 @@ def diff(result: DiffResult) -> str:
     lines += [annotation("notice", "added", f"{t.name} {shape_str(t.shape)} {t.dtype}") for t in result.added]
     lines += [annotation("warning", "reshaped", f"{c.name}: {shape_str(c.a.shape)} -> {shape_str(c.b.shape)}") for c in result.reshaped]
     lines += [annotation("warning", "retyped", f"{c.name}: {c.a.dtype} -> {c.b.dtype}") for c in result.retyped]
+    for v in result.values or ():
+        if v.nonfinite or v.max_abs > result.atol:
+            lines.append(annotation("warning", "values", f"{v.name}: max abs {v.max_abs:.3g}, relative {v.rel:.3g}" + (" (NaN/Inf)" if v.nonfinite else "")))
     if not lines:
         lines.append(annotation("notice", "diff", f"identical: {result.unchanged} tensors"))
     return "\n".join(lines) + "\n"

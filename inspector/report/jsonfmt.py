@@ -62,6 +62,13 @@ def diff(result: DiffResult) -> str:
                 "aligned": result.aligned,
                 "untouched": result.untouched,
             },
+            "values": None if result.values is None else {
+                "atol": result.atol,
+                "compared": len(result.values),
+                "differ": sum(1 for v in result.values if v.nonfinite or v.max_abs > result.atol),
+                "max_abs": max((v.max_abs for v in result.values), default=0.0),
+                "tensors": [{"name": v.name, "max_abs": v.max_abs, "rel": v.rel, "nonfinite": v.nonfinite} for v in result.values],
+            },
         }
     )
 

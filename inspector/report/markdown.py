@@ -54,6 +54,11 @@ def diff(result: DiffResult) -> str:
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
         + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
     )
+    if result.values is not None:
+        differ = [v for v in result.values if v.nonfinite or v.max_abs > result.atol]
+        out += ["", f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"]
+        if differ:
+            out += ["", *_table(["tensor", "max abs", "relative"], [[f"`{v.name}`", "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
     return "\n".join(out) + "\n"
 
 

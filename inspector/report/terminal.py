@@ -64,9 +64,35 @@ def scan(result: ScanResult) -> RenderableType:
     return Group(*parts)
 
 
+def _values(result: DiffResult, shown: int = 20) -> list[RenderableType]:
+    if result.values is None:
+        return []
+    worst = sorted(result.values, key=lambda v: (not v.nonfinite, -v.max_abs))
+    differ = [v for v in worst if v.nonfinite or v.max_abs > result.atol]
+    title = f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"
+    if not differ:
+        top = max((v.max_abs for v in worst), default=0.0)
+        return [Text(f"{title}; largest max-abs difference {top:.3g}", style="green")]
+    worst = differ
+    table = Table(title=title, title_justify="left")
+    table.add_column("tensor", overflow="fold")
+    table.add_column("max abs", justify="right", no_wrap=True)
+    table.add_column("relative", justify="right", no_wrap=True)
+    for v in worst[:shown]:
+        style = "red" if v.nonfinite or v.max_abs > result.atol else "green"
+        table.add_row(v.name, Text("NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", style=style), f"{v.rel:.3g}")
+    parts: list[RenderableType] = [table]
+    if len(worst) > shown:
+        parts.append(Text(f"... {len(worst) - shown} more (all of them: --format json)", style="dim"))
+    return parts
+
+
 def diff(result: DiffResult) -> RenderableType:
     a, b = result.a.path, result.b.path
     head = Text.assemble(("A ", "bold"), a, "\n", ("B ", "bold"), b)
+    values = _values(result)
+    if not (result.added or result.removed or result.reshaped or result.retyped) and values:
+        return Group(head, *values, Text(f"same names, shapes and dtypes: {result.unchanged} tensors"))
     if result.identical:
         return Group(head, Text(f"identical: {result.unchanged} tensors with the same names, shapes and dtypes", style="green"))
     table = Table(show_lines=False)
@@ -87,7 +113,7 @@ def diff(result: DiffResult) -> RenderableType:
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
         + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
     )
-    return Group(head, table, summary)
+    return Group(head, table, *values, summary)
 
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
