@@ -168,6 +168,13 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         if weight is not None and indices:
             jobs[weight.name].tokens.append((indices, delta.info))
 
+    # A tied base whose embedding the adapter changes (modules_to_save copy, LoRA) while the head
+    # keeps the base weight: training saw two different matrices, so write both (untie). PEFT's
+    # merge_and_unload does so for modules_to_save; for LoRA it would merge into the shared weight
+    # and change the head too, which is not what the trained model computed.
+    tie_kept = bool(getattr(cfg, "ensure_weight_tying", False))
+    if vocab.tied and embed and head is None and not tie_kept and (jobs[embed].replace is not None or jobs[embed].deltas):
+        head_job("lm_head.weight")
     ordered = []
     for name, job in jobs.items():
         ordered.append(job)
@@ -307,6 +314,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     if tok_source != base_root:
         extras += [tok_source / n for n in TOKENIZER_FILES if (tok_source / n).is_file()]
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
+    biases = plan.diagnosis.context.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
     with CheckpointWriter(out, inputs=[base_root, adapter_root], tensors=planned, max_shard_size=max_shard_size, force=force,
                           extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
@@ -317,7 +325,8 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
                 stats["tokens"] += len(job.tokens)
                 stats["grown"] += job.shape != job.source.shape and job.replace is None
                 stats["copied"] += job.unchanged
-                if len(job.shape) >= 2:
+                # Row blocks for matrices; vocabulary biases ([V] or [1, V], grown along the last axis) whole.
+                if len(job.shape) >= 2 and job.name not in biases:
                     writer.write_rows(job.name, _blocks(job, base, adapter, plan, seed))
                 else:
                     writer.write(job.name, _whole(job, base, adapter, plan, seed))
