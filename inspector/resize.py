@@ -75,13 +75,13 @@ def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, lik
         facts = read_tokenizer(Path(tokenizer)) if Path(tokenizer).is_dir() else None
         if facts is None:
             raise UsageError("Cannot read tokenizer", tokenizer, "no tokenizer files in this directory", "Pass the directory tokenizer.save_pretrained() wrote.")
-        return max(facts.length, facts.max_id + 1), f"the tokenizer in {tokenizer} ({facts.length} tokens)"
+        return max(facts.length, facts.max_id + 1), f"--tokenizer {tokenizer}: {facts.length} tokens"
     from inspector.check import run_check
 
     diagnosis = run_check(base.path, like)
     if diagnosis.plan.rows is None:
         raise UsageError("Cannot resize", like, "the adapter implies no vocabulary size", "Pass --vocab N instead.")
-    return diagnosis.plan.rows, f"the adapter in {like} ({diagnosis.plan.source})"
+    return diagnosis.plan.rows, f"--like {like}: {diagnosis.plan.source}"
 
 
 def resize_checkpoint(
