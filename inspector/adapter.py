@@ -40,12 +40,31 @@ _SUFFIX_ROLES: tuple[tuple[str, Role], ...] = (
     (".token_adapter.trainable_tokens_delta", "trainable_tokens"),
 )
 _COPY_SEGMENTS: tuple[tuple[str, Copy], ...] = (
+    # Trainable tokens on a resized vocabulary: PEFT saves the grown embedding (or tied head) of the
+    # TrainableTokens wrapper as <M>.token_adapter.base_layer.weight, a base_layer copy of <M>.weight.
+    (".token_adapter.base_layer.", "base_layer"),
     (".modules_to_save.", "modules_to_save"),
     (".original_module.", "original_module"),
     (".base_layer.", "base_layer"),
 )
 # Keys of other PEFT methods (LoHa, LoKr, AdaLoRA, VeRA, IA3, OFT, BOFT, ...): named, never guessed at.
 _FOREIGN = re.compile(r"\.(hada_|lokr_|lora_E|vera_|ia3_|oft_|boft_|lora_ranknum|fourierft_|vblora_|ln_tuning_)")
+# init_lora_weights values with which PEFT changes the base weights when it creates the adapter
+# (PiSSA / OLoRA / CorDA / LoRA-GA subtract the initial B @ A, LoftQ quantizes): the trained A/B
+# only reproduce training on that changed base. "pissa_niter_<n>" counts as "pissa".
+BASE_MUTATING_INITS = {
+    "pissa": "PiSSA moved their principal components into the adapter",
+    "olora": "OLoRA subtracted the QR-initialized B @ A",
+    "corda": "CorDA moved context-oriented components into the adapter",
+    "lora_ga": "LoRA-GA subtracted the gradient-aligned initial B @ A",
+    "loftq": "LoftQ replaced them by a quantized approximation",
+}
+# Task types whose model puts a new head (score / classifier / qa_outputs) where a causal LM has lm_head.
+HEAD_TASKS = {
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,23 @@ class AdapterConfig:
     target_parameters: tuple[str, ...] = ()
     layers_to_transform: tuple[int, ...] = ()
     base_model_name_or_path: str | None = None
+    task_type: str | None = None
+    init_lora_weights: bool | str = True
+    # aLoRA: the adapter only acts after these tokens at inference; PEFT cannot merge it.
+    alora_invocation_tokens: tuple[int, ...] | None = None
+    # [[start, end], ...]: PEFT stacks copies of base layers and puts LoRA on the copies.
+    layer_replication: tuple[tuple[int, int], ...] | None = None
+    # PEFT ties the LoRA of a tied embedding and its lm_head: one delta, trained on both sides.
+    ensure_weight_tying: bool = False
+
+    @property
+    def mutating_init(self) -> str | None:
+        """The BASE_MUTATING_INITS key of init_lora_weights, or None for inits that leave the base alone."""
+        value = self.init_lora_weights
+        if not isinstance(value, str):
+            return None
+        value = value.lower()
+        return "pissa" if value.startswith("pissa") else (value if value in BASE_MUTATING_INITS else None)
 
     def rank_for(self, module: str) -> int:
         key = _pattern_key(self.rank_pattern, module)
@@ -157,6 +193,34 @@ def _token_indices(path: str, raw: dict) -> dict[str | None, tuple[int, ...]]:
     return {None: ints(value, "")}
 
 
+def _optional_ints(path: str, raw: dict, name: str) -> tuple[int, ...] | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(type(i) is int for i in value):
+        raise _config_error(path, f"{name} is {value!r}; expected a list of integers")
+    return tuple(value)
+
+
+def _layer_replication(path: str, raw: dict) -> tuple[tuple[int, int], ...] | None:
+    value = raw.get("layer_replication")
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and all(type(i) is int for i in p) for p in value)
+    if not ok:
+        raise _config_error(path, f"layer_replication is {value!r}; expected a list of [start, end] layer ranges")
+    return tuple((p[0], p[1]) for p in value)
+
+
+def _init_lora_weights(path: str, raw: dict) -> bool | str:
+    value = raw.get("init_lora_weights", True)
+    if value is None:
+        return True
+    if not isinstance(value, (bool, str)):
+        raise _config_error(path, f"init_lora_weights is {value!r}; expected true, false or an init name such as \"gaussian\" or \"pissa\"")
+    return value
+
+
 def parse_config(raw: dict, path: str) -> AdapterConfig:
     """Validate ``adapter_config.json``; wrong types are exit-2 errors, never silently coerced."""
     peft_type = raw.get("peft_type")
@@ -177,6 +241,9 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
     if not isinstance(target_parameters, list):
         raise _config_error(path, f"target_parameters is {target_parameters!r}; expected a list")
     base = raw.get("base_model_name_or_path")
+    task_type = raw.get("task_type")
+    if task_type is not None and not isinstance(task_type, str):
+        raise _config_error(path, f"task_type is {task_type!r}; expected a string such as \"CAUSAL_LM\"")
     return AdapterConfig(
         peft_type=peft_type.upper(),
         r=r,
@@ -194,6 +261,11 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
         target_parameters=tuple(str(t) for t in target_parameters),
         layers_to_transform=tuple(layers or ()),
         base_model_name_or_path=base if isinstance(base, str) else None,
+        task_type=task_type.upper() if task_type else None,
+        init_lora_weights=_init_lora_weights(path, raw),
+        alora_invocation_tokens=_optional_ints(path, raw, "alora_invocation_tokens"),
+        layer_replication=_layer_replication(path, raw),
+        ensure_weight_tying=_bool(path, raw, "ensure_weight_tying"),
     )
 
 

@@ -22,6 +22,51 @@ _IN_LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.\d+\.")
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 
 
+# Names transformers 5 gives a module in memory (so PEFT's adapter keys use them) against the names its
+# checkpoints store the tensors under: this mirrors transformers' checkpoint conversion mapping
+# (transformers/conversion_mapping.py renames file keys to module names at load, and back at save).
+# (adapter side, base side): "^x." matches at the start of a name, ".x." anywhere on dot boundaries.
+# Tried in order, only when a name has no exact (or prefix) match.
+NAME_ALIASES: tuple[tuple[str, str], ...] = (
+    ("^lm_head.", "^embed_out."),  # GPTNeoXForCausalLM
+    (".mlp.gate.", ".block_sparse_moe.gate."),  # Mixtral-style MoE blocks
+    (".mlp.experts.", ".block_sparse_moe.experts."),
+    ("^model.language_model.", "^language_model.model."),  # LLaVA-style multimodal models
+    ("^lm_head.", "^language_model.lm_head."),
+    ("^model.vision_tower.", "^vision_tower."),
+    ("^model.multi_modal_projector.", "^multi_modal_projector."),
+)
+# Checkpoint names of renamed modules that PEFT 0.21 does not map back for adapter keys (it converts
+# LoRA keys only for model types with a conversion mapping; GPT-NeoX's is registered per class):
+# (stale adapter-side name, the module's name in memory, model types). PEFT drops such keys silently.
+STALE_NAMES: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("^embed_out.", "^lm_head.", frozenset({"gpt_neox"})),
+)
+# Tensors the model ties to another one and the checkpoint does not store (adapter side, base side):
+# T5 / BART's encoder and decoder embed_tokens are the shared embedding; BERT's MLM decoder bias is
+# cls.predictions.bias.
+TIED_ALIASES: tuple[tuple[str, str], ...] = (
+    (".encoder.embed_tokens.", ".shared."),
+    (".decoder.embed_tokens.", ".shared."),
+    (".predictions.decoder.bias.", ".predictions.bias."),
+)
+
+
+def swap(name: str, src: str, dst: str) -> str | None:
+    """``name`` with the alias fragment ``src`` replaced by ``dst`` (see NAME_ALIASES), or None."""
+    padded = f".{name}."
+    if src.startswith("^"):
+        head = "." + src[1:]
+        if not padded.startswith(head):
+            return None
+        out = "." + dst.removeprefix("^") + padded[len(head):]
+    elif src in padded:
+        out = padded.replace(src, dst.removeprefix("^"), 1)
+    else:
+        return None
+    return out.strip(".")
+
+
 def config_value(config: dict, *names: str):
     """A config field by any of its aliases, falling back to a nested ``text_config``."""
     for src in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
@@ -38,6 +83,8 @@ class BaseIndex:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self.by_name = ckpt.by_name
+        model_type = ckpt.config.get("model_type") if isinstance(ckpt.config, dict) else None
+        self._stale = tuple((src, dst) for src, dst, types in STALE_NAMES if model_type in types)
 
     @cached_property
     def _by_suffix(self) -> dict[str, str | None]:
@@ -51,10 +98,33 @@ class BaseIndex:
 
     @cached_property
     def modules(self) -> frozenset[str]:
+        """Module names as the checkpoint stores them."""
         return frozenset(name.rpartition(".")[0] for name in self.by_name)
 
-    def resolve(self, name: str) -> str | None:
-        """The base tensor ``name`` refers to, or None."""
+    @cached_property
+    def memory_modules(self) -> frozenset[str]:
+        """Module names an adapter may use (PEFT matches target_modules against these): the stored
+        names and their in-memory aliases (NAME_ALIASES, TIED_ALIASES), less the stale ones."""
+        out = set()
+        for module in self.modules:
+            if self.renamed(module) is None:
+                out.add(module)
+            for memory, stored in NAME_ALIASES + TIED_ALIASES:
+                alias = swap(module, stored, memory)
+                if alias is not None:
+                    out.add(alias)
+        return frozenset(out)
+
+    def renamed(self, name: str) -> str | None:
+        """The in-memory name of a module transformers 5 renames, when ``name`` is its stale checkpoint
+        name (STALE_NAMES): PEFT finds no module under it and drops the tensor."""
+        for stale, memory in self._stale:
+            found = swap(name, stale, memory)
+            if found is not None:
+                return found
+        return None
+
+    def _lookup(self, name: str) -> str | None:
         if name in self.by_name:
             return name
         parts = name.split(".")
@@ -62,6 +132,34 @@ class BaseIndex:
             if ".".join(parts[i:]) in self.by_name:
                 return ".".join(parts[i:])
         return self._by_suffix.get(name)  # base has a prefix the adapter lacks (unique match only)
+
+    def resolve(self, name: str, *, tied: bool = True) -> str | None:
+        """The base tensor the adapter-side ``name`` refers to, or None. ``tied``: also follow
+        TIED_ALIASES (a name the checkpoint does not store because it is another tensor)."""
+        if self.renamed(name) is not None:
+            return None
+        found = self._lookup(name)
+        if found is not None:
+            return found
+        for memory, stored in NAME_ALIASES + (TIED_ALIASES if tied else ()):
+            alias = swap(name, memory, stored)
+            if alias is not None and (found := self._lookup(alias)) is not None:
+                return found
+        return None
+
+    def is_tied_alias(self, name: str) -> bool:
+        """``name`` is not stored because the model ties it to another tensor (TIED_ALIASES)."""
+        return self.resolve(name, tied=False) is None and self.resolve(name) is not None
+
+    def tied_aliases_of(self, name: str) -> list[str]:
+        """The names the model ties to the stored tensor ``name`` without storing them (T5's
+        encoder.embed_tokens.weight and decoder.embed_tokens.weight for shared.weight)."""
+        out = []
+        for memory, stored in TIED_ALIASES:
+            alias = swap(name, stored, memory)
+            if alias is not None and alias not in self.by_name and self.resolve(alias) == name:
+                out.append(alias)
+        return out
 
     def tensor(self, name: str) -> TensorInfo | None:
         resolved = self.resolve(name)

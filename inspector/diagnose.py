@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.adapter import Adapter, AdapterTensor, LoraModule, is_transposed, matches_target
+from inspector.adapter import BASE_MUTATING_INITS, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
 from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_value, vocab_layout
 from inspector.checkpoint import Checkpoint
 from inspector.findings import Code, Finding, severity_rank
@@ -20,7 +20,8 @@ from inspector.units import human_bytes, shape_str
 from inspector.tensor import FLOAT_DTYPES, DTYPE_BITS, TensorInfo
 from inspector.tokenizer import TokenizerFacts
 
-_HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder)\.weight$")
+# Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
+_HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
 _LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.(\d+)\.")
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
 # Architecture families worth recognising in base_model_name_or_path (model_type -> name fragments).
@@ -106,9 +107,11 @@ class CheckContext:
 
     # -- lookups ------------------------------------------------------------------------------
     def resolve(self, name: str) -> str | None:
-        """Base tensor for an adapter-side name; a tied head that is not stored is the embedding."""
+        """Base tensor for an adapter-side name (module names transformers 5 uses in memory included);
+        a tied head that is not stored is the embedding; T5 / BART's encoder and decoder embed_tokens
+        are the shared embedding."""
         found = self.index.resolve(name)
-        if found is None and self.vocab.tied and self.vocab.embeddings and _HEAD.search(name):
+        if found is None and self.index.renamed(name) is None and self.vocab.tied and self.vocab.embeddings and (_HEAD.search(name) or name in self._shape_heads):
             return self.vocab.embeddings[0]
         return found
 
@@ -117,7 +120,63 @@ class CheckContext:
         return self.base.by_name[found] if found else None
 
     def is_tied_head(self, name: str) -> bool:
+        """``name`` is a tied base's output layer, which the base does not store (it is the embedding)."""
         return self.index.resolve(name) is None and self.resolve(name) is not None
+
+    def is_tied_alias(self, name: str) -> bool:
+        """``name`` is not stored because the model ties it to another tensor that is (T5 / BART's
+        encoder.embed_tokens -> shared, BERT's cls.predictions.decoder.bias -> cls.predictions.bias):
+        ``resolve`` gives that tensor. A modules_to_save copy of such a module is PEFT's own copy."""
+        return self.index.is_tied_alias(name)
+
+    @cached_property
+    def _shape_heads(self) -> frozenset[str]:
+        """Full copies that a tied base's output layer is under a name ``_HEAD`` does not know: not in
+        the base, shaped [rows, hidden] with the vocabulary's rows (or the rows the adapter grows it to)."""
+        v = self.vocab
+        if not v.tied or not v.embeddings or v.hidden is None:
+            return frozenset()
+        rows = {v.rows} | {f.chosen.info.shape[0] for f in self.adapter.full.values() if self.index.resolve(f.target) == v.embeddings[0] and len(f.chosen.info.shape) == 2}
+        return frozenset(
+            f.target for f in self.adapter.full.values()
+            if f.target.endswith(".weight") and self.index.resolve(f.target) is None and len(f.chosen.info.shape) == 2
+            and f.chosen.info.shape[1] == v.hidden and f.chosen.info.shape[0] in rows
+        )
+
+    @cached_property
+    def tied_lora(self) -> dict[str, str]:
+        """LoRA modules whose weight is a tied base's shared embedding -> "embedding" or "head" (the side
+        training applied the delta to). With ``config.ensure_weight_tying`` PEFT trained one delta on both
+        sides (the saved embedding and head LoRA are the same delta): apply it once to the shared weight."""
+        if not self.vocab.tied or not self.vocab.embeddings:
+            return {}
+        return {m: ("head" if self.is_tied_head(f"{m}.weight") else "embedding")
+                for m, (lm, w) in self.lora_targets.items() if w is not None and w.name == self.vocab.embeddings[0] and (lm.A or lm.B)}
+
+    @cached_property
+    def never_called(self) -> dict[str, tuple[str, list[str]]]:
+        """Adapter modules (LoRA or modules_to_save) on a module the model never calls -> (its base
+        tensor, the tied names the model uses instead): T5 / BART look tokens up through
+        encoder/decoder.embed_tokens, which only share ``shared``'s weight, so a LoRA delta or a trained
+        copy of ``shared`` had no effect in training. A merge leaves them out."""
+        replaced_aliases = {self.resolve(f.target) for f in self.adapter.full.values()
+                            if f.chosen.copy in ("plain", "modules_to_save") and self.is_tied_alias(f.target) and _in_modules_to_save(self, f.chosen.module)}
+        out: dict[str, tuple[str, list[str]]] = {}
+        candidates = [(m, f"{m}.weight") for m, (lm, w) in self.lora_targets.items() if w is not None and (lm.A or lm.B)]
+        candidates += [(f.chosen.module, f.target) for f in self.adapter.full.values()
+                       if f.chosen.copy in ("plain", "modules_to_save") and _in_modules_to_save(self, f.chosen.module)]
+        for module, target in candidates:
+            name = self.index.resolve(target, tied=False)
+            users = self.index.tied_aliases_of(name) if name is not None and name not in replaced_aliases else []
+            if users:
+                out[module] = (name, users)
+        return out
+
+    @cached_property
+    def new_heads(self) -> tuple[FullTensor, ...]:
+        """modules_to_save tensors of a head the adapter's task type adds and the base lacks (a SEQ_CLS
+        adapter's score.weight on a causal LM): LI405; a merge writes them as new tensors."""
+        return tuple(f for f in self.adapter.full.values() if f.chosen.copy != "original_module" and self.resolve(f.target) is None and _new_head(self, f))
 
     @cached_property
     def lora_targets(self) -> dict[str, tuple[LoraModule, TensorInfo | None]]:
@@ -194,7 +253,7 @@ def check_vocabulary(ctx: CheckContext) -> list[Finding]:
         if a_shape == b_shape:
             continue
         # A tied head is not stored in the base: name it as the adapter does, and say what it shares.
-        tied_head = ctx.is_tied_head(full.target)
+        tied_head = ctx.is_tied_head(full.target) or ctx.is_tied_alias(full.target)
         label = f"{full.target} (tied to {name})" if tied_head else name
         common = dict(tensor=full.target if tied_head else name, adapter_key=full.chosen.key, adapter_shape=a_shape, base_shape=b_shape)
         vocab_tensor = ctx.vocab.is_vocab(name)
@@ -331,6 +390,11 @@ def _lora_shapes(ctx: CheckContext, lm: LoraModule, weight: TensorInfo) -> list[
         elif extra.info.shape != (out_dim,):
             out.append(Finding(code, f"{extra.key} is {shape_str(extra.info.shape)}, expected [{out_dim}] for the base weight {shape_str(weight.shape)}.",
                                "Use the base model the adapter was trained on.", tensor=weight.name, adapter_key=extra.key, adapter_shape=extra.info.shape, base_shape=weight.shape))
+        elif code is Code.LORA_BIAS and ctx.resolve(f"{lm.module}.bias") is None:
+            out.append(Finding(code, f"{extra.key}: lora_bias is true but the base layer {lm.module} has no bias; PEFT refuses to merge it "
+                               "('Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias') and the merged model has no bias there to hold it.",
+                               "Use the adapter unmerged (PeftModel.from_pretrained), or retrain with lora_bias: false.",
+                               tensor=weight.name, adapter_key=extra.key, adapter_shape=extra.info.shape))
     if ctx.config.use_dora and lm.magnitude is None:
         out.append(Finding(Code.DORA_MAGNITUDE, f"{lm.module}: use_dora is true but no lora_magnitude_vector is saved; PEFT would re-initialize it from the base weight.",
                            "Re-save the adapter with PEFT >= 0.9, or set use_dora: false if the adapter is plain LoRA.", tensor=weight.name, adapter_key=a.key))
@@ -344,35 +408,77 @@ def check_lora_shapes(ctx: CheckContext) -> list[Finding]:
         if weight is not None:
             if not _empty(lm.A, lm.B, lm.B_bias, lm.magnitude):
                 out += _lora_shapes(ctx, lm, weight)
-            if not matches_target(ctx.config, module) or (ctx.config.layers_to_transform and _layer_of(module) not in ctx.config.layers_to_transform):
+            # ensure_weight_tying: PEFT adds the tied partner (lm_head for embed_tokens) itself.
+            tied_partner = ctx.config.ensure_weight_tying and module in ctx.tied_lora
+            if not tied_partner and (not matches_target(ctx.config, module) or (ctx.config.layers_to_transform and _layer_of(module) not in ctx.config.layers_to_transform)):
                 key = (lm.A or lm.B).key
                 out.append(Finding(Code.NOT_TARGETED, f"{module} has LoRA tensors but target_modules {ctx.config.target_modules!r} does not select it: PEFT never loads them.",
                                    "Add the module to target_modules in adapter_config.json (or remove the tensors).", tensor=weight.name, adapter_key=key))
     return out
 
 
+def _wraps_target_parameter(ctx: CheckContext, module: str) -> bool:
+    """LoRA PEFT put on a raw parameter (target_parameters): its keys name the owning module in memory
+    (``mlp.experts``, nested ``.base_layer`` for several parameters), which the checkpoint may store
+    otherwise (per-expert tensors). LI1403 reports these; they are not orphans."""
+    owner = module
+    while owner.endswith(".base_layer"):
+        owner = owner.removesuffix(".base_layer")
+    for param in ctx.config.target_parameters:
+        param_owner = param.rpartition(".")[0]
+        if not param_owner or owner == param_owner or owner.endswith("." + param_owner):
+            return True
+    return False
+
+
+def _new_head(ctx: CheckContext, full: FullTensor) -> bool:
+    """A modules_to_save head that the adapter's task type adds (SEQ_CLS's score, ...) and the base lacks."""
+    module = full.chosen.module
+    return ctx.config.task_type in HEAD_TASKS and any(module == m or module.endswith("." + m) for m in ctx.config.modules_to_save)
+
+
+def _module(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
 def check_orphans(ctx: CheckContext) -> list[Finding]:
-    """Family 4 (+ layer count, unknown keys): adapter tensors that touch no base tensor."""
+    """Family 4 (+ layer count, unknown keys, new task heads): adapter tensors that touch no base tensor."""
     out: list[Finding] = []
     orphans: list[tuple[str, TensorInfo]] = []  # (what it targets, the adapter tensor)
     for module, (lm, weight) in ctx.lora_targets.items():
-        if weight is None:
+        if weight is None and not (ctx.config.target_parameters and _wraps_target_parameter(ctx, module)):
             orphans += [(f"{module}.weight", t.info) for t in (lm.A, lm.B, lm.B_bias, lm.magnitude) if t is not None]
     for full in ctx.adapter.full.values():
-        if ctx.resolve(full.target) is None:
+        if ctx.resolve(full.target) is not None:
+            continue
+        if full in ctx.new_heads:
+            task = ctx.config.task_type
+            out.append(Finding(Code.NEW_HEAD,
+                               f"{full.target} is a new head (task_type {task}) the base does not have: load the merged model with the matching {HEAD_TASKS[task]} class.",
+                               f"Expected for a {task} adapter on a base without that head: load the merged model with {HEAD_TASKS[task]}.from_pretrained.",
+                               tensor=full.target, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape))
+        else:
             orphans += [(full.target, c.info) for c in full.copies]
     for module, delta in ctx.adapter.trainable_tokens.items():
         if ctx.token_embedding_for[module] is None:
             orphans.append((f"{module}.weight", delta.info))
     layers = config_value(ctx.base.config, "num_hidden_layers", "n_layer", "num_layers")
     beyond = [(t, info) for t, info in orphans if isinstance(layers, int) and (_layer_of(t) or -1) >= layers]
-    if beyond:
+    if beyond and not ctx.config.layer_replication:  # layer_replication's extra layers: LI1402
         top = max(_layer_of(t) for t, _ in beyond)
         out.append(Finding(Code.LAYER_COUNT, f"the adapter has tensors for layers up to {top} ({len(beyond)} tensors) but the base has {layers} layers.",
                            "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
                            adapter_key=beyond[0][1].name))
     for target, info in orphans:
         if (target, info) in beyond:
+            continue
+        memory = ctx.index.renamed(target)
+        if memory is not None:
+            out.append(Finding(Code.ORPHAN,
+                               f"{info.name} targets {target}, the checkpoint name of a module transformers 5 loads as {_module(memory)}: "
+                               f"PEFT finds no module {_module(target)} and silently drops the tensor.",
+                               f"Rename the adapter keys (and target_modules) from {_module(target)} to {_module(memory)}.",
+                               tensor=target, adapter_key=info.name, adapter_shape=info.shape))
             continue
         out.append(Finding(Code.ORPHAN, f"{info.name} targets {target}, which the base does not have: the adapter silently does nothing there.",
                            "Use the base model the adapter was trained on, or rename the keys to the base's module names.",
@@ -381,11 +487,14 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
         out.append(Finding(Code.UNKNOWN_KEY, f"{t.key} is not a LoRA tensor lora-inspector knows (another PEFT method's key?).",
                            "Check peft_type in adapter_config.json; merge such adapters with PEFT itself.", adapter_key=t.key, adapter_shape=t.info.shape))
     targets = ctx.config.target_modules
-    modules = ctx.index.modules
+    modules = ctx.index.memory_modules  # the names PEFT matches target_modules against
     if isinstance(targets, tuple):
         for t in targets:
-            if not any(m == t or m.endswith("." + t) for m in modules) and not (ctx.vocab.tied and t in ("lm_head", "embed_out")):
-                out.append(Finding(Code.TARGET_UNMATCHED, f"target_modules entry {t!r} matches no module of the base.",
+            if not any(m == t or m.endswith("." + t) for m in modules) and not (ctx.vocab.tied and _HEAD.search(f"{t}.weight")):
+                memory = ctx.index.renamed(t)
+                renamed = f" (transformers 5 calls that module {memory})" if memory else ""
+                out.append(Finding(Code.TARGET_UNMATCHED, f"target_modules entry {t!r} matches no module of the base{renamed}.",
+                                   f"Use {memory!r} instead; the entry has no effect." if memory else
                                    "Check the spelling against `lora-inspector scan BASE --tensors`; the entry has no effect."))
     elif isinstance(targets, str) and targets != "all-linear":
         if not any(re.fullmatch(targets, m) for m in modules):
@@ -411,14 +520,22 @@ def check_new_rows(ctx: CheckContext) -> list[Finding]:
                                tensor=name, adapter_key=key, adapter_shape=(rows, ctx.base.by_name[name].shape[1]), base_shape=ctx.base.by_name[name].shape))
     changed_by_tokens = {w.name for w in ctx.token_embedding_for.values() if w is not None}
     candidates = [n for n in ctx.vocab.matrices + ctx.vocab.biases if n not in plan.carried and n not in plan.lora_rows and n not in changed_by_tokens]
+    if ctx.config.task_type in HEAD_TASKS:  # a classification / QA model has no lm_head to grow
+        candidates = [n for n in candidates if n not in ctx.vocab.heads and n not in ctx.vocab.biases]
     for name in candidates:
         base_shape = ctx.base.by_name[name].shape
-        grown = (plan.rows, *base_shape[1:]) if name not in ctx.vocab.biases else (*base_shape[:-1], plan.rows)
+        bias = name in ctx.vocab.biases
+        grown = (plan.rows, *base_shape[1:]) if not bias else (*base_shape[:-1], plan.rows)
+        what = new.replace("rows", "entries") if bias else new
+        if name.endswith("final_logits_bias"):
+            how = f"the merge fills {what} with zeros, as transformers' resize_token_embeddings pads final_logits_bias."
+            hint = "Nothing to do: zeros are what training saw (whatever --init says)."
+        else:
+            how = f"the merge fills {what} with --init (default mean, as transformers' resize_token_embeddings)."
+            hint = f"Nothing to do if that is intended; pick the init with `{ctx.merge_cmd} --init mean|hf_mvn|normal|zero`."
         out.append(Finding(Code.ROWS_UNCARRIED,
-                           f"{name} must grow from {shape_str(base_shape)} to {shape_str(grown)} ({plan.source}) but the adapter does not carry it: "
-                           f"the merge fills {new} with --init (default mean, as transformers' resize_token_embeddings).",
-                           f"Nothing to do if that is intended; pick the init with `{ctx.merge_cmd} --init mean|hf_mvn|normal|zero`.",
-                           tensor=name, base_shape=base_shape, adapter_shape=grown))
+                           f"{name} must grow from {shape_str(base_shape)} to {shape_str(grown)} ({plan.source}) but the adapter does not carry it: {how}",
+                           hint, tensor=name, base_shape=base_shape, adapter_shape=grown))
     return out
 
 
@@ -434,7 +551,7 @@ def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
         if top >= rows:
             out.append(Finding(Code.TOKEN_INDICES,
                                f"trainable_token_indices for {where} reach token {top} but the base has {rows} rows: the merged model needs {top + 1} rows.",
-                               f"Run `{ctx.merge_cmd}` (grows to {top + 1} rows; rows no index covers get --init), or resize the base first.",
+                               f"Run `{ctx.merge_cmd}` (grows to {max(top + 1, ctx.plan.rows or 0)} rows; rows no index covers get --init), or resize the base first.",
                                tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.hidden) if ctx.vocab.hidden else None))
     for module, delta in ctx.adapter.trainable_tokens.items():
         name = module.rpartition(".")[2]
@@ -449,25 +566,83 @@ def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
     return out
 
 
+def _in_modules_to_save(ctx: CheckContext, module: str) -> bool:
+    return any(module == m or module.endswith("." + m) for m in ctx.config.modules_to_save)
+
+
 def check_tied(ctx: CheckContext) -> list[Finding]:
-    """Family 7: a tied base whose adapter replaces only the embedding or only the head."""
-    if not ctx.vocab.tied or not ctx.vocab.embeddings:
-        return []
-    embed = ctx.vocab.embeddings[0]
-    heads, embeds = [], []
-    for full in ctx.adapter.full.values():
-        # base_layer copies are the frozen weights PEFT saves beside a LoRA layer: merging LoRA into a
-        # tied weight changes both sides alike, so only modules_to_save-style replacements untie.
-        if full.chosen.copy in ("plain", "modules_to_save") and ctx.resolve(full.target) == embed:
-            (heads if ctx.is_tied_head(full.target) else embeds).append(full)
-    if bool(heads) == bool(embeds):
-        return []
-    which, other = ("the embedding", "lm_head") if embeds else ("lm_head", "the embedding")
-    full = (embeds or heads)[0]
-    return [Finding(Code.TIED_ONE_SIDE,
-                    f"the base ties lm_head to {embed} and the adapter replaces only {which} ({full.chosen.key}): after the merge they differ.",
-                    f"`{ctx.merge_cmd}` unties them as PEFT does: it writes both and sets tie_word_embeddings: false; {other} keeps the base's values.",
-                    tensor=embed, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape, base_shape=ctx.base.by_name[embed].shape)]
+    """Family 7: a tied weight the adapter changes on one side only (modules_to_save copies, LoRA)."""
+    out: list[Finding] = []
+    v = ctx.vocab
+    embed = v.embeddings[0] if v.embeddings else None
+    replacing = [f for f in ctx.adapter.full.values() if f.chosen.copy in ("plain", "modules_to_save")]
+    # T5 / BART `shared`: LoRA or a modules_to_save copy on a module the model never calls.
+    head_replaced = any(ctx.is_tied_head(f.target) and _in_modules_to_save(ctx, f.chosen.module) for f in replacing)
+    for module, (name, users) in ctx.never_called.items():
+        who = " and ".join(_module(u) for u in users) + (" (and lm_head)" if v.tied and name == embed and not head_replaced else "")
+        lm = ctx.adapter.lora.get(module)
+        if lm is not None and (lm.A or lm.B):
+            key = lm.A or lm.B
+            out.append(Finding(Code.TIED_ONE_SIDE,
+                               f"LoRA on {module} changes {name}, but the model never calls {module}: it looks tokens up through {who}, which share that weight, "
+                               "so the delta had no effect in training; PEFT's merge_and_unload would apply it to all of them.",
+                               f"Leave it out of the merge (delete {module}'s LoRA tensors from the adapter): the trained model never used it; target embed_tokens to train the embeddings.",
+                               tensor=name, adapter_key=key.key, adapter_shape=key.info.shape, base_shape=ctx.base.by_name[name].shape))
+        for full in (f for f in replacing if f.chosen.module == module):
+            out.append(Finding(Code.TIED_ONE_SIDE,
+                               f"modules_to_save replaces {module} ({full.chosen.key}), but the model never calls {module}: it looks tokens up "
+                               f"through {who}, which share its weight, so the trained copy had no effect in training. PEFT's merge_and_unload keeps it aside; "
+                               f"a checkpoint that stores it as {name} changes all of them.",
+                               "Leave it out of the merge (the trained model never used it); list embed_tokens in modules_to_save to train the embeddings.",
+                               tensor=name, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape, base_shape=ctx.base.by_name[name].shape))
+    uncalled = any(f.chosen.module in ctx.never_called for f in replacing)
+    if v.tied and embed:
+        heads, embeds = [], []
+        for full in replacing:
+            # base_layer copies are the frozen weights PEFT saves beside a LoRA layer (LoRA is judged below).
+            if ctx.resolve(full.target) == embed and not ctx.is_tied_alias(full.target) and full.chosen.module not in ctx.never_called:
+                (heads if ctx.is_tied_head(full.target) else embeds).append(full)
+        if uncalled:  # beside an uncalled `shared` copy, a plain head copy is PEFT's save of the resized weight
+            heads = [h for h in heads if _in_modules_to_save(ctx, h.chosen.module)]
+        if bool(heads) != bool(embeds):
+            head = _module(heads[0].target) if heads else "lm_head"  # proj_out, vocab_projector, ... by their own name
+            which, other = ("the embedding", head) if embeds else (head, "the embedding")
+            full = (embeds or heads)[0]
+            out.append(Finding(Code.TIED_ONE_SIDE,
+                               f"the base ties {head} to {embed} and the adapter replaces only {which} ({full.chosen.key}): after the merge they differ.",
+                               f"`{ctx.merge_cmd}` unties them as PEFT does: it writes both and sets tie_word_embeddings: false; {other} keeps the base's values.",
+                               tensor=embed, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape, base_shape=ctx.base.by_name[embed].shape))
+    # T5 / BART: modules_to_save=["embed_tokens"] wraps encoder.embed_tokens and decoder.embed_tokens,
+    # which the base stores only as the shared embedding: PEFT trains a separate copy of each.
+    aliased: dict[str, list[FullTensor]] = {}
+    for full in replacing:
+        if ctx.is_tied_alias(full.target) and _in_modules_to_save(ctx, full.chosen.module):
+            aliased.setdefault(ctx.resolve(full.target), []).append(full)
+    for shared, fulls in aliased.items():
+        names = " and ".join(f.target for f in fulls)
+        out.append(Finding(Code.TIED_ONE_SIDE,
+                           f"the base ties {names} to {shared} (the checkpoint stores only {shared}); the adapter replaces "
+                           f"{'them with their own copies' if len(fulls) > 1 else 'it with its own copy'} (modules_to_save): after the merge they differ from {shared}.",
+                           f"`{ctx.merge_cmd}` unties them as PEFT does: it writes {names} beside {shared}, which keeps its own values.",
+                           tensor=shared, adapter_key=fulls[0].chosen.key, adapter_shape=fulls[0].chosen.info.shape, base_shape=ctx.base.by_name[shared].shape))
+    # LoRA on the tied weight: training applied the delta where the wrapped module sits (the embedding
+    # or the head); merging it into the shared weight applies it to both. ensure_weight_tying: PEFT
+    # trained the same delta on both sides, so the tied weight takes it once and stays tied.
+    if embed and not ctx.config.ensure_weight_tying:
+        for module, side in ctx.tied_lora.items():
+            if module in ctx.never_called:
+                continue
+            lm, _ = ctx.lora_targets[module]
+            key = lm.A or lm.B
+            head = module if side == "head" else "lm_head"
+            this = head if side == "head" else "the embedding"
+            out.append(Finding(Code.TIED_ONE_SIDE,
+                               f"LoRA on {module} changes {embed}, which the base ties to {head}: training applied the delta to {this} only, "
+                               "but PEFT's merge_and_unload would apply it to the shared weight, i.e. to both sides.",
+                               f"`{ctx.merge_cmd}` unties them: it writes the embedding and the head separately (each with only its own delta) "
+                               "and sets tie_word_embeddings: false.",
+                               tensor=embed, adapter_key=key.key, adapter_shape=key.info.shape, base_shape=ctx.base.by_name[embed].shape))
+    return out
 
 
 def check_empty(ctx: CheckContext) -> list[Finding]:
@@ -540,7 +715,7 @@ def check_bloat(ctx: CheckContext) -> list[Finding]:
         kinds = ", ".join(c.copy for c in full.copies)
         out.append(Finding(Code.BLOAT, f"{full.target} is stored {len(full.copies)} times ({kinds}); {human_bytes(waste)} are copies PEFT does not use "
                            f"(it loads the {full.chosen.copy} one).",
-                           "Harmless for the merge; re-save with a current PEFT to shrink the adapter.",
+                           f"Harmless: PEFT loads the {full.chosen.copy} copy; the others only take disk space.",
                            tensor=ctx.resolve(full.target), adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape))
     return out
 
@@ -570,6 +745,27 @@ def check_unsupported(ctx: CheckContext) -> list[Finding]:
     if ctx.config.target_parameters:
         out.append(Finding(Code.TARGET_PARAMETERS, f"target_parameters {list(ctx.config.target_parameters)} puts LoRA on raw parameters (e.g. MoE experts), which lora-inspector does not merge.",
                            "Merge it with PEFT's merge_and_unload."))
+    config = ctx.config
+    if config.alora_invocation_tokens is not None:
+        out.append(Finding(Code.UNSUPPORTED_LAYER,
+                           f"alora_invocation_tokens {list(config.alora_invocation_tokens)} makes this an aLoRA adapter: it acts only on the tokens after its "
+                           "invocation sequence, so no merged weight reproduces it (PEFT: 'aLoRA does not support merging').",
+                           "Use the adapter unmerged with PEFT (PeftModel.from_pretrained)."))
+    if config.layer_replication is not None:
+        out.append(Finding(Code.UNSUPPORTED_LAYER,
+                           f"layer_replication {[list(p) for p in config.layer_replication]} builds the model from copies of the base's layers and puts "
+                           "LoRA on the copies: the adapter's layer indices are the replicated model's, and PEFT's merge_and_unload does not reproduce it.",
+                           "Use the adapter unmerged with PEFT (PeftModel.from_pretrained)."))
+    init = config.mutating_init
+    if init is not None:
+        fix = ("Merge into the base LoftQ produced (the quantized weights it trained against), not the original."
+               if init == "loftq" else
+               "Convert it to plain LoRA first: PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=<the adapter saved "
+               "right after initialization>) writes an adapter for the original base; check and merge that one.")
+        out.append(Finding(Code.BASE_MUTATING_INIT,
+                           f"init_lora_weights is {config.init_lora_weights!r}: PEFT changed the base weights when it created this adapter ({BASE_MUTATING_INITS[init]}), "
+                           "and lora_A / lora_B were trained against that changed base; W += s * B @ A on the original base is not what training saw.",
+                           fix))
     return out
 
 

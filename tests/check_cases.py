@@ -92,3 +92,40 @@ def replace(key: str, tensor: torch.Tensor) -> Callable[[dict[str, torch.Tensor]
         return tensors
 
     return edit
+
+
+# ---------------------------------------------------------------------------------------------
+# Other architectures: a tiny model of any transformers class, and a PEFT adapter trained on it
+# ---------------------------------------------------------------------------------------------
+
+
+def make_model(out_dir: Path, model_cls: type, config, seed: int = 0) -> Path:
+    """``model_cls(config)`` (a transformers class and its config, tiny sizes) saved with save_pretrained."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def make_adapter(model_dir: Path, out_dir: Path, model_cls: type, *, vocab: int | None = None, seed: int = 0, **lora_kwargs) -> Path:
+    """A LoRA adapter saved by PEFT for ``model_cls.from_pretrained(model_dir)`` (tests.models'
+    make_lora_adapter for a model class of the test's choosing: seq2seq, classification, multimodal)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = model_cls.from_pretrained(model_dir)
+    if vocab is not None:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    peft_model = get_peft_model(model, LoraConfig(**lora_kwargs))
+    with torch.no_grad():
+        for _, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.02)
+    peft_model.save_pretrained(out_dir)
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)
+    return Path(out_dir)
+
+
+def adapter_keys(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
+        return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}

@@ -20,7 +20,7 @@ from rich.console import Console
 from inspector.check import run_check
 from inspector.cli import main
 from inspector.report import terminal
-from tests.check_cases import DROP, drop, edit_config, edit_json, edit_tensors, make_tokenizer, rename, replace
+from tests.check_cases import DROP, adapter_keys, drop, edit_config, edit_json, edit_tensors, make_adapter, make_model, make_tokenizer, rename, replace
 from tests.models import Built, copy_checkpoint, load_model, make_llama, make_lora_adapter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -318,8 +318,8 @@ def test_grown_llama_modules_to_save(capsys, llama: Built, lora_llama_grown: Bui
     assert rows(report) == expect(
         ("LI101", "error", HEAD, P + HEAD, (80, 16), (64, 16)),
         ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
-        ("LI1201", "warning", HEAD, P + HEAD, (80, 16), None),
-        ("LI1201", "warning", EMBED, P + EMBED, (80, 16), None),
+        ("LI1201", "info", HEAD, P + HEAD, (80, 16), None),
+        ("LI1201", "info", EMBED, P + EMBED, (80, 16), None),
     )
     assert report["vocab"]["merged_rows"] == 80
 
@@ -350,7 +350,7 @@ def test_vocab_mismatch_in_every_key_layout(capsys, root: Path, llama: Built, lo
     chosen = kept[0]  # original_module is the frozen pre-training copy, never the trained one
     expected = [("LI101", "error", name, f"{P}{name[:-len('.weight')]}{chosen}.weight", (80, 16), (64, 16)) for name in (EMBED, HEAD)]
     if len(kept) > 1:
-        expected += [("LI1201", "warning", name, f"{P}{name[:-len('.weight')]}{chosen}.weight", (80, 16), None) for name in (EMBED, HEAD)]
+        expected += [("LI1201", "info", name, f"{P}{name[:-len('.weight')]}{chosen}.weight", (80, 16), None) for name in (EMBED, HEAD)]
     assert rows(report) == expect(*expected)
 
 
@@ -372,7 +372,7 @@ def test_bert_word_embeddings_grown(capsys, root: Path, bert: Built) -> None:
     name = "embeddings.word_embeddings.weight"
     assert rows(report) == expect(
         ("LI101", "error", name, P + name, (80, 16), (64, 16)),
-        ("LI1201", "warning", name, P + name, (80, 16), None),
+        ("LI1201", "info", name, P + name, (80, 16), None),
     )
 
 
@@ -387,7 +387,7 @@ def test_gpt2_wte_grown(capsys, root: Path, gpt2: Built) -> None:
     assert rows(report) == expect(
         ("LI101", "error", "lm_head.weight", P + HEAD, (80, 16), (64, 16)),
         ("LI101", "error", wte, P + wte, (80, 16), (64, 16)),
-        ("LI1201", "warning", wte, P + wte, (80, 16), None),
+        ("LI1201", "info", wte, P + wte, (80, 16), None),
     )
     head = next(f for f in report["findings"] if f["tensor"] == "lm_head.weight")
     assert head["message"].startswith("lm_head.weight (tied to transformer.wte.weight): ")
@@ -683,7 +683,7 @@ def test_untied_head_not_carried(capsys, root: Path, llama: Built, mts_embed_gro
     assert rows(report) == expect(
         ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
         ("LI502", "warning", HEAD, None, (80, 16), (64, 16)),
-        ("LI1201", "warning", EMBED, P + EMBED, (80, 16), None),
+        ("LI1201", "info", EMBED, P + EMBED, (80, 16), None),
     )
     assert "rows 64..79" in by_code(report, "LI502")[0]["message"]
 
@@ -776,11 +776,14 @@ def test_bloat(capsys, root: Path, llama: Built, mts_norm: Built) -> None:
     adapter = edit_tensors(mts_norm.path, root / "bloat", copies)
     rc, report = check_json(capsys, llama.path, adapter)
     assert rc == 0
-    assert rows(report) == [("LI1201", "warning", "model.norm.weight", f"{P}model.norm.weight", (16,), None)]
+    assert rows(report) == [("LI1201", "info", "model.norm.weight", f"{P}model.norm.weight", (16,), None)]
     assert report["findings"][0]["message"] == (
         "model.norm.weight is stored 3 times (modules_to_save, original_module, plain); "
         "128 B are copies PEFT does not use (it loads the plain one)."
     )
+    # PEFT 0.21 itself writes these copies: info, so `--fail-on warning` passes every modules_to_save adapter.
+    assert report["findings"][0]["hint"] == "Harmless: PEFT loads the plain copy; the others only take disk space."
+    assert run(capsys, llama.path, adapter, "--fail-on", "warning")[0] == 0
 
 
 def test_non_lora_peft_type(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
@@ -812,6 +815,10 @@ BAD_CONFIGS = {
     "rslora_string": ({"use_rslora": "false"}, "use_rslora is 'false' (str); it must be true or false"),
     "bad_regex": ({"target_modules": "model\\.(q_proj"}, "target_modules 'model\\\\.(q_proj' is not a valid regular expression"),
     "no_peft_type": ({"peft_type": DROP}, "peft_type is None"),
+    "init_number": ({"init_lora_weights": 3}, "init_lora_weights is 3; expected true, false or an init name"),
+    "alora_tokens_string": ({"alora_invocation_tokens": "<tool>"}, "alora_invocation_tokens is '<tool>'; expected a list of integers"),
+    "layer_replication_flat": ({"layer_replication": [0, 2]}, "layer_replication is [0, 2]; expected a list of [start, end] layer ranges"),
+    "ensure_weight_tying_string": ({"ensure_weight_tying": "true"}, "ensure_weight_tying is 'true' (str); it must be true or false"),
 }
 
 
@@ -851,3 +858,318 @@ def test_fail_on_warning(capsys, llama: Built, root: Path, lora_llama: Built) ->
     assert run(capsys, llama.path, adapter, "--fail-on", "error")[0] == 0
     rc, out, err = run(capsys, llama.path, adapter, "--fail-on", "info")
     assert rc == 2 and "Traceback" not in err and err.startswith("Error: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Found against PEFT 0.21.2's own merge on other architectures (tied weights, renamed modules,
+# LoRA variants PEFT cannot merge, task heads)
+# ---------------------------------------------------------------------------------------------
+
+TIED_LORA_MESSAGE = "but PEFT's merge_and_unload would apply it to the shared weight, i.e. to both sides."
+
+
+@pytest.mark.parametrize(("base", "targets", "key", "shape", "side"), [
+    ("qwen2", ["q_proj", "lm_head"], "lm_head.lora_A.weight", (2, 16), "lm_head"),
+    ("llama_tied", ["q_proj", "embed_tokens"], "model.embed_tokens.lora_embedding_A", (2, 64), "the embedding"),
+], ids=["lora-on-tied-lm_head", "embedding-lora-on-tied-embedding"])
+def test_lora_on_tied_weight(capsys, request, root: Path, base: str, targets: list[str], key: str, shape: tuple, side: str) -> None:
+    # Training applied the delta on one side; PEFT merges it into the shared weight (both sides).
+    built = request.getfixturevalue(base)
+    adapter = make_lora_adapter(built.path, root / f"tied_lora_{base}", r=2, lora_alpha=4, target_modules=targets)
+    rc, report = check_json(capsys, built.path, adapter.path)
+    assert rc == 0
+    assert rows(report) == [("LI701", "warning", EMBED, P + key, shape, (64, 16))]
+    (li701,) = by_code(report, "LI701")
+    assert f"training applied the delta to {side} only, {TIED_LORA_MESSAGE}" in li701["message"]
+    assert li701["hint"].startswith(f"`lora-inspector merge {built.path} {adapter.path} --out merged` unties them: it writes the embedding and the head separately")
+    assert "tie_word_embeddings: false" in li701["hint"]
+
+
+def test_lora_on_tied_weight_with_ensure_weight_tying_is_clean(capsys, root: Path, llama_tied: Built) -> None:
+    # PEFT adds the lm_head LoRA itself and trains one delta on both sides: a tied merge taking it
+    # once is right (no LI701), and the lm_head tensors it saved are not "untargeted" (no LI403).
+    adapter = make_lora_adapter(llama_tied.path, root / "tied_ewt", r=2, lora_alpha=4, target_modules=["q_proj", "embed_tokens"], ensure_weight_tying=True)
+    assert {f"{P}lm_head.lora_A.weight", f"{P}model.embed_tokens.lora_embedding_A"} <= set(adapter.tensors)
+    assert "lm_head" not in adapter.config["target_modules"]
+    rc, report = check_json(capsys, llama_tied.path, adapter.path)
+    assert (rc, rows(report)) == (0, [])
+
+
+def test_lora_bias_on_layer_without_bias(capsys, root: Path, llama: Built) -> None:
+    # PEFT: "Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias".
+    adapter = make_lora_adapter(llama.path, root / "lora_bias_no_base_bias", r=2, lora_alpha=4, target_modules=["q_proj"], lora_bias=True)
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    assert rows(report) == expect(*[
+        ("LI306", "error", f"{attn(layer, 'q_proj')}.weight", f"{P}{attn(layer, 'q_proj')}.lora_B.bias", (16,), None) for layer in (0, 1)
+    ])
+    assert "has no bias; PEFT refuses to merge it" in by_code(report, "LI306")[0]["message"]
+
+
+@pytest.mark.parametrize(("option", "needle"), [
+    ({"alora_invocation_tokens": [5, 6]}, "aLoRA"),
+    ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
+], ids=["alora", "layer_replication"])
+def test_lora_variants_peft_cannot_merge(capsys, root: Path, llama: Built, option: dict, needle: str) -> None:
+    adapter = make_lora_adapter(llama.path, root / f"variant_{needle}", r=2, lora_alpha=4, target_modules=["q_proj"], **option)
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    # layer_replication's LoRA on layer 2 (a copy of layer 1): no LI1002 / LI401 about a 2-layer base.
+    assert rows(report) == [("LI1402", "error", None, None, None, None)]
+    assert needle in report["findings"][0]["message"]
+
+
+def test_pissa_adapter_needs_conversion(capsys, root: Path, llama: Built) -> None:
+    adapter = make_lora_adapter(llama.path, root / "pissa", r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa")
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    assert rows(report) == [("LI1404", "error", None, None, None, None)]
+    (finding,) = by_code(report, "LI1404")
+    assert finding["name"] == "base-mutating-init"
+    assert finding["message"].startswith("init_lora_weights is 'pissa': PEFT changed the base weights when it created this adapter (PiSSA moved")
+    assert "path_initial_model_for_weight_conversion" in finding["hint"]
+
+
+@pytest.mark.parametrize(("init", "code"), [
+    ("olora", "LI1404"), ("pissa_niter_4", "LI1404"), ("corda", "LI1404"), ("loftq", "LI1404"), ("lora_ga", "LI1404"),
+    ("gaussian", None), ("eva", None), (False, None),
+])
+def test_base_mutating_inits(capsys, root: Path, llama: Built, lora_llama: Built, init, code: str | None) -> None:
+    adapter = edit_config(lora_llama.path, root / f"init_{init}", init_lora_weights=init)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert [r[0] for r in rows(report)] == ([code] if code else [])
+
+
+@pytest.fixture(scope="module")
+def neox(root: Path) -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    return make_model(root / "neox", GPTNeoXForCausalLM, GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                                       num_attention_heads=2, max_position_embeddings=64, tie_word_embeddings=False))
+
+
+@pytest.fixture(scope="module")
+def neox_head_lora(root: Path, neox: Path) -> Path:
+    from transformers import GPTNeoXForCausalLM
+
+    return make_adapter(neox, root / "neox_head_lora", GPTNeoXForCausalLM, r=2, lora_alpha=4, target_modules=["query_key_value", "lm_head"])
+
+
+def test_renamed_module_gpt_neox_lm_head(capsys, neox: Path, neox_head_lora: Path) -> None:
+    # transformers 5 loads GPT-NeoX's checkpoint tensor embed_out.weight as lm_head: PEFT's keys say lm_head.
+    assert f"{P}lm_head.lora_A.weight" in adapter_keys(neox_head_lora)
+    rc, report = check_json(capsys, neox, neox_head_lora)
+    assert (rc, rows(report)) == (0, [])
+    diagnosis = run_check(str(neox), str(neox_head_lora))
+    assert diagnosis.context.resolve("lm_head.weight") == "embed_out.weight"
+    assert diagnosis.context.lora_targets["lm_head"][1].name == "embed_out.weight"
+
+
+def test_legacy_embed_out_keys_are_dropped_by_peft(capsys, root: Path, neox: Path, neox_head_lora: Path) -> None:
+    # An adapter saved under transformers 4 says embed_out; PEFT 0.21 on transformers 5 finds no such module.
+    renamed = edit_tensors(neox_head_lora, root / "neox_legacy_tensors", lambda t: {k.replace(".lm_head.", ".embed_out."): v for k, v in t.items()})
+    adapter = edit_config(renamed, root / "neox_legacy", target_modules=["query_key_value", "embed_out"])
+    rc, report = check_json(capsys, neox, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        *[("LI401", "error", "embed_out.weight", f"{P}embed_out.{key}", shape, None)
+          for key, shape in (("lora_A.weight", (2, 16)), ("lora_B.weight", (64, 2)), ("base_layer.weight", (64, 16)))],
+        ("LI402", "warning", None, None, None, None),
+    )
+    assert all("transformers 5 loads as lm_head" in f["message"] and "from embed_out to lm_head" in f["hint"] for f in by_code(report, "LI401"))
+    assert "(transformers 5 calls that module lm_head)" in by_code(report, "LI402")[0]["message"]
+
+
+def test_renamed_module_mixtral_router(capsys, root: Path) -> None:
+    # Mixtral's checkpoint keeps block_sparse_moe.gate; transformers 5 (and PEFT's keys) say mlp.gate.
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           max_position_embeddings=64, num_local_experts=2, num_experts_per_tok=1)
+    base = make_model(root / "mixtral", MixtralForCausalLM, config)
+    adapter = make_adapter(base, root / "mixtral_gate", MixtralForCausalLM, r=2, lora_alpha=4, target_modules=["q_proj", "gate"])
+    assert f"{P}model.layers.0.mlp.gate.lora_A.weight" in adapter_keys(adapter)
+    rc, report = check_json(capsys, base, adapter)
+    # PEFT turns the router into target_parameters: unsupported (LI1403), but nothing is an orphan.
+    assert rows(report) == [("LI1403", "error", None, None, None, None)]
+    ctx = run_check(str(base), str(adapter)).context
+    assert ctx.lora_targets["model.layers.1.mlp.gate"][1].name == "model.layers.1.block_sparse_moe.gate.weight"
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"], ids=["names", "in-memory-regex"])
+def test_renamed_modules_llava(capsys, root: Path, targets) -> None:
+    # LLaVA's checkpoint says language_model.model.* / language_model.lm_head / vision_tower; in memory
+    # (and in PEFT's keys) they are model.language_model.* / lm_head / model.vision_tower.
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    base = root / "llava"
+    if not base.exists():
+        vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16)
+        text = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+        make_model(base, LlavaForConditionalGeneration, LlavaConfig(vision_config=vision, text_config=text, image_token_index=63))
+    adapter = make_adapter(base, root / f"llava_{len(targets)}", LlavaForConditionalGeneration, r=2, lora_alpha=4, target_modules=targets, modules_to_save=["lm_head"])
+    keys = adapter_keys(adapter)
+    assert f"{P}model.language_model.layers.0.self_attn.q_proj.lora_A.weight" in keys and f"{P}lm_head.weight" in keys
+    rc, report = check_json(capsys, base, adapter)
+    assert (rc, rows(report)) == (0, [])
+
+
+@pytest.fixture(scope="module")
+def llama_seq_cls(root: Path, llama: Built) -> Path:
+    from transformers import LlamaForSequenceClassification
+
+    return make_adapter(llama.path, root / "seq_cls", LlamaForSequenceClassification, task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+
+
+def test_seq_cls_adapter_on_causal_base(capsys, llama: Built, llama_seq_cls: Path) -> None:
+    rc, report = check_json(capsys, llama.path, llama_seq_cls)
+    assert rc == 0
+    assert rows(report) == [("LI405", "warning", "score.weight", f"{P}score.weight", (2, 16), None)]
+    assert report["findings"][0]["name"] == "new-head"
+    assert report["findings"][0]["message"] == (
+        "score.weight is a new head (task_type SEQ_CLS) the base does not have: load the merged model with the matching AutoModelForSequenceClassification class."
+    )
+
+
+def test_seq_cls_adapter_with_grown_embedding(capsys, root: Path, llama: Built) -> None:
+    # A classification model has no lm_head: no LI502 about growing it.
+    from transformers import LlamaForSequenceClassification
+
+    adapter = make_adapter(llama.path, root / "seq_cls_grown", LlamaForSequenceClassification, vocab=80, task_type="SEQ_CLS", r=2, lora_alpha=4,
+                           target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI101", "error", EMBED, P + EMBED, (80, 16), (64, 16)),
+        ("LI405", "warning", "score.weight", f"{P}score.weight", (2, 16), None),
+        ("LI1201", "info", EMBED, P + EMBED, (80, 16), None),
+    )
+
+
+@pytest.fixture(scope="module")
+def t5(root: Path) -> Path:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return make_model(root / "t5", T5ForConditionalGeneration, T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                                                                          num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def test_t5_embed_tokens_are_the_shared_embedding(capsys, root: Path, t5: Path) -> None:
+    # modules_to_save=["embed_tokens"] wraps encoder.embed_tokens and decoder.embed_tokens, which the
+    # checkpoint stores only as shared.weight: not orphans, but copies that untie from it.
+    from transformers import T5ForConditionalGeneration
+
+    adapter = make_adapter(t5, root / "t5_mts_embed", T5ForConditionalGeneration, r=2, lora_alpha=4, target_modules=["q", "v"], modules_to_save=["embed_tokens"])
+    assert {f"{P}encoder.embed_tokens.weight", f"{P}decoder.embed_tokens.weight"} <= set(adapter_keys(adapter))
+    rc, report = check_json(capsys, t5, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI701", "warning", "shared.weight", f"{P}decoder.embed_tokens.weight", (64, 16), (64, 16))]
+    assert report["findings"][0]["message"].startswith("the base ties decoder.embed_tokens.weight and encoder.embed_tokens.weight to shared.weight")
+    assert run_check(str(t5), str(adapter)).context.resolve("encoder.embed_tokens.weight") == "shared.weight"
+
+
+@pytest.mark.parametrize(("arch", "head"), [("distilbert", "vocab_projector"), ("electra", "generator_lm_head")])
+def test_tied_output_layer_under_another_name(capsys, root: Path, arch: str, head: str) -> None:
+    # DistilBERT's vocab_projector (found by name) and ELECTRA's generator_lm_head (found by shape: not
+    # stored, [vocab, hidden]) are the tied embedding, not orphans.
+    from transformers import DistilBertConfig, DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM
+
+    if arch == "distilbert":
+        cls, config = DistilBertForMaskedLM, DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64)
+        embed, query = "distilbert.embeddings.word_embeddings.weight", "q_lin"
+    else:
+        cls, config = ElectraForMaskedLM, ElectraConfig(vocab_size=64, embedding_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                        intermediate_size=32, max_position_embeddings=64)
+        embed, query = "electra.embeddings.word_embeddings.weight", "query"
+    base = make_model(root / arch, cls, config)
+    adapter = make_adapter(base, root / f"{arch}_mts_head", cls, r=2, lora_alpha=4, target_modules=[query], modules_to_save=[head])
+    rc, report = check_json(capsys, base, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI701", "warning", embed, f"{P}{head}.weight", (64, 16), (64, 16))]
+    assert report["findings"][0]["message"].startswith(f"the base ties {head} to {embed} and the adapter replaces only {head} ")
+
+
+def test_trainable_tokens_on_grown_vocabulary(capsys, root: Path, llama: Built) -> None:
+    # PEFT saves the grown embedding as <embed>.token_adapter.base_layer.weight: a base_layer copy.
+    adapter = make_lora_adapter(llama.path, root / "tokens_grown", vocab=80, r=2, lora_alpha=4, target_modules=["q_proj"], trainable_token_indices=[3, 70])
+    key = f"{P}model.embed_tokens.token_adapter.base_layer.weight"
+    assert adapter.shapes()[key] == (80, 16)
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    assert rc == 1
+    assert rows(report) == expect(
+        ("LI101", "error", EMBED, key, (80, 16), (64, 16)),
+        ("LI101", "error", HEAD, P + HEAD, (80, 16), (64, 16)),
+        ("LI601", "error", EMBED, None, None, (64, 16)),
+    )
+    assert report["vocab"]["merged_rows"] == 80
+    assert "grows to 80 rows" in by_code(report, "LI601")[0]["hint"]
+
+
+def test_bart_final_logits_bias_entries_get_zeros(capsys, root: Path) -> None:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+    base = make_model(root / "bart", BartForConditionalGeneration, config)
+    adapter = make_adapter(base, root / "bart_grown", BartForConditionalGeneration, vocab=80, r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["shared"])
+    rc, report = check_json(capsys, base, adapter)
+    assert rc == 1
+    shared = "model.shared.weight"
+    assert rows(report) == expect(
+        ("LI101", "error", "lm_head.weight", P + HEAD, (80, 16), (64, 16)),
+        ("LI101", "error", shared, P + shared, (80, 16), (64, 16)),
+        ("LI502", "warning", "final_logits_bias", None, (1, 80), (1, 64)),
+        ("LI701", "warning", shared, P + shared, (80, 16), (64, 16)),  # BART never calls `shared` itself
+        ("LI1201", "info", shared, P + shared, (80, 16), None),
+    )
+    assert by_code(report, "LI502")[0]["message"].endswith(
+        "the merge fills entries 64..79 with zeros, as transformers' resize_token_embeddings pads final_logits_bias.")
+
+
+def test_lora_on_t5_shared_never_runs(capsys, root: Path, t5: Path) -> None:
+    # T5 (and BART) look tokens up through encoder/decoder.embed_tokens, modules that only share
+    # shared's weight: LoRA on `shared` changes nothing in training, but PEFT merges it into all of them.
+    from peft import LoraConfig, get_peft_model
+    from transformers import T5ForConditionalGeneration
+
+    adapter = make_adapter(t5, root / "t5_shared_lora", T5ForConditionalGeneration, r=2, lora_alpha=4, target_modules=["shared"], init_lora_weights=False)
+    ids = torch.tensor([[5, 9, 17, 33]])
+    base_model = T5ForConditionalGeneration.from_pretrained(t5)
+    with torch.no_grad():
+        before = base_model(input_ids=ids, decoder_input_ids=ids).logits
+        peft_model = get_peft_model(base_model, LoraConfig(r=2, lora_alpha=4, target_modules=["shared"], init_lora_weights=False))
+        assert torch.equal(peft_model(input_ids=ids, decoder_input_ids=ids).logits, before)
+    rc, report = check_json(capsys, t5, adapter)
+    assert rc == 0
+    assert rows(report) == [("LI701", "warning", "shared.weight", f"{P}shared.lora_embedding_A", (2, 64), (64, 16))]
+    assert report["findings"][0]["message"] == (
+        "LoRA on shared changes shared.weight, but the model never calls shared: it looks tokens up through encoder.embed_tokens and "
+        "decoder.embed_tokens (and lm_head), which share that weight, so the delta had no effect in training; "
+        "PEFT's merge_and_unload would apply it to all of them."
+    )
+
+
+def test_modules_to_save_on_t5_shared_never_runs(capsys, root: Path, t5: Path) -> None:
+    # The same for a modules_to_save copy of `shared`: PEFT's merge keeps it aside, but a checkpoint
+    # that stores it as shared.weight changes the encoder, decoder and lm_head, which never saw it.
+    from transformers import T5ForConditionalGeneration
+
+    adapter = make_adapter(t5, root / "t5_mts_shared", T5ForConditionalGeneration, r=2, lora_alpha=4, target_modules=["q"], modules_to_save=["shared"])
+    rc, report = check_json(capsys, t5, adapter)
+    assert rc == 0
+    assert [r[:4] for r in rows(report)] == [("LI701", "warning", "shared.weight", f"{P}shared.weight")]
+    assert report["findings"][0]["message"].startswith(
+        "modules_to_save replaces shared (base_model.model.shared.weight), but the model never calls shared: "
+        "it looks tokens up through encoder.embed_tokens and decoder.embed_tokens (and lm_head), which share its weight")
+
+
+def test_readme_lists_every_finding_code() -> None:
+    # The README's "Findings" table is the user's reference: every code, its name and its severity.
+    from inspector.findings import Code
+
+    table = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("LI") and cells[0][2:].isdigit():
+            table[cells[0]] = (cells[1], cells[2])
+    assert table == {c.code: (c.slug, c.severity) for c in Code}
