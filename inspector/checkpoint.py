@@ -18,6 +18,7 @@ from typing import Literal
 
 from inspector.errors import InvalidInputError
 from inspector.header import read_header
+from inspector.paths import resolves_inside
 from inspector.tensor import TensorInfo
 from inspector.tokenizer import TokenizerFacts, read_tokenizer
 from inspector.torchbin import read_torch_bin
@@ -134,6 +135,11 @@ def read_json(path: Path, what: str = "JSON file") -> dict:
         raise InvalidInputError(f"Cannot read {what}", path, f"not valid JSON ({exc})", hint) from exc
     if not isinstance(data, dict):
         raise InvalidInputError(f"Cannot read {what}", path, f"the top level is a JSON {type(data).__name__}, not an object", hint)
+    try:
+        # A "\ud800" escape parses to a lone surrogate that no report can print; serde_json refuses it too.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"Cannot read {what}", path, "it contains a lone surrogate escape (not valid Unicode)", hint) from exc
     return data
 
 
@@ -143,14 +149,17 @@ def _inside(root: Path, rel: str, index: Path) -> Path:
     if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or ":" in rel or "\\" in rel:
         raise InvalidInputError("Cannot read sharded index", index, f"shard name {rel!r} points outside the checkpoint", hint)
     target = root / rel
-    real = target.resolve()
-    inside = real.is_relative_to(root.resolve())
-    # The Hugging Face cache keeps files in <repo>/blobs and links them from <repo>/snapshots/<rev>/.
-    snapshot = root.resolve()
-    in_hf_cache = snapshot.parent.name == "snapshots" and real.is_relative_to(snapshot.parent.parent / "blobs")
-    if not (inside or in_hf_cache):
+    if not resolves_inside(root, target):
         raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} resolves outside the checkpoint (symlink?)", hint)
     return target
+
+
+def _own_file(root: Path, path: Path) -> Path:
+    """``path``, a file found in checkpoint directory ``root``, unless it links outside it (HOSTILE 21)."""
+    if not resolves_inside(root, path):
+        raise _input_error(path, f"it is a symlink to '{path.resolve()}', outside the checkpoint directory",
+                           "Copy the file into the checkpoint directory if you trust it, or give its path directly.")  # fmt: skip
+    return path
 
 
 def _read_file(path: Path, rel: str) -> tuple[list[TensorInfo], Format]:
@@ -218,7 +227,7 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
             else:
                 expected = ", ".join(names)
                 raise _input_error(root, f"no checkpoint files found (looked for {expected})", "Point at a directory written by save_pretrained(), or at a .safetensors file.")
-        entry = root / found
+        entry = _own_file(root, root / found)
     else:
         if not stat.S_ISREG(path.stat().st_mode):
             raise _input_error(path, "not a regular file", "Point at a checkpoint directory or a .safetensors file.")
@@ -241,6 +250,6 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
     config: dict = {}
     config_name = "adapter_config.json" if kind == "adapter" else "config.json"
     if canonical and (root / config_name).is_file():
-        config = read_json(root / config_name, config_name)
+        config = read_json(_own_file(root, root / config_name), config_name)
     tokenizer = read_tokenizer(root) if with_tokenizer and canonical else None
     return Checkpoint(given, root, kind, fmt, tuple(files), tuple(tensors), config, tokenizer, tuple(warnings))

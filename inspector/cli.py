@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +86,15 @@ def emit(s: Settings, command: str, result) -> None:
         from inspector.report import terminal
 
         renderable = getattr(terminal, command)(result)
+        # markup/emoji off: tensor names, paths and config values come from the files; "[/bold]" or
+        # ":smile:" as a tensor name must print as itself, not raise MarkupError or become an emoji
+        # (the report's own styles are set with Text and style=, which need neither).
         if s.output:
-            console = Console(record=True, file=io.StringIO(), width=120, no_color=True)
+            console = Console(record=True, file=io.StringIO(), width=120, no_color=True, markup=False, emoji=False)
             console.print(renderable)
             _write_output(s.output, console.export_text())
         else:
-            console = Console(no_color=s.no_color)
+            console = Console(no_color=s.no_color, markup=False, emoji=False)
             if not console.is_terminal and "COLUMNS" not in os.environ:
                 console.width = 160  # piped or redirected: do not fold tensor names at 80 columns
             console.print(renderable)
@@ -255,9 +260,38 @@ def _print_error(exc: InspectorError) -> None:
     sys.stderr.write(f"Error: {exc.message}\nHint: {exc.hint}\n")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the writer's cleanup runs for it too (HOSTILE 23)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise _Terminated
+
+
+def _interrupted(exc: KeyboardInterrupt | None) -> int:
+    sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
+    return 143 if isinstance(exc, _Terminated) else 130  # 128 + the signal number, as a shell reports it
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # SIGTERM (kill, a CI timeout, docker stop) would end the process without unwinding, leaving a
+    # half-written staging directory; raising instead runs the same cleanup as Ctrl-C. Only the main
+    # thread may install handlers (tests and embedders may call main from another thread), and a
+    # SIGTERM the caller chose to ignore stays ignored.
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising it.
@@ -265,9 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
-        return 130
+    except click.exceptions.Abort as exc:  # click's wrapping of KeyboardInterrupt (and EOF at a prompt)
+        return _interrupted(exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None)
     except click.ClickException as exc:
         command = next((a for a in argv if a in cli.commands), None)
         help_cmd = f"lora-inspector {command} --help" if command else "lora-inspector --help"
@@ -278,9 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         # `lora-inspector scan X | head`: the reader left; that is not an error.
         sys.stderr.close()

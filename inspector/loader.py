@@ -26,6 +26,7 @@ _TORCH_DTYPES = {
     "BOOL": "bool",
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
     "U16": "uint16",
     "U32": "uint32",
     "U64": "uint64",
@@ -71,13 +72,17 @@ class TensorReader:
         """The tensor ``info`` describes, on the CPU, in its stored dtype."""
         import torch
 
+        try:
+            dtype = torch_dtype(info.dtype)
+        except InvalidInputError as exc:  # name the file and the tensor, not just the dtype
+            raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
         fh = self._open(info.file)
         buf = torch.empty(info.nbytes, dtype=torch.uint8)
         fh.seek(info.start)
         got = fh.readinto(memoryview(buf.numpy())) if info.nbytes else 0
         if got != info.nbytes:
             raise InvalidInputError("Cannot read tensor", self.root / info.file, f"{info.name} ends early ({got} of {info.nbytes} bytes)", "The file is truncated or changed while reading; re-download it.")
-        return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
+        return buf.view(dtype).reshape(info.shape)
 
     def read_rows(self, info: TensorInfo, start: int, stop: int):
         """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""

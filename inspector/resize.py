@@ -9,6 +9,7 @@ from pathlib import Path
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import UsageError
 from inspector.loader import TensorReader
+from inspector.paths import resolves_inside
 from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
 from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
 from inspector.writer import CheckpointWriter, OutputTensor
@@ -27,7 +28,9 @@ def side_files(directory: Path) -> list[Path]:
         name = path.name
         if name.startswith(".") or name == "config.json" or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
             continue
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_SIDE_FILE:
+        # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
+        # one that leads out is never copied into the output (HOSTILE 21).
+        if path.is_file() and resolves_inside(directory, path) and path.stat().st_size <= MAX_SIDE_FILE:
             out.append(path)
     return out
 
@@ -55,8 +58,11 @@ def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subw
         flat = old.reshape(-1)
         if plan.rows <= plan.old_rows:
             return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
-        added = new_rows(flat, plan.requested - plan.old_rows, plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
-        pad = new_rows(flat, plan.rows - max(plan.requested, plan.old_rows), "mean", bias=True)
+        # BART-style final_logits_bias is a buffer transformers pads with zeros on resize (never
+        # trained): zeros reproduce what the model saw, whatever --init says.
+        zero = name.endswith("final_logits_bias")
+        added = new_rows(flat, plan.requested - plan.old_rows, "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
+        pad = new_rows(flat, plan.rows - max(plan.requested, plan.old_rows), "zero" if zero else "mean", bias=True)
         return torch.cat([flat, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
     if plan.rows <= plan.old_rows:
         return old[: plan.rows].clone()

@@ -9,10 +9,12 @@ vocabulary plus added tokens; ``max_id`` is the largest id any file assigns. Sou
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
+from inspector.paths import resolves_inside
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -43,11 +45,16 @@ def _fail(path: Path, why: str) -> InvalidInputError:
     return InvalidInputError("Cannot read tokenizer", path, why, "Re-save the tokenizer with tokenizer.save_pretrained(), or pass --tokenizer DIR.")
 
 
+def _read_bytes(path: Path) -> bytes:
+    # Every tokenizer file is bounded: a sparse 100 GB "tokenizer.model" must not be read into memory.
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise _fail(path, "file is larger than 512 MB")
+    return path.read_bytes()
+
+
 def _load_json(path: Path) -> object:
     try:
-        if path.stat().st_size > MAX_TOKENIZER_BYTES:
-            raise _fail(path, "file is larger than 512 MB")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_bytes(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, huge int literals
         raise _fail(path, f"not readable JSON ({exc})") from exc
 
@@ -64,7 +71,10 @@ def _model_vocab(path: Path, data: object) -> dict[str, int]:
 
 def _sentencepiece_pieces(path: Path) -> list[str]:
     """Piece strings of a sentencepiece ModelProto: field 1 (repeated SentencePiece), its field 1 the piece."""
-    data = path.read_bytes()
+    try:
+        data = _read_bytes(path)
+    except OSError as exc:
+        raise _fail(path, f"not readable ({exc.strerror or exc})") from exc
 
     def varint(buf: bytes, i: int) -> tuple[int, int]:
         shift = value = 0
@@ -135,6 +145,10 @@ def _added_tokens(directory: Path) -> dict[str, int]:
 def read_tokenizer(directory: Path) -> TokenizerFacts | None:
     """Facts about the tokenizer saved in ``directory``, or None when it holds none."""
     directory = Path(directory)
+    for name in TOKENIZER_FILES:  # merge and resize copy these files into their output: none may link out
+        path = directory / name
+        if os.path.lexists(path) and not resolves_inside(directory, path):
+            raise _fail(path, f"it is a symlink to '{path.resolve()}', outside the tokenizer directory")
     fast = directory / "tokenizer.json"
     if fast.is_file():
         data = _load_json(fast)
@@ -150,7 +164,7 @@ def read_tokenizer(directory: Path) -> TokenizerFacts | None:
         source = directory / "tokenizer.model"
     elif (directory / "vocab.txt").is_file():  # WordPiece (BERT) slow-tokenizer files
         try:
-            text = (directory / "vocab.txt").read_text(encoding="utf-8")
+            text = _read_bytes(directory / "vocab.txt").decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise _fail(directory / "vocab.txt", f"not readable UTF-8 text ({exc})") from exc
         # transformers' load_vocab reads lines with universal newlines only; str.splitlines() would also

@@ -9,7 +9,9 @@ is the same header-level facts the safetensors reader gives: names, dtypes, shap
 from __future__ import annotations
 
 import math
+import os
 import pickletools
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -239,30 +241,41 @@ def read_torch_bin(path: Path, rel: str | None = None) -> list[TensorInfo]:
     path = Path(path)
     rel = rel or path.name
     try:
-        if not zipfile.is_zipfile(path):
-            raise _fail(path, "it is not a zip-format torch.save file (a raw pickle could run code when loaded)")
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
-            infos = {i.filename: i for i in zf.infolist()}
-            pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(pkls) != 1:
-                raise _fail(path, "the zip holds no single <archive>/data.pkl")
-            prefix = pkls[0][: -len("data.pkl")]
-            if infos[pkls[0]].file_size > MAX_PICKLE_BYTES:
-                raise _fail(path, f"data.pkl is larger than {MAX_PICKLE_BYTES} bytes")
-            tensors = walk_pickle(path, zf.read(pkls[0]))
-            out = []
-            for name, t in tensors.items():
-                member = infos.get(f"{prefix}data/{t.storage.key}")
-                if member is None or member.compress_type != zipfile.ZIP_STORED:
-                    raise _fail(path, f"storage {t.storage.key!r} of {name!r} is missing or compressed")
-                item = DTYPE_BITS[t.storage.dtype] // 8
-                numel = math.prod(t.shape)
-                if numel and (t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride)) + 1) * item > member.file_size:
-                    raise _fail(path, f"tensor {name!r} reaches past the end of its storage")
-                start = _member_data_offset(fh, member) + t.offset * item
-                out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item))
-            return out
+        # Opening a FIFO blocks until someone writes to it; a device never ends (HOSTILE 21).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _fail(path, "not a regular file", "Point lora-inspector at a file or a checkpoint directory.")
+        with open(path, "rb") as fh:
+            # Decide from content, not the name (HOSTILE 11): torch.save's zip starts at byte 0, while a
+            # safetensors file (or anything else) that merely carries a zip in its data does not.
+            if fh.read(4) != b"PK\x03\x04" or not zipfile.is_zipfile(fh):
+                raise _fail(path, "it is not a zip-format torch.save file (a raw pickle could run code when loaded)")
+            return _read_zip(path, rel, fh)
     except InvalidInputError:
         raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, struct.error) as exc:
         raise InvalidInputError("Cannot read", path, f"broken zip container ({exc})", _HINT) from exc
+
+
+def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
+    """The zip's tensors; ``fh`` is the one open file both the zip reader and the offsets use."""
+    with zipfile.ZipFile(fh) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise _fail(path, "the zip holds no single <archive>/data.pkl")
+        prefix = pkls[0][: -len("data.pkl")]
+        if infos[pkls[0]].file_size > MAX_PICKLE_BYTES:
+            raise _fail(path, f"data.pkl is larger than {MAX_PICKLE_BYTES} bytes")
+        tensors = walk_pickle(path, zf.read(pkls[0]))
+        out = []
+        for name, t in tensors.items():
+            member = infos.get(f"{prefix}data/{t.storage.key}")
+            if member is None or member.compress_type != zipfile.ZIP_STORED:
+                raise _fail(path, f"storage {t.storage.key!r} of {name!r} is missing or compressed")
+            item = DTYPE_BITS[t.storage.dtype] // 8
+            numel = math.prod(t.shape)
+            if numel and (t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride)) + 1) * item > member.file_size:
+                raise _fail(path, f"tensor {name!r} reaches past the end of its storage")
+            start = _member_data_offset(fh, member) + t.offset * item
+            out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item))
+        return out

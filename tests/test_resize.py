@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers import models as tok_models
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
@@ -600,7 +600,6 @@ def test_bert_extended_tokenizer_then_check_is_clean(world: World, capsys: pytes
     assert rc == 0 and report["summary"]["error"] == 0, report["findings"]
 
 
-@pytest.mark.xfail(strict=True, reason="check: PEFT's saved cls.predictions.decoder.bias (an alias of the base's cls.predictions.bias) is reported as orphan LI401")
 def test_bert_adapter_with_saved_output_layer_then_check_is_clean(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     """PEFT's default save_embedding_layers="auto" sees the resize and also saves the tied decoder (weight and bias)."""
     base = world.bases["bert"]
@@ -608,6 +607,31 @@ def test_bert_adapter_with_saved_output_layer_then_check_is_clean(world: World, 
     out, _ = world.resize(base, "--tokenizer", base.tok.new, "--init", "subword_mean")
     rc, report = check_json(capsys, out, adapter)
     assert rc == 0 and report["summary"]["error"] == 0, report["findings"]
+
+
+@pytest.mark.parametrize("init", ["mean", "normal"])
+def test_bart_final_logits_bias_grows_with_zeros(tmp_path: Path, capsys: pytest.CaptureFixture[str], init: str) -> None:
+    """BART's final_logits_bias [1, V] is a buffer transformers pads with zeros on resize: zeros whatever --init."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+    base = check_cases.make_model(tmp_path / "bart", BartForConditionalGeneration, config)
+    old = load_file(str(base / "model.safetensors"))
+    old["final_logits_bias"] = torch.linspace(-1, 1, 64).reshape(1, 64)  # a trained-looking bias: the mean is not 0
+    save_file(old, str(base / "model.safetensors"), metadata={"format": "pt"})
+    rc, out, err = run(capsys, "resize", base, "--out", tmp_path / "out", "--vocab", 80, "--init", init)
+    assert rc == 0, err
+    new = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert new["final_logits_bias"].shape == (1, 80)
+    assert torch.equal(new["final_logits_bias"][:, :64], old["final_logits_bias"])
+    assert torch.equal(new["final_logits_bias"][:, 64:], torch.zeros(1, 16))
+    # transformers' own resize does the same
+    reference = BartForConditionalGeneration.from_pretrained(base)
+    reference.resize_token_embeddings(80)
+    assert torch.equal(reference.final_logits_bias[:, 64:], torch.zeros(1, 16))
+    if init == "mean":  # the embedding itself still follows --init
+        assert torch.allclose(new["model.shared.weight"][64:], old["model.shared.weight"].mean(dim=0).expand(16, -1))
 
 
 # ---- refusals: exit 2, Error:/Hint:, nothing written -----------------------------------------------------

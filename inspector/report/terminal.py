@@ -57,7 +57,8 @@ def scan(result: ScanResult) -> RenderableType:
     parts: list[RenderableType] = []
     for entry in result.checkpoints:
         ckpt = entry.checkpoint
-        parts.append(Panel(_facts(ckpt), title=f"[bold]{ckpt.path}", title_align="left", expand=False))
+        # A Text, not markup: a path like "m[/red]" is a name, not a closing tag (MarkupError).
+        parts.append(Panel(_facts(ckpt), title=Text(ckpt.path, style="bold"), title_align="left", expand=False))
         if entry.shown is not None:
             title = f"{len(entry.shown)} of {ckpt.tensor_count} tensors" + (f" matching {result.match!r}" if result.match else "")
             parts.append(tensor_table(entry.shown, show_file=len(ckpt.files) > 1, title=title))
