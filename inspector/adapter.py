@@ -132,13 +132,51 @@ def _config_error(path: str, why: str) -> InvalidInputError:
     return InvalidInputError("Invalid adapter_config.json", path, why, "Fix the field in adapter_config.json (PEFT writes it with LoraConfig.save_pretrained).")
 
 
+try:  # the parser behind re.compile: public as sre_parse until 3.11, re._parser since
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _sre_parse
+
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+
+def _nested_repeat(items) -> bool:
+    """Does a parsed pattern hold a repeat (max > 1) around another repeat or an alternation?
+    Those are the shapes that backtrack exponentially, e.g. (a+)+$, (a*)*, (a|aa)*."""
+
+    def walk(seq, inside: bool) -> bool:
+        for op, arg in seq:
+            name = str(op)
+            if name in _REPEATS:
+                low, high, sub = arg
+                unbounded = high is _sre_parse.MAXREPEAT or high > 1
+                if inside and unbounded:
+                    return True
+                if walk(sub, inside or unbounded):
+                    return True
+            elif name == "BRANCH":
+                if inside or any(walk(b, inside) for b in arg[1]):
+                    return True
+            elif name == "SUBPATTERN":
+                if walk(arg[-1], inside):
+                    return True
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                if walk(arg[1], inside):
+                    return True
+        return False
+
+    return walk(items, False)
+
+
 def _regex(path: str, name: str, pattern: str) -> str:
     if len(pattern) > MAX_PATTERN:
         raise _config_error(path, f"{name} is a regular expression longer than {MAX_PATTERN} characters")
     try:
-        re.compile(pattern)
+        parsed = _sre_parse.parse(pattern)
     except re.error as exc:
         raise _config_error(path, f"{name} {pattern!r} is not a valid regular expression ({exc})") from exc
+    if _nested_repeat(parsed):
+        raise _config_error(path, f"{name} {pattern!r} nests a repeat inside a repeat, which can take exponential time to match")
     return pattern
 
 

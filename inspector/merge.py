@@ -23,7 +23,7 @@ from inspector.loader import TensorReader
 from inspector.repair import initializer_range, new_rows
 from inspector.resize import side_files, updated_config
 from inspector.tensor import FLOAT_DTYPES, TensorInfo
-from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
+from inspector.tokenizer import TOKENIZER_FILES
 from inspector.writer import CheckpointWriter, OutputTensor
 
 CHUNK_BYTES = 64 << 20  # fp32 bytes of one row block
@@ -124,12 +124,27 @@ _TIED_HEADS = (
     ("lm_head.dense.weight", "lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.bias"),  # RoBERTa
     ("vocab_projector.bias", "vocab_projector.weight", None, None),  # DistilBERT
     ("generator_lm_head.bias", "generator_lm_head.weight", None, None),  # ELECTRA generator
+    ("model.encoder.conv1.weight", "proj_out.weight", None, None),  # Whisper
 )
 
 
 def _tied_head_name(base: dict) -> str:
     """The name transformers gives the output layer a tied base does not store."""
     return next((head for marker, head, _, _ in _TIED_HEADS if marker in base), "lm_head.weight")
+
+
+def _check_dtypes(jobs: list[Job], diagnosis: Diagnosis) -> None:
+    """Every tensor the merge will read must have a torch dtype: refuse while planning, naming the file."""
+    from inspector.loader import torch_dtype
+
+    for job in jobs:
+        for info, root in ((job.source, diagnosis.base.root), (job.replace, diagnosis.adapter.checkpoint.root)):
+            if info is None:
+                continue
+            try:
+                torch_dtype(info.dtype)
+            except InvalidInputError as exc:
+                raise InvalidInputError("Cannot load tensor", root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
 
 
 def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", device: str = "cpu") -> MergePlan:
@@ -174,12 +189,23 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
             head = Job(target, jobs[embed].shape, jobs[embed].dtype, src, replace=shared)
         return head
 
+    aliases = [f.target for f in adapter.full.values() if f.chosen.copy in ("plain", "modules_to_save") and ctx.is_tied_alias(f.target) and trained(f)]
+    if aliases:
+        # T5 / BART: encoder/decoder.embed_tokens are loaded as ties of `shared`; separate trained
+        # copies cannot be written so that transformers keeps them apart.
+        raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path,
+                           f"the adapter trains {', '.join(sorted(aliases))}, which transformers ties to {ctx.resolve(aliases[0])} when it loads the model",
+                           "A merged checkpoint cannot keep them apart; use the adapter unmerged (PeftModel.from_pretrained).")
     embed_trained = False  # a tied base's embedding replaced by a trained copy (modules_to_save)
+    new_heads = []
     for full in adapter.full.values():
-        if full.chosen.copy == "original_module":
-            continue
+        if full.chosen.copy == "original_module" or full.chosen.module in ctx.never_called:
+            continue  # the frozen copy; or a module the model never calls (T5's `shared`): no effect in training
         name = ctx.resolve(full.target)
         if name is None:
+            if full in ctx.new_heads:  # a SEQ_CLS adapter's score head: a new tensor of the merged model
+                info = full.chosen.info
+                new_heads.append(Job(full.target, info.shape, out_dtype(info), info, replace=info))
             continue
         tied_head = ctx.is_tied_head(full.target)
         if tied_head and not trained(full):
@@ -189,10 +215,14 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         embed_trained |= name == embed and not tied_head and trained(full)
     if shared is not None and jobs[embed].replace is None:
         jobs[embed].replace = shared  # e.g. a tied head's base_layer copy is the embedding too
+    tie_kept = cfg.ensure_weight_tying
+    tied_sides = set(ctx.tied_lora.values())
     for module, (lm, weight) in ctx.lora_targets.items():
-        if weight is None or lm.A is None or lm.B is None:
+        if weight is None or lm.A is None or lm.B is None or module in ctx.never_called:
             continue
-        tied_head = ctx.is_tied_head(f"{module}.weight") and not getattr(cfg, "ensure_weight_tying", False)
+        if tie_kept and ctx.tied_lora.get(module) == "head" and "embedding" in tied_sides:
+            continue  # ensure_weight_tying: the head's LoRA is the embedding's delta, trained once on both sides
+        tied_head = ctx.is_tied_head(f"{module}.weight") and not tie_kept
         job = head_job(f"{module}.weight") if tied_head else jobs[weight.name]
         transposed = lm.embedding or bool(is_transposed(job.shape, lm.A.info.shape, lm.B.info.shape, ctx.fan_in_fan_out, rows_may_differ=vocab.is_vocab(weight.name)))
         magnitude = lm.magnitude.info if (cfg.use_dora and lm.magnitude is not None) else None
@@ -207,7 +237,6 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
     # merge_and_unload does so for modules_to_save; for LoRA it would merge into the shared weight
     # and change the head too, which is not what the trained model computed. A base_layer copy
     # (the shared weight as saved, grown rows included) changes both sides alike: still tied.
-    tie_kept = bool(getattr(cfg, "ensure_weight_tying", False))
     if vocab.tied and embed and head is None and not tie_kept and (embed_trained or jobs[embed].deltas):
         head_job(_tied_head_name(diagnosis.base.by_name))
     for module, delta in adapter.trainable_tokens.items():
@@ -235,6 +264,8 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         ordered.append(job)
         if name == embed:
             ordered += untied_extra  # the untied head follows its embedding
+    ordered += new_heads
+    _check_dtypes(ordered, diagnosis)
     config = updated_config(diagnosis.base.config, plan.rows) if grows else dict(diagnosis.base.config)
     if head is not None:
         config["tie_word_embeddings"] = False  # as PEFT's merge_and_unload does once the sides differ
@@ -384,14 +415,15 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     """Stream every job through the writer; config, generation config and tokenizer files alongside."""
     diagnosis = plan.diagnosis
     base_root, adapter_root = diagnosis.base.root, diagnosis.adapter.checkpoint.root
-    tok_source = adapter_root if read_tokenizer(adapter_root) else base_root
+    tok_source = Path(diagnosis.tokenizer.directory) if diagnosis.tokenizer else base_root  # --tokenizer, else adapter's, else base's
     extras = [p for p in side_files(base_root) if tok_source == base_root or p.name not in TOKENIZER_FILES]
     if tok_source != base_root:
         extras += [tok_source / n for n in TOKENIZER_FILES if (tok_source / n).is_file()]
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
     biases = plan.diagnosis.context.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
-    with CheckpointWriter(out, inputs=[base_root, adapter_root], tensors=planned, max_shard_size=max_shard_size, force=force,
+    inputs = [base_root, adapter_root] + ([tok_source] if tok_source not in (base_root, adapter_root) else [])
+    with CheckpointWriter(out, inputs=inputs, tensors=planned, max_shard_size=max_shard_size, force=force,
                           extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
         with TensorReader(base_root) as base, TensorReader(adapter_root) as adapter:
             for job in plan.jobs:
