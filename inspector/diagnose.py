@@ -21,6 +21,7 @@ from inspector.tensor import FLOAT_DTYPES, DTYPE_BITS, TensorInfo
 from inspector.tokenizer import TokenizerFacts
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
+STREAM_BLOCK_BYTES = 64 << 20  # merge.CHUNK_BYTES: the fp32 row block the streaming merge works in
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
 _LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.(\d+)\.")
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
@@ -727,13 +728,20 @@ def check_memory(ctx: CheckContext) -> list[Finding]:
         per_row = sum(ctx.base.by_name[n].nbytes // max(ctx.base.by_name[n].shape[0], 1) for n in ctx.vocab.matrices)
         base_bytes += per_row * (ctx.plan.rows - ctx.vocab.rows)
     peft = 2 * base_bytes + ctx.adapter.checkpoint.total_bytes
-    largest = max([t.numel for t in ctx.base.tensors] + [t.info.numel for t in ctx.adapter.tensors] + [0])
+    # The streaming merge holds a row block (64 MiB of fp32 at most) a few times over, the LoRA pair
+    # of the module at hand, and, when it must invent grown rows nobody carries, that matrix in fp32.
+    largest = max([t.numel for t in ctx.base.tensors] + [0])
+    block = min(4 * largest, STREAM_BLOCK_BYTES)
+    lora = max([4 * (lm.A.info.numel + lm.B.info.numel) for lm, _ in ctx.lora_targets.values() if lm.A and lm.B] + [0])
+    invented = 0
     if ctx.plan.grows and ctx.vocab.hidden:
-        largest = max(largest, ctx.plan.rows * ctx.vocab.hidden)
-    stream = 3 * 4 * largest + max([t.info.nbytes for t in ctx.adapter.tensors] + [0])
-    return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} (the model twice plus the adapter); "
-                    f"lora-inspector's streaming merge about {human_bytes(stream)} (the largest tensor in fp32, three times).",
-                    f"`{ctx.merge_cmd}` streams one tensor at a time.")]
+        uncarried = [n for n in ctx.vocab.matrices if n not in ctx.plan.carried]
+        invented = 4 * ctx.plan.rows * ctx.vocab.hidden if uncarried else 0
+    stream = 3 * block + lora + invented
+    return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} of tensors (the model twice plus the adapter); "
+                    f"lora-inspector's streaming merge about {human_bytes(stream)} (row blocks of at most {human_bytes(STREAM_BLOCK_BYTES)} in fp32"
+                    + (", plus one grown vocabulary matrix in fp32" if invented else "") + "), both on top of the Python/torch runtime.",
+                    f"`{ctx.merge_cmd}` streams one row block at a time.")]
 
 
 def check_unsupported(ctx: CheckContext) -> list[Finding]:

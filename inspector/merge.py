@@ -17,7 +17,7 @@ from pathlib import Path
 
 from inspector.adapter import is_transposed
 from inspector.check import run_check
-from inspector.diagnose import Diagnosis
+from inspector.diagnose import STREAM_BLOCK_BYTES, Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.repair import initializer_range, new_rows
@@ -26,7 +26,7 @@ from inspector.tensor import FLOAT_DTYPES, TensorInfo
 from inspector.tokenizer import TOKENIZER_FILES
 from inspector.writer import CheckpointWriter, OutputTensor
 
-CHUNK_BYTES = 64 << 20  # fp32 bytes of one row block
+CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 # Error findings the merge repairs itself, by resizing to the size the adapter implies.
 REPAIRABLE = frozenset({"LI101", "LI201", "LI601"})
