@@ -153,8 +153,7 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
     s = settings(ctx, **opts)
     result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
     if values:
-        total = sum(c.a.nbytes + c.b.nbytes for c in result.same_shape)
-        with progress_bar(s, total, "diff --values") as advance:
+        with progress_bar(s, "diff --values") as advance:
             result = compare_values(result, atol=atol, progress=advance)
     emit(s, "diff", result)
     ctx.exit(0 if result.identical else 1)
@@ -180,8 +179,8 @@ def check(ctx, base, adapter, tokenizer_dir, fail_on, **opts) -> None:
 
 
 @contextmanager
-def progress_bar(s: Settings, total: int, label: str):
-    """A rich progress bar on stderr (terminal only, not --quiet); yields an advance(bytes) callback."""
+def progress_bar(s: Settings, label: str):
+    """A rich progress bar on stderr (terminal only, not --quiet); yields advance(done_bytes, total_bytes)."""
     from rich.console import Console
 
     console = Console(stderr=True, no_color=s.no_color)
@@ -192,8 +191,20 @@ def progress_bar(s: Settings, total: int, label: str):
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        task = bar.add_task(label, total=None)
+        yield lambda n, total: bar.update(task, advance=n, total=total)
+
+
+def write_options(func):
+    """Options of the commands that write a checkpoint (resize, merge)."""
+    options = [
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal."),
+        click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB)."),
+        click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 @cli.command()
@@ -204,20 +215,16 @@ def progress_bar(s: Settings, total: int, label: str):
 @click.option("--like", metavar="ADAPTER", help="Resize to the size the adapter implies (its saved rows, token indices or tokenizer).")
 @click.option("--init", type=click.Choice(INITS), help="New-row init (default: subword_mean with --tokenizer, else mean).")
 @click.option("--pad-to-multiple-of", "pad_to", type=click.IntRange(min=1), help="Round the rows up; padding rows get the mean.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in).")
+@write_options
 @output_options
 @click.pass_context
 def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_shard_size, force, **opts) -> None:
     """Write BASE with embedding / lm_head (and output bias) resized; old rows bit-identical."""
-    from inspector.checkpoint import read_checkpoint
     from inspector.resize import resize_checkpoint
     from inspector.writer import parse_size
 
     s = settings(ctx, **opts)
-    total = read_checkpoint(base, with_tokenizer=False).total_bytes if Path(base).exists() else 0
-    with progress_bar(s, total, "resize") as advance:
+    with progress_bar(s, "resize") as advance:
         result = resize_checkpoint(base, out, vocab=vocab, tokenizer=tokenizer_dir, like=like, init=init, pad_to=pad_to, seed=seed,
                                    force=force, max_shard_size=parse_size(max_shard_size), progress=advance)
     emit(s, "resize", result)
@@ -231,9 +238,7 @@ def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_s
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Output dtype of float tensors (auto: each base tensor's own).")
 @click.option("--init", type=click.Choice(INITS), help="Init for grown rows no one carries (default mean); giving it also accepts LI501.")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in).")
+@write_options
 @output_options
 @click.pass_context
 def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max_shard_size, force, **opts) -> None:
@@ -246,13 +251,9 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     from inspector.writer import parse_size
 
     s = settings(ctx, **opts)
-    size = parse_size(max_shard_size)
-    from inspector.checkpoint import read_checkpoint
-
-    total = read_checkpoint(base, with_tokenizer=False).total_bytes if Path(base).exists() else 0
-    with progress_bar(s, total, "merge") as advance:
+    with progress_bar(s, "merge") as advance:
         result = merge_adapter(base, adapter, out, device=device, dtype=dtype, init=init, seed=seed, force=force,
-                               max_shard_size=size, tokenizer_dir=tokenizer_dir, progress=advance)
+                               max_shard_size=parse_size(max_shard_size), tokenizer_dir=tokenizer_dir, progress=advance)
     emit(s, "merge", result)
 
 

@@ -100,6 +100,7 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
     from inspector.loader import TensorReader
 
     out = []
+    total = sum(c.a.nbytes + c.b.nbytes for c in result.same_shape)
     with TensorReader(result.a.root) as ra, TensorReader(result.b.root) as rb:
         for c in result.same_shape:
             rows = c.a.shape[0] if c.a.shape else 1
@@ -119,5 +120,5 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
             rel = math.sqrt(diff_sq / ref_sq) if ref_sq else (0.0 if diff_sq == 0 else math.inf)
             out.append(ValueDiff(c.name, max_abs, rel, nonfinite))
             if progress:
-                progress(c.a.nbytes + c.b.nbytes)
+                progress(c.a.nbytes + c.b.nbytes, total)
     return dataclasses.replace(result, values=tuple(out), atol=atol)

@@ -33,7 +33,7 @@ REPAIRABLE = frozenset({"LI101", "LI201", "LI601"})
 # LoRA on grown rows the adapter does not carry: repairable only when the user picks --init.
 REPAIRABLE_WITH_INIT = frozenset({"LI501"})
 
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
 
 @dataclass(frozen=True)
@@ -443,7 +443,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
                 else:
                     writer.write(job.name, _whole(job, base, adapter, plan, seed))
                 if progress:
-                    progress(job.source.nbytes)
+                    progress(job.source.nbytes, diagnosis.base.total_bytes)
         writer.add_file("config.json", json.dumps(plan.config, indent=2) + "\n")
         for path in extras:
             writer.copy_file(path)

@@ -18,7 +18,7 @@ from inspector.writer import CheckpointWriter, OutputTensor
 _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 MAX_SIDE_FILE = 100_000_000
 
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
 
 def side_files(directory: Path) -> list[Path]:
@@ -131,7 +131,7 @@ def resize_checkpoint(
                     result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), chosen))
                 writer.write(info.name, tensor)
                 if progress:
-                    progress(info.nbytes)
+                    progress(info.nbytes, base.total_bytes)
                 del tensor
         writer.add_file("config.json", json.dumps(updated_config(base.config, plan.rows), indent=2) + "\n")
         for path in side_files(base.root):
