@@ -246,7 +246,7 @@ def test_uncarried_rows_filled_by_init(init: str | None, llama: Built, embed_onl
     out = tmp_path / "merged"
     report = merge_json(capsys, llama.path, embed_only_grown, out, *(("--init", init) if init else ()))
     assert report["init"] == (init or "mean")
-    assert [f["tensor"] for f in report["findings"] if f["code"] == "LI502"] == ["lm_head.weight"]
+    assert [f["tensor"] for f in report["warnings"] if f["code"] == "LI502"] == ["lm_head.weight"]
     base_head = load_file(llama.path / "model.safetensors")["lm_head.weight"]
     head = read_merged(out)["lm_head.weight"]
     assert head.shape == (80, base_head.shape[1]) and head.dtype == base_head.dtype
@@ -303,7 +303,7 @@ def test_embedding_lora_on_uncarried_rows_needs_init(llama: Built, tmp_path: Pat
     assert_refused(rc, out, err, tmp_path / "merged", "LI501")
     assert "--init" in err.split("\nHint: ")[1]
     report = merge_json(capsys, llama.path, adapter, tmp_path / "merged", "--init", "mean")
-    assert [f["code"] for f in report["findings"] if f["severity"] == "error"] == ["LI501"]
+    assert [f["code"] for f in report["repaired"]] == ["LI501"]
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 

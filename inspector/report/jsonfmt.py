@@ -130,6 +130,8 @@ def merge(result) -> str:
             "untied": plan.untied,
             "stats": result.stats,
             "tokenizer_from": result.tokenizer_from,
-            "findings": [f.as_json() for f in plan.diagnosis.findings if f.severity != "info"],
+            # check's errors the merge repaired (by resizing), and the warnings it acted on
+            "repaired": [f.as_json() for f in plan.diagnosis.findings if f.severity == "error"],
+            "warnings": [f.as_json() for f in plan.diagnosis.findings if f.severity == "warning"],
         }
     )
