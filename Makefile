@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# The seed case has two errors, so check exits 1: the demo expects exactly that.
+# The seed case has two errors, so check exits 1: the demo expects exactly that. Then the merge
+# that repairs it (resizing to the adapter's 70,840 rows), and a check of nothing left to fix.
 demo: $(STAMP)
 	$(BIN)/lora-inspector check fixtures/seed/base fixtures/seed/adapter; \
 	  rc=$$?; echo "check exit code: $$rc (1 = errors found, as expected for the seed case)"; test $$rc -eq 1
+	$(BIN)/lora-inspector merge fixtures/seed/base fixtures/seed/adapter --out demo-out/merged --force
+	$(BIN)/lora-inspector scan demo-out/merged --match 'embed|lm_head'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -34,4 +37,4 @@ fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_seed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench/out
+	rm -rf $(VENV) .pytest_cache bench/out demo-out
