@@ -76,6 +76,9 @@ class TensorReader:
             dtype = torch_dtype(info.dtype)
         except InvalidInputError as exc:  # name the file and the tensor, not just the dtype
             raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
+        if not info.contiguous:
+            raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is saved as a strided view, not a contiguous block",
+                                    "Convert the file to safetensors (which stores every tensor contiguously) in a trusted environment.")
         fh = self._open(info.file)
         buf = torch.empty(info.nbytes, dtype=torch.uint8)
         fh.seek(info.start)
@@ -86,7 +89,7 @@ class TensorReader:
 
     def read_rows(self, info: TensorInfo, start: int, stop: int):
         """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""
-        if not info.shape or (start == 0 and stop >= info.shape[0]):
+        if not info.contiguous or not info.shape or (start == 0 and stop >= info.shape[0]):
             return self.read(info)
         rows = info.shape[0]
         start, stop = max(0, start), max(start, min(stop, rows))

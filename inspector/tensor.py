@@ -48,6 +48,7 @@ class TensorInfo:
     file: str  # file name relative to the checkpoint root
     start: int  # absolute byte offset of the data in ``file``
     end: int
+    contiguous: bool = True  # False: a strided view in a legacy .bin, whose bytes are no single span
 
     @property
     def numel(self) -> int:

@@ -256,6 +256,15 @@ def read_torch_bin(path: Path, rel: str | None = None) -> list[TensorInfo]:
         raise InvalidInputError("Cannot read", path, f"broken zip container ({exc})", _HINT) from exc
 
 
+def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for size, step in zip(reversed(shape), reversed(stride)):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
     """The zip's tensors; ``fh`` is the one open file both the zip reader and the offsets use."""
     with zipfile.ZipFile(fh) as zf:
@@ -274,8 +283,11 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
                 raise _fail(path, f"storage {t.storage.key!r} of {name!r} is missing or compressed")
             item = DTYPE_BITS[t.storage.dtype] // 8
             numel = math.prod(t.shape)
+            if len(t.stride) != len(t.shape):
+                raise _fail(path, f"tensor {name!r} has {len(t.shape)} dimensions but {len(t.stride)} strides")
             if numel and (t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride)) + 1) * item > member.file_size:
                 raise _fail(path, f"tensor {name!r} reaches past the end of its storage")
             start = _member_data_offset(fh, member) + t.offset * item
-            out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item))
+            # A view saved as is (w.T, w[:, 1]) is no byte span: scan lists it, readers refuse it.
+            out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, _contiguous(t.shape, t.stride)))
         return out

@@ -302,3 +302,24 @@ def test_hand_built_tensor_pickle_and_negative_offset(tmp_path: Path) -> None:
     # A negative storage offset would point the byte span before the storage, into the zip headers.
     with pytest.raises(InvalidInputError, match="_rebuild_tensor_v2 called with unexpected arguments"):
         walk_pickle(tmp_path / "x.bin", _one_tensor_pickle(-1))
+
+
+def test_strided_views_are_listed_but_never_read_as_spans(tmp_path: Path) -> None:
+    """torch.save keeps a view's storage and strides: scan lists it, the reader refuses to guess its bytes."""
+    import torch
+
+    from inspector.errors import InvalidInputError
+    from inspector.loader import TensorReader
+
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    torch.save({"w": t.T, "v": t[:, 1], "t": t}, tmp_path / "views.bin")
+    infos = {i.name: i for i in read_torch_bin(tmp_path / "views.bin")}
+    assert (infos["w"].shape, infos["v"].shape, infos["t"].shape) == ((3, 2), (2,), (2, 3))
+    assert (infos["w"].contiguous, infos["v"].contiguous, infos["t"].contiguous) == (False, False, True)
+    with TensorReader(tmp_path) as reader:
+        assert torch.equal(reader.read(infos["t"]), t)
+        for name in ("w", "v"):
+            with pytest.raises(InvalidInputError, match="strided view"):
+                reader.read(infos[name])
+            with pytest.raises(InvalidInputError, match="strided view"):
+                reader.read_rows(infos[name], 0, 1)
