@@ -266,6 +266,7 @@ def check_vocabulary(ctx: CheckContext) -> list[Finding]:
                 f"PEFT's merge fails here with 'size mismatch'.",
                 f"Run `{ctx.merge_cmd}` (resizes to the adapter's rows), or `{ctx.resize_like_cmd}` first.",
                 **common,
+                repair="resize",
             ))
         elif vocab_tensor:
             out.append(Finding(
@@ -323,6 +324,7 @@ def check_tokenizer(ctx: CheckContext) -> list[Finding]:
             "or use the tokenizer the adapter was trained with (--tokenizer DIR).",
             tensor=embed,
             base_shape=(rows, v.hidden) if v.hidden else None,
+            repair="resize" if (plan.rows or 0) >= size else None,  # merge grows to the tokenizer only when nothing larger-ranked sets the size
         ))
     elif size < rows:
         out.append(Finding(
@@ -518,7 +520,8 @@ def check_new_rows(ctx: CheckContext) -> list[Finding]:
                                f"{name}: LoRA was trained on {rows} rows but the base has {plan.base_rows} and the adapter does not carry {new} "
                                "(saved with save_embedding_layers=False?): the rows training saw are lost.",
                                f"Re-save the adapter with the resized embedding, or accept new rows by merging with an explicit --init: `{ctx.merge_cmd} --init mean`.",
-                               tensor=name, adapter_key=key, adapter_shape=(rows, ctx.base.by_name[name].shape[1]), base_shape=ctx.base.by_name[name].shape))
+                               tensor=name, adapter_key=key, adapter_shape=(rows, ctx.base.by_name[name].shape[1]), base_shape=ctx.base.by_name[name].shape,
+                               repair="init"))
     changed_by_tokens = {w.name for w in ctx.token_embedding_for.values() if w is not None}
     candidates = [n for n in ctx.vocab.matrices + ctx.vocab.biases if n not in plan.carried and n not in plan.lora_rows and n not in changed_by_tokens]
     if ctx.config.task_type in HEAD_TASKS:  # a classification / QA model has no lm_head to grow
@@ -553,13 +556,14 @@ def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
             out.append(Finding(Code.TOKEN_INDICES,
                                f"trainable_token_indices for {where} reach token {top} but the base has {rows} rows: the merged model needs {top + 1} rows.",
                                f"Run `{ctx.merge_cmd}` (grows to {max(top + 1, ctx.plan.rows or 0)} rows; rows no index covers get --init), or resize the base first.",
-                               tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.hidden) if ctx.vocab.hidden else None))
+                               tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.hidden) if ctx.vocab.hidden else None,
+                               repair="resize"))
     for module, delta in ctx.adapter.trainable_tokens.items():
         name = module.rpartition(".")[2]
         indices = ctx.config.trainable_token_indices.get(name, ctx.config.trainable_token_indices.get(None))
         weight = ctx.token_embedding_for[module]
         if indices is not None and delta.info.shape and delta.info.shape[0] != len(indices):
-            out.append(Finding(Code.TOKEN_INDICES, f"{delta.key} has {delta.info.shape[0]} rows but trainable_token_indices lists {len(indices)} tokens.",
+            out.append(Finding(Code.TOKEN_DELTA_ROWS, f"{delta.key} has {delta.info.shape[0]} rows but trainable_token_indices lists {len(indices)} tokens.",
                                "Re-save the adapter; the delta and the config disagree.", adapter_key=delta.key, adapter_shape=delta.info.shape))
         if weight is not None and len(delta.info.shape) == 2 and len(weight.shape) == 2 and delta.info.shape[1] != weight.shape[1]:
             out.append(Finding(Code.HIDDEN_SIZE, f"{delta.key} is {shape_str(delta.info.shape)} but {weight.name} is {shape_str(weight.shape)}.",

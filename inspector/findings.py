@@ -36,6 +36,7 @@ class Code(Enum):
     ROWS_NOT_CARRIED = ("LI501", "new-rows-not-carried", "error", "LoRA changes vocabulary rows the adapter does not carry: what training saw is lost")
     ROWS_UNCARRIED = ("LI502", "new-rows-uninitialized", "warning", "a vocabulary matrix must grow but nobody carries its new rows: merge fills them with --init")
     TOKEN_INDICES = ("LI601", "trainable-token-out-of-range", "error", "trainable_token_indices reach beyond the base's rows")
+    TOKEN_DELTA_ROWS = ("LI602", "trainable-token-delta-rows", "error", "the saved trainable-token delta has another row count than trainable_token_indices")
     TIED_ONE_SIDE = ("LI701", "tied-embedding-one-side", "warning", "the base ties lm_head to the embedding and the adapter replaces or LoRA-adapts only one of them")
     EMPTY_TENSOR = ("LI801", "empty-tensor", "error", "a tensor has a 0 in its shape (a ZeRO-3 save without gathering)")
     QUANTIZED_BASE = ("LI901", "quantized-base", "error", "the base is quantized: a merge would have to dequantize it")
@@ -77,6 +78,9 @@ class Finding:
     adapter_key: str | None = None
     adapter_shape: tuple[int, ...] | None = None
     base_shape: tuple[int, ...] | None = None
+    # How `merge` repairs an error itself: "resize" (it grows the vocabulary to the size the adapter
+    # implies), "init" (only with an explicit --init: the rows training saw are lost), or None.
+    repair: str | None = None
 
     def __post_init__(self) -> None:
         if not self.severity:
@@ -93,6 +97,7 @@ class Finding:
             "adapter_key": self.adapter_key,
             "adapter_shape": list(self.adapter_shape) if self.adapter_shape is not None else None,
             "base_shape": list(self.base_shape) if self.base_shape is not None else None,
+            "repair": self.repair,
         }
 
 

@@ -28,11 +28,6 @@ from inspector.writer import CheckpointWriter, OutputTensor
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-# Error findings the merge repairs itself, by resizing to the size the adapter implies.
-REPAIRABLE = frozenset({"LI101", "LI201", "LI601"})
-# LoRA on grown rows the adapter does not carry: repairable only when the user picks --init.
-REPAIRABLE_WITH_INIT = frozenset({"LI501"})
-
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
 
@@ -85,16 +80,16 @@ class MergeResult:
 
 
 def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
-    allowed = REPAIRABLE | (REPAIRABLE_WITH_INIT if init_explicit else frozenset())
-    blocking = [f for f in diagnosis.findings if f.severity == "error" and f.code.code not in allowed]
+    """Errors are repaired only where check says how (Finding.repair); the rest refuse the merge."""
+    repairs = {"resize", "init"} if init_explicit else {"resize"}
+    blocking = [f for f in diagnosis.findings if f.severity == "error" and f.repair not in repairs]
     if not blocking:
         return
     codes = sorted({f.code.code for f in blocking}, key=lambda c: int(c[2:]))
     first = blocking[0]
-    only_init = all(f.code.code in REPAIRABLE_WITH_INIT for f in blocking)
     hint = (
         "What training saw for those rows is lost; merge anyway with an explicit --init (e.g. --init mean)."
-        if only_init
+        if all(f.repair == "init" for f in blocking)
         else f"Run `lora-inspector check {diagnosis.base.path} {diagnosis.adapter.checkpoint.path}` for every finding and its fix."
     )
     raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path, f"{len(blocking)} error finding(s) the merge cannot repair ({', '.join(codes)}): {first.message}", hint)

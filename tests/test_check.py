@@ -230,6 +230,7 @@ def seed_findings(seed_dir: Path) -> list[dict]:
             "adapter_key": P + name,
             "adapter_shape": SEED_ADAPTER_SHAPE,
             "base_shape": SEED_BASE_SHAPE,
+            "repair": "resize",
         }
         for name in (HEAD, EMBED)
     ]

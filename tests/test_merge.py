@@ -307,6 +307,26 @@ def test_embedding_lora_on_uncarried_rows_needs_init(llama: Built, tmp_path: Pat
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
+def test_refuses_token_delta_rows_mismatch(llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Config and delta disagree (3 indices, 2 saved rows): LI602, never an IndexError mid-merge.
+    saved = make_lora_adapter(llama.path, tmp_path / "saved", r=2, target_modules=["q_proj"], trainable_token_indices=[5, 6, 7]).path
+    adapter = edit_config(saved, tmp_path / "adapter", trainable_token_indices=[5, 6])
+    rc, out, err = run(capsys, "merge", llama.path, adapter, "--out", tmp_path / "merged", "--device", "cpu")
+    assert_refused(rc, out, err, tmp_path / "merged", "LI602")
+    assert "Internal error" not in err
+
+
+def test_tokenizer_larger_than_the_adapters_rows_is_not_repaired(seed_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The adapter's saved matrices set 70,840 rows; a 71,040-token tokenizer would index past them.
+    # Growing to the adapter's rows does not repair LI201: the merge refuses instead of claiming it.
+    tokenizer = check_cases.make_tokenizer(tmp_path / "bigtok", 71_040)
+    rc, out, err = run(capsys, "merge", seed_dir / "base", seed_dir / "adapter", "--out", tmp_path / "merged", "--device", "cpu", "--tokenizer", tokenizer)
+    assert_refused(rc, out, err, tmp_path / "merged", "LI201")
+    rc, out, _ = run(capsys, "check", seed_dir / "base", seed_dir / "adapter", "--tokenizer", tokenizer, "--format", "json")
+    li201 = [f for f in json.loads(out)["findings"] if f["code"] == "LI201"]
+    assert [f["repair"] for f in li201] == [None]
+
+
 # ---- what is written beside the tensors ----------------------------------------------------------
 
 
