@@ -5,26 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from inspector.adapter import read_adapter
-from inspector.checkpoint import read_checkpoint
+from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
 from inspector.tokenizer import read_tokenizer
 
 
-def run_check(base_path: str, adapter_path: str, tokenizer_dir: str | None = None) -> Diagnosis:
-    """Read BASE and ADAPTER (headers only) and diagnose them.
+def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str | None = None, *, command: str = "check") -> Diagnosis:
+    """Read BASE (unless already read) and ADAPTER (headers only) and diagnose them.
 
     The tokenizer is ``tokenizer_dir`` if given, else the adapter directory's (where training
-    scripts save the extended tokenizer), else the base directory's.
+    scripts save the extended tokenizer), else the base directory's. ``command`` words the usage
+    errors for the command that asked (``resize --like`` has no ADAPTER argument).
     """
-    base = read_checkpoint(base_path)
+    base = base_path if isinstance(base_path, Checkpoint) else read_checkpoint(base_path)
     adapter = read_checkpoint(adapter_path)
-    if base.kind == "adapter" and adapter.kind == "model":
-        raise UsageError("Arguments swapped", base_path, "BASE is a PEFT adapter and ADAPTER is a model", f"Run `lora-inspector check {adapter_path} {base_path}`.")
+    label = "--like ADAPTER" if command == "resize" else "ADAPTER"
+    if base.kind == "adapter" and adapter.kind == "model" and command != "resize":
+        raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{'' if command == 'check' else ' --out DIR'}`.")
     if base.kind != "model":
-        raise UsageError("Not a base model", base_path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
+        raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
     if adapter.kind != "adapter":
-        raise UsageError("Not an adapter", adapter_path, "ADAPTER has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
+        raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
     if tokenizer_dir is not None:
         if not Path(tokenizer_dir).is_dir():
             raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")

@@ -236,7 +236,7 @@ def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_s
 @click.option("--out", required=True, metavar="DIR", help="Where to write the merged model (must not exist or be empty; --force replaces).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Output dtype of float tensors (auto: each base tensor's own).")
-@click.option("--init", type=click.Choice(INITS), help="Init for grown rows no one carries (default mean); giving it also accepts LI501.")
+@click.option("--init", type=click.Choice([i for i in INITS if i != "subword_mean"]), help="Init for grown rows no one carries (default mean); giving it also accepts LI501.")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
 @write_options
 @output_options

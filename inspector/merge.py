@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,15 +99,16 @@ def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
 def resolve_device(device: str) -> str:
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError("Cannot use --device", None, f"{device} was asked for but CUDA is not available", "Use --device cpu (or auto).")
-        index = device.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UsageError("Cannot use --device", None, f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "Use --device cuda:0 or auto.")
-        return device
+    if device in ("auto", "cpu"):
+        return "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if cuda is None:
+        raise UsageError("Invalid --device", None, f"{device!r} is not auto, cpu, cuda or cuda:N", "Use --device auto|cpu|cuda|cuda:N.")
+    if not torch.cuda.is_available():
+        raise UsageError("Cannot use --device", None, f"{device} was asked for but CUDA is not available", "Use --device cpu (or auto).")
+    if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
+        raise UsageError("Cannot use --device", None, f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "Use --device cuda:0 or auto.")
+    return device
     if device != "cpu":
         raise UsageError("Invalid --device", None, f"{device!r} is not auto, cpu, cuda or cuda:N", "Use --device auto|cpu|cuda|cuda:N.")
     return device
@@ -466,6 +468,8 @@ def merge_adapter(base_path: str, adapter_path: str, out: str, *, device: str = 
     _sleeping_omp_waiters()
     if dtype not in ("auto", *DTYPES):
         raise UsageError("Invalid --dtype", None, f"{dtype!r} is not auto, bf16, fp16 or fp32", "Use --dtype auto|bf16|fp16|fp32.")
-    diagnosis = run_check(base_path, adapter_path, tokenizer_dir)
+    if init == "subword_mean":  # needs two tokenizers and the pieces' rows: resize's job, not the merge's
+        raise UsageError("Invalid --init", None, "subword_mean is for `lora-inspector resize --tokenizer DIR`", "Use --init mean, hf_mvn, normal or zero with merge (or resize the base first).")
+    diagnosis = run_check(base_path, adapter_path, tokenizer_dir, command="merge")
     plan = plan_merge(diagnosis, init=init, dtype=dtype, device=resolve_device(device))
     return execute(plan, out, seed=seed, force=force, max_shard_size=max_shard_size, progress=progress)

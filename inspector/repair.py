@@ -15,7 +15,7 @@ from pathlib import Path
 
 from inspector.base import VocabLayout, config_value, vocab_layout
 from inspector.checkpoint import Checkpoint
-from inspector.errors import UsageError
+from inspector.errors import InvalidInputError, UsageError
 
 INITS = ("subword_mean", "mean", "hf_mvn", "normal", "zero")
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -153,8 +153,14 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    old_tok = AutoTokenizer.from_pretrained(str(old_dir))
-    new_tok = AutoTokenizer.from_pretrained(str(new_dir))
+    toks = []
+    for directory in (old_dir, new_dir):
+        try:
+            toks.append(AutoTokenizer.from_pretrained(str(directory)))
+        except Exception as exc:  # transformers raises anything from KeyError to OSError on broken files
+            raise InvalidInputError("Cannot load tokenizer", directory, f"transformers could not load it ({type(exc).__name__}: {exc})",
+                                    "Re-save it with tokenizer.save_pretrained(), or use --init mean (no tokenizer needed).") from exc
+    old_tok, new_tok = toks
     unk = old_tok.unk_token_id
     old_vocab = old_tok.convert_ids_to_tokens(list(range(min(len(old_tok), old_rows))))
     byte_ids = {i for i, t in enumerate(old_vocab) if t and _BYTE_PIECE.match(t)}

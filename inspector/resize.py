@@ -84,7 +84,7 @@ def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, lik
         return max(facts.length, facts.max_id + 1), f"--tokenizer {tokenizer}: {facts.length} tokens"
     from inspector.check import run_check
 
-    diagnosis = run_check(base.path, like)
+    diagnosis = run_check(base, like, command="resize")
     if diagnosis.plan.rows is None:
         raise UsageError("Cannot resize", like, "the adapter implies no vocabulary size", "Pass --vocab N instead.")
     return diagnosis.plan.rows, f"--like {like}: {diagnosis.plan.source}"
