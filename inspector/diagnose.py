@@ -740,11 +740,12 @@ def check_memory(ctx: CheckContext) -> list[Finding]:
     invented = 0
     if ctx.plan.grows and ctx.vocab.hidden:
         uncarried = [n for n in ctx.vocab.matrices if n not in ctx.plan.carried]
-        invented = 4 * ctx.plan.rows * ctx.vocab.hidden if uncarried else 0
+        # the old matrix, its fp32 copy for the statistics, and the grown copy (at most 4 + 2 x 4 bytes a value)
+        invented = 12 * ctx.plan.rows * ctx.vocab.hidden if uncarried else 0
     stream = 3 * block + lora + invented
     return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} of tensors (the model twice plus the adapter); "
                     f"lora-inspector's streaming merge about {human_bytes(stream)} (row blocks of at most {human_bytes(STREAM_BLOCK_BYTES)} in fp32"
-                    + (", plus one grown vocabulary matrix in fp32" if invented else "") + "), both on top of the Python/torch runtime.",
+                    + (", plus one grown vocabulary matrix and its fp32 statistics" if invented else "") + "), both on top of the Python/torch runtime.",
                     f"`{ctx.merge_cmd}` streams one row block at a time.")]
 
 

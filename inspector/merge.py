@@ -21,8 +21,8 @@ from inspector.check import run_check
 from inspector.diagnose import STREAM_BLOCK_BYTES, Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
-from inspector.repair import initializer_range, new_rows
-from inspector.resize import side_files, updated_config
+from inspector.repair import ResizePlan, initializer_range
+from inspector.resize import grow, side_files, updated_config
 from inspector.tensor import FLOAT_DTYPES, TensorInfo
 from inspector.tokenizer import TOKENIZER_FILES
 from inspector.writer import CheckpointWriter, OutputTensor
@@ -70,6 +70,7 @@ class MergePlan:
     untied: bool
     init: str
     device: str
+    vocab: ResizePlan | None  # the growth of vocabulary tensors nobody carries (resize's rules)
 
 
 @dataclass
@@ -151,10 +152,10 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
     vocab, cfg = ctx.vocab, adapter.config
     grows = plan.grows
 
+    growth = ResizePlan(vocab.rows, plan.rows, plan.rows, plan.source, vocab.matrices, vocab.biases, init or "mean") if grows else None
+
     def out_shape(info: TensorInfo) -> tuple[int, ...]:
-        if grows and vocab.is_vocab(info.name):
-            return (*info.shape[:-1], plan.rows) if info.name in vocab.biases else (plan.rows, *info.shape[1:])
-        return info.shape
+        return growth.new_shape(info.shape, info.name) if growth and growth.touches(info.name) else info.shape
 
     def out_dtype(info: TensorInfo) -> str:
         return DTYPES[dtype] if dtype != "auto" and info.dtype in FLOAT_DTYPES else info.dtype
@@ -277,27 +278,16 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         for key in ("dtype", "torch_dtype"):
             if key in config:
                 config[key] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    return MergePlan(diagnosis, ordered, config, head is not None, init or "mean", device)
+    return MergePlan(diagnosis, ordered, config, head is not None, init or "mean", device, growth)
 
 
 # -- execution -------------------------------------------------------------------------------------
 
 
-def _growth(job: Job, reader: TensorReader, plan: MergePlan, seed: int):
-    """New rows (fp32) for a grown tensor the adapter does not carry, from the base's own rows."""
-    import torch
-
-    old = reader.read(job.source)
-    bias = len(job.shape) == 1 or (len(job.shape) == 2 and job.source.shape[0] == 1 and job.shape[0] == 1)
-    if bias:
-        flat = old.reshape(-1)
-        count = job.shape[-1] - flat.shape[0]
-        init = "zero" if job.name.endswith("final_logits_bias") else plan.init  # transformers pads it with zeros
-        return new_rows(flat, count, init, seed=seed, initializer_range=initializer_range(plan.diagnosis.base.config), bias=True).reshape(-1)
-    count = job.shape[0] - old.shape[0]
-    rows = new_rows(old, count, plan.init, seed=seed, initializer_range=initializer_range(plan.diagnosis.base.config))
-    del old
-    return rows.to(torch.float32)
+def _grown(job: Job, reader: TensorReader, plan: MergePlan, seed: int):
+    """The whole tensor grown to its output shape, old rows as stored, new rows by --init (resize's
+    rules, final_logits_bias zeros included), from the base's own rows: read once, in its dtype."""
+    return grow(reader.read(job.source), plan.vocab, job.name, seed=seed, init_range=initializer_range(plan.diagnosis.base.config), subword=None)
 
 
 def _all_finite(t) -> bool:
@@ -327,11 +317,10 @@ def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan,
     dev = plan.device
     if job.replace is not None:
         t = adapter.read(job.replace).to(dev, torch.float32)
+    elif job.shape != job.source.shape:
+        t = _grown(job, base, plan, seed).to(dev, torch.float32)
     else:
         t = base.read(job.source).to(dev, torch.float32)
-        if job.shape != job.source.shape:
-            grown = _growth(job, base, plan, seed).to(dev)
-            t = torch.cat([t.reshape(-1), grown]).reshape(job.shape)
     for info, scale in job.bias_deltas:
         t = t + scale * adapter.read(info).to(dev, torch.float32)
     out = t.to(torch_dtype(job.dtype)).cpu()
@@ -364,19 +353,17 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
             yield block
         return
     source, src_reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
-    have = source.shape[0]
-    grown = _growth(job, base, plan, seed) if rows > have and job.replace is None else None
+    # Rows nobody carries need the whole matrix for their statistics: read it once and slice it.
+    whole = _grown(job, base, plan, seed) if job.replace is None and rows > source.shape[0] else None
     loras = [(d, adapter.read(d.A).to(dev, torch.float32), adapter.read(d.B).to(dev, torch.float32)) for d in job.deltas]
     dora = [(d, A, B) for d, A, B in loras if d.magnitude is not None]
     tokens = [(torch.tensor(idx, dtype=torch.long), adapter.read(info).to(dev, torch.float32)) for idx, info in job.tokens]
 
     def rows_fp32(r0: int, r1: int):
-        parts = []
-        if r0 < have:
-            parts.append(src_reader.read_rows(source, r0, min(r1, have)).to(dev, torch.float32))
-        if r1 > have:
-            parts.append(grown[max(r0, have) - have : r1 - have].to(dev))
-        w = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if whole is not None:  # a copy: the LoRA deltas are added in place, and DoRA reads rows twice
+            w = whole[r0:r1].to(dev, torch.float32, copy=True)
+        else:
+            w = src_reader.read_rows(source, r0, r1).to(dev, torch.float32)
         for d, A, B in loras:
             # Linear: rows of B @ A; transposed (Conv1D, Embedding): rows of (B @ A).T = A.T @ B.T
             delta = A[:, r0:r1].T @ B.T if d.transposed else B[r0:r1] @ A
