@@ -13,7 +13,8 @@ from pathlib import Path
 from inspector.errors import InvalidInputError
 from inspector.tensor import TensorInfo
 
-_TORCH_DTYPES = {
+# safetensors dtype -> torch attribute name; the writer inverts it.
+TORCH_DTYPES = {
     "F64": "float64",
     "F32": "float32",
     "F16": "float16",
@@ -37,18 +38,10 @@ _TORCH_DTYPES = {
 def torch_dtype(st_dtype: str):
     import torch
 
-    name = _TORCH_DTYPES.get(st_dtype)
+    name = TORCH_DTYPES.get(st_dtype)
     if name is None or not hasattr(torch, name):
         raise InvalidInputError("Cannot load tensor", None, f"dtype {st_dtype} has no torch equivalent here", "Convert the checkpoint to a standard dtype (F32, F16, BF16).")
     return getattr(torch, name)
-
-
-def st_dtype(torch_dtype_) -> str:
-    name = str(torch_dtype_).removeprefix("torch.")
-    for st, tname in _TORCH_DTYPES.items():
-        if tname == name:
-            return st
-    raise ValueError(f"no safetensors dtype for {torch_dtype_}")
 
 
 class TensorReader:

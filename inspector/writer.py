@@ -247,16 +247,12 @@ def _make_dir_beside(target: Path, tag: str) -> Path:
 
 @functools.cache
 def _torch_dtypes() -> dict[Any, str]:
+    """torch dtype -> safetensors dtype string: the loader's table, inverted."""
     import torch
 
-    names = {
-        "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-        "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
-        "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
-        "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
-        "complex64": "C64",
-    }  # fmt: skip
-    return {getattr(torch, k): v for k, v in names.items() if hasattr(torch, k)}
+    from inspector.loader import TORCH_DTYPES
+
+    return {getattr(torch, name): st for st, name in TORCH_DTYPES.items() if hasattr(torch, name)}
 
 
 def _raw_bytes(tensor: torch.Tensor, planned: OutputTensor) -> np.ndarray:
