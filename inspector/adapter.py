@@ -106,6 +106,11 @@ class AdapterConfig:
         value = value.lower()
         return "pissa" if value.startswith("pissa") else (value if value in BASE_MUTATING_INITS else None)
 
+    def saves(self, module: str) -> bool:
+        """Is ``module`` (or a module it lies inside) in modules_to_save? Names match on dot boundaries."""
+        parts = module.split(".")
+        return any(m.split(".") == parts[i : i + len(m.split("."))] for m in self.modules_to_save for i in range(len(parts)))
+
     def rank_for(self, module: str) -> int:
         key = _pattern_key(self.rank_pattern, module)
         return self.rank_pattern.get(key, self.r) if key is not None else self.r
@@ -425,7 +430,7 @@ def read_adapter(ckpt: Checkpoint) -> Adapter:
 
 def matches_target(config: AdapterConfig, module: str) -> bool:
     """Would PEFT put a LoRA layer on ``module``? (check_target_module_exists, without layer filters)."""
-    if any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", module) for m in config.modules_to_save):
+    if config.saves(module):
         return False
     excl = config.exclude_modules
     if isinstance(excl, str) and re.fullmatch(excl, module):

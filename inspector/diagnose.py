@@ -437,7 +437,7 @@ def _wraps_target_parameter(ctx: CheckContext, module: str) -> bool:
 def _new_head(ctx: CheckContext, full: FullTensor) -> bool:
     """A modules_to_save head that the adapter's task type adds (SEQ_CLS's score, ...) and the base lacks."""
     module = full.chosen.module
-    return ctx.config.task_type in HEAD_TASKS and any(module == m or module.endswith("." + m) for m in ctx.config.modules_to_save)
+    return ctx.config.task_type in HEAD_TASKS and ctx.config.saves(module)
 
 
 def _module(name: str) -> str:
@@ -572,7 +572,7 @@ def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
 
 
 def _in_modules_to_save(ctx: CheckContext, module: str) -> bool:
-    return any(module == m or module.endswith("." + m) for m in ctx.config.modules_to_save)
+    return ctx.config.saves(module)
 
 
 def check_tied(ctx: CheckContext) -> list[Finding]:

@@ -167,7 +167,7 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         """A modules_to_save replacement, as opposed to a copy of the base's own (possibly resized)
         layer that PEFT saves beside a LoRA layer (``base_layer``) or as an embedding layer (plain)."""
         module = full.target.rpartition(".")[0]
-        return full.chosen.copy == "modules_to_save" or (full.chosen.copy == "plain" and any(module.endswith(m) for m in cfg.modules_to_save))
+        return full.chosen.copy == "modules_to_save" or (full.chosen.copy == "plain" and cfg.saves(module))
 
     # The shared weight of a tied pair as PEFT saved it, grown rows included when the vocabulary was
     # resized: a saved layer copy of either side, or the frozen ``original_module`` beside a
