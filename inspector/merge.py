@@ -22,9 +22,8 @@ from inspector.diagnose import STREAM_BLOCK_BYTES, Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, initializer_range
-from inspector.resize import grow, side_files, updated_config
+from inspector.resize import grow, output_side_files, updated_config
 from inspector.tensor import FLOAT_DTYPES, TensorInfo
-from inspector.tokenizer import TOKENIZER_FILES
 from inspector.writer import CheckpointWriter, OutputTensor
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
@@ -405,9 +404,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     diagnosis = plan.diagnosis
     base_root, adapter_root = diagnosis.base.root, diagnosis.adapter.checkpoint.root
     tok_source = Path(diagnosis.tokenizer.directory) if diagnosis.tokenizer else base_root  # --tokenizer, else adapter's, else base's
-    extras = [p for p in side_files(base_root) if tok_source == base_root or p.name not in TOKENIZER_FILES]
-    if tok_source != base_root:
-        extras += [tok_source / n for n in TOKENIZER_FILES if (tok_source / n).is_file()]
+    extras = output_side_files(base_root, tok_source)
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
     biases = plan.diagnosis.context.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}

@@ -35,6 +35,15 @@ def side_files(directory: Path) -> list[Path]:
     return out
 
 
+def output_side_files(base_root: Path, tokenizer_dir: Path) -> list[Path]:
+    """The non-tensor files a written model carries: the base's side files, with the tokenizer
+    files taken from ``tokenizer_dir`` instead when that is another directory."""
+    files = [p for p in side_files(base_root) if tokenizer_dir == base_root or p.name not in TOKENIZER_FILES]
+    if tokenizer_dir != base_root:
+        files += [tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
+    return files
+
+
 def updated_config(config: dict, rows: int) -> dict:
     """config.json with vocab_size set (in text_config too, where the text model keeps it)."""
     new = dict(config)
@@ -120,9 +129,11 @@ def resize_checkpoint(
     # (--like: the one training used), else the base's own.
     tok_source = Path(tokenizer) if tokenizer else (Path(like) if like and read_tokenizer(Path(like)) else base.root)
     inputs = [base.root] + [Path(p) for p in (tokenizer, like) if p]
+    extras = output_side_files(base.root, tok_source)
     result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=str(tok_source))
     init_range = initializer_range(base.config)
-    with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force) as writer:
+    with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
+                          extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
         with TensorReader(base.root) as reader:  # closing checks the inputs did not change meanwhile
             for info in base.tensors:
                 tensor = reader.read(info)
@@ -134,12 +145,7 @@ def resize_checkpoint(
                     progress(info.nbytes, base.total_bytes)
                 del tensor
         writer.add_file("config.json", json.dumps(updated_config(base.config, plan.rows), indent=2) + "\n")
-        for path in side_files(base.root):
-            if tok_source == base.root or path.name not in TOKENIZER_FILES:
-                writer.copy_file(path)
-        if tok_source != base.root:
-            for name in TOKENIZER_FILES:
-                if (tok_source / name).is_file():
-                    writer.copy_file(tok_source / name)
+        for path in extras:
+            writer.copy_file(path)
         writer.commit()
     return result
