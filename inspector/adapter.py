@@ -356,11 +356,6 @@ class LoraModule:
     magnitude: AdapterTensor | None = None
     embedding: bool = False  # lora_embedding_A/B rather than lora_A/B
 
-    @property
-    def rank(self) -> int | None:
-        if self.A is not None and len(self.A.info.shape) >= 1:
-            return self.A.info.shape[0]
-        return None
 
 
 @dataclass(frozen=True)

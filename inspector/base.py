@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from inspector.checkpoint import Checkpoint
-from inspector.tensor import TensorInfo
 
 _EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|shared|embedding|embeddings)\.weight$")
 _NOT_VOCAB = re.compile(r"position|wpe|token_type|rotary|rel_pos")
@@ -160,10 +159,6 @@ class BaseIndex:
             if alias is not None and alias not in self.by_name and self.resolve(alias) == name:
                 out.append(alias)
         return out
-
-    def tensor(self, name: str) -> TensorInfo | None:
-        resolved = self.resolve(name)
-        return self.by_name[resolved] if resolved else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_va
 from inspector.checkpoint import Checkpoint
 from inspector.findings import Code, Finding, severity_rank
 from inspector.units import human_bytes, shape_str
-from inspector.tensor import FLOAT_DTYPES, DTYPE_BITS, TensorInfo
+from inspector.tensor import FLOAT_DTYPES, TensorInfo
 from inspector.tokenizer import TokenizerFacts
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
@@ -90,8 +90,8 @@ def _cmd(*words: str) -> str:
 class CheckContext:
     """What every check (and the merge) reads: the base, the adapter, and lookups derived from them once."""
 
-    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, tokenizer_dir: str | None) -> None:
-        self.base, self.adapter, self.tokenizer, self.tokenizer_dir = base, adapter, tokenizer, tokenizer_dir
+    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None) -> None:
+        self.base, self.adapter, self.tokenizer = base, adapter, tokenizer
         self.index = BaseIndex(base)
         self.vocab: VocabLayout = vocab_layout(base)
         self.config = adapter.config
@@ -200,7 +200,7 @@ class CheckContext:
                 continue
             carried[name] = shape[-1] if name in vocab.biases else shape[0]
         lora_rows: dict[str, int] = {}
-        for module, (lm, weight) in self.lora_targets.items():
+        for _module, (lm, weight) in self.lora_targets.items():
             if weight is None or weight.name not in vocab.matrices or lm.A is None or lm.B is None or _empty(lm.A, lm.B):
                 continue
             if lm.embedding and len(lm.A.info.shape) == 2:
@@ -800,9 +800,9 @@ CHECKS = (
 )
 
 
-def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, tokenizer_dir: str | None = None) -> Diagnosis:
+def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None) -> Diagnosis:
     """Run every check; findings come sorted by severity, then code, then tensor."""
-    ctx = CheckContext(base, adapter, tokenizer, tokenizer_dir)
+    ctx = CheckContext(base, adapter, tokenizer)
     if ctx.config.peft_type != "LORA":
         findings = check_unsupported(ctx) + check_empty(ctx)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -108,9 +109,6 @@ def resolve_device(device: str) -> str:
         raise UsageError("Cannot use --device", None, f"{device} was asked for but CUDA is not available", "Use --device cpu (or auto).")
     if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
         raise UsageError("Cannot use --device", None, f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "Use --device cuda:0 or auto.")
-    return device
-    if device != "cpu":
-        raise UsageError("Invalid --device", None, f"{device!r} is not auto, cpu, cuda or cuda:N", "Use --device auto|cpu|cuda|cuda:N.")
     return device
 
 
@@ -335,7 +333,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
 
     dev, out_dtype = plan.device, torch_dtype(job.dtype)
     rows = job.shape[0]
-    row_numel = max(1, int(torch.tensor(job.shape[1:]).prod().item()) if len(job.shape) > 1 else 1)
+    row_numel = max(1, math.prod(job.shape[1:]))
     step = max(1, CHUNK_BYTES // (4 * row_numel))
     if job.unchanged:  # copied through: no fp32 round trip, only the finite check
         for r0 in range(0, rows, step):
