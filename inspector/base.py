@@ -10,13 +10,13 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.checkpoint import Checkpoint
+from inspector.checkpoint import MODEL_FIELDS, Checkpoint
 
 _EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|shared|embedding|embeddings)\.weight$")
 _NOT_VOCAB = re.compile(r"position|wpe|token_type|rotary|rel_pos")
 # Vocabulary matrices live outside the repeated blocks; a per-layer tensor that happens to be
 # [vocab, hidden] (GPT-2's Conv1D c_proj is [4*hidden, hidden]) or [vocab] is never one.
-_IN_LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.\d+\.")
+LAYER_INDEX = re.compile(r"\.(?:layers|h|layer|blocks|block)\.(\d+)\.")  # the repeated blocks, and the index
 # Models that store Linear weights as [in, out] (transformers' Conv1D): PEFT sets fan_in_fan_out for them.
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 
@@ -182,9 +182,9 @@ class VocabLayout:
 def vocab_layout(base: Checkpoint) -> VocabLayout:
     """Which base tensors are indexed by token id, found by config and shape."""
     config = base.config
-    config_vocab = config_value(config, "vocab_size", "n_vocab")
-    hidden = config_value(config, "hidden_size", "n_embd", "d_model", "dim")
-    two_d = [t for t in base.tensors if len(t.shape) == 2 and not _NOT_VOCAB.search(t.name) and not _IN_LAYER.search("." + t.name)]
+    config_vocab = config_value(config, *MODEL_FIELDS["vocab_size"])
+    hidden = config_value(config, *MODEL_FIELDS["hidden_size"])
+    two_d = [t for t in base.tensors if len(t.shape) == 2 and not _NOT_VOCAB.search(t.name) and not LAYER_INDEX.search("." + t.name)]
     named = [t for t in two_d if _EMBED.search(t.name)]
     rows = config_vocab if isinstance(config_vocab, int) and any(t.shape[0] == config_vocab for t in two_d) else None
     if rows is None and named:
@@ -196,7 +196,7 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
     matrices = [t for t in two_d if t.shape[0] == rows and (hidden is None or t.shape[1] == hidden)]
     embeddings = tuple(t.name for t in matrices if _EMBED.search(t.name)) or tuple(t.name for t in matrices[:1])
     heads = tuple(t.name for t in matrices if t.name not in embeddings)
-    biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name) and not _IN_LAYER.search("." + t.name))
+    biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name) and not LAYER_INDEX.search("." + t.name))
     tie = config_value(config, "tie_word_embeddings")
     # A bare encoder/decoder (BertModel, LlamaModel) has no output layer to tie, whatever the
     # config's tie_word_embeddings default says; *LMHeadModel, *ForCausalLM, ... have one.

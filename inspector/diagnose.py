@@ -13,17 +13,15 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from inspector.adapter import BASE_MUTATING_INITS, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
-from inspector.base import CONV1D_MODEL_TYPES, BaseIndex, VocabLayout, config_value, vocab_layout
-from inspector.checkpoint import Checkpoint
+from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, vocab_layout
+from inspector.checkpoint import MODEL_FIELDS, Checkpoint
 from inspector.findings import Code, Finding, severity_rank
-from inspector.units import human_bytes, shape_str
-from inspector.tensor import FLOAT_DTYPES, TensorInfo
+from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.tokenizer import TokenizerFacts
+from inspector.units import human_bytes, shape_str
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
-STREAM_BLOCK_BYTES = 64 << 20  # merge.CHUNK_BYTES: the fp32 row block the streaming merge works in
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
-_LAYER = re.compile(r"\.(?:layers|h|layer|blocks|block)\.(\d+)\.")
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
 # Architecture families worth recognising in base_model_name_or_path (model_type -> name fragments).
 _FAMILIES = {
@@ -215,8 +213,8 @@ class CheckContext:
         if base_rows is not None and indices and max(indices) + 1 > base_rows:
             return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows, "trainable_tokens")
         tok = self.tokenizer
-        if base_rows is not None and tok is not None and _tok_size(tok) > base_rows:
-            return VocabPlan(base_rows, _tok_size(tok), f"the tokenizer in {tok.directory}", carried, lora_rows, "tokenizer")
+        if base_rows is not None and tok is not None and tok.size > base_rows:
+            return VocabPlan(base_rows, tok.size, f"the tokenizer in {tok.directory}", carried, lora_rows, "tokenizer")
         return VocabPlan(base_rows, base_rows, "the base", carried, lora_rows)
 
 
@@ -226,12 +224,8 @@ def _empty(*tensors: AdapterTensor | None) -> bool:
     return any(t is not None and 0 in t.info.shape for t in tensors)
 
 
-def _tok_size(tok: TokenizerFacts) -> int:
-    return max(tok.length, tok.max_id + 1)
-
-
 def _layer_of(name: str) -> int | None:
-    m = _LAYER.search("." + name)
+    m = LAYER_INDEX.search("." + name)
     return int(m.group(1)) if m else None
 
 
@@ -312,7 +306,7 @@ def check_tokenizer(ctx: CheckContext) -> list[Finding]:
     rows = plan.rows if by_adapter else plan.base_rows
     if tok is None or rows is None:
         return out
-    size = _tok_size(tok)
+    size = tok.size
     after = f" after the adapter ({plan.source})" if by_adapter else ""
     embed = v.embeddings[0] if v.embeddings else None
     if size > rows:
@@ -465,7 +459,7 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
     for module, delta in ctx.adapter.trainable_tokens.items():
         if ctx.token_embedding_for[module] is None:
             orphans.append((f"{module}.weight", delta.info))
-    layers = config_value(ctx.base.config, "num_hidden_layers", "n_layer", "num_layers")
+    layers = config_value(ctx.base.config, *MODEL_FIELDS["num_hidden_layers"])
     beyond = [(t, info) for t, info in orphans if isinstance(layers, int) and (_layer_of(t) or -1) >= layers]
     if beyond and not ctx.config.layer_replication:  # layer_replication's extra layers: LI1402
         top = max(_layer_of(t) for t, _ in beyond)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inspector.checkpoint import Checkpoint
-from inspector.tensor import TensorInfo
+from inspector.tensor import STREAM_BLOCK_BYTES, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint) -> DiffResult:
     return DiffResult(a, b, added, removed, reshaped, retyped, unchanged, aligned, untouched, same_shape)
 
 
-def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, block_bytes: int = 64 << 20) -> DiffResult:
+def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, block_bytes: int = STREAM_BLOCK_BYTES) -> DiffResult:
     """Stream both checkpoints' common tensors in row blocks and measure how far their values differ."""
     import dataclasses
     import math

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from inspector.adapter import is_transposed
 from inspector.check import run_check
-from inspector.diagnose import STREAM_BLOCK_BYTES, Diagnosis
+from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, initializer_range
 from inspector.resize import grow, output_side_files, updated_config
-from inspector.tensor import FLOAT_DTYPES, TensorInfo
+from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.writer import CheckpointWriter, OutputTensor
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
@@ -335,17 +335,13 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     rows = job.shape[0]
     row_numel = max(1, math.prod(job.shape[1:]))
     step = max(1, CHUNK_BYTES // (4 * row_numel))
-    if job.unchanged:  # copied through: no fp32 round trip, only the finite check
+    # Copied through as stored (only the finite check): an untouched base tensor, or a full copy
+    # from the adapter already in the output dtype and shape (an fp32 round trip gives the same bits).
+    copy = job.replace is not None and not (job.deltas or job.tokens) and job.replace.dtype == job.dtype and job.replace.shape == job.shape
+    if job.unchanged or copy:
+        reader, info = (adapter, job.replace) if copy else (base, job.source)
         for r0 in range(0, rows, step):
-            block = base.read_rows(job.source, r0, r0 + step)
-            _finite(block, job)
-            yield block
-        return
-    if job.replace is not None and not (job.deltas or job.tokens) and job.replace.dtype == job.dtype and job.replace.shape == job.shape:
-        # a full copy from the adapter (modules_to_save) already in the output dtype and shape: the
-        # fp32 round trip would give back the same bits, so stream it like an unchanged tensor
-        for r0 in range(0, rows, step):
-            block = adapter.read_rows(job.replace, r0, r0 + step)
+            block = reader.read_rows(info, r0, r0 + step)
             _finite(block, job)
             yield block
         return

@@ -90,7 +90,7 @@ def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, lik
         facts = read_tokenizer(Path(tokenizer)) if Path(tokenizer).is_dir() else None
         if facts is None:
             raise UsageError("Cannot read tokenizer", tokenizer, "no tokenizer files in this directory", "Pass the directory tokenizer.save_pretrained() wrote.")
-        return max(facts.length, facts.max_id + 1), f"--tokenizer {tokenizer}: {facts.length} tokens"
+        return facts.size, f"--tokenizer {tokenizer}: {facts.length} tokens"
     from inspector.check import run_check
 
     diagnosis = run_check(base, like, command="resize")

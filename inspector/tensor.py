@@ -31,6 +31,9 @@ DTYPE_BITS: dict[str, int] = {
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
+# fp32 bytes of one row block when tensors are streamed (merge, diff --values); check's memory plan uses it.
+STREAM_BLOCK_BYTES = 64 << 20
+
 
 def data_bytes(dtype: str, shape: tuple[int, ...]) -> int | None:
     """Bytes a tensor of this dtype and shape occupies, or None when the bits do not fill whole bytes."""

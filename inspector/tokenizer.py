@@ -37,6 +37,11 @@ class TokenizerFacts:
     max_id: int
     added: int  # added tokens beyond the model vocabulary
 
+    @property
+    def size(self) -> int:
+        """The rows an embedding needs for every id this tokenizer can produce."""
+        return max(self.length, self.max_id + 1)
+
     def as_json(self) -> dict:
         return {"directory": self.directory, "source": self.source, "length": self.length, "max_id": self.max_id, "added": self.added}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inspector.diff import DiffResult
-from inspector.units import shape_str
 from inspector.scan import ScanResult
+from inspector.units import shape_str
 
 
 def _escape_data(text: str) -> str:

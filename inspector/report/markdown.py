@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inspector.diff import DiffResult
-from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 from inspector.scan import ScanResult
+from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 
 
 def _cell(value: object) -> str:

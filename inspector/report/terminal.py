@@ -9,9 +9,9 @@ from rich.text import Text
 
 from inspector.checkpoint import Checkpoint
 from inspector.diff import DiffResult
-from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 from inspector.scan import ScanResult
 from inspector.tensor import TensorInfo
+from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
 
 
 def _facts(ckpt: Checkpoint) -> Table:
