@@ -110,19 +110,10 @@ def make_model(out_dir: Path, model_cls: type, config, seed: int = 0) -> Path:
 def make_adapter(model_dir: Path, out_dir: Path, model_cls: type, *, vocab: int | None = None, seed: int = 0, **lora_kwargs) -> Path:
     """A LoRA adapter saved by PEFT for ``model_cls.from_pretrained(model_dir)`` (tests.models'
     make_lora_adapter for a model class of the test's choosing: seq2seq, classification, multimodal)."""
-    from peft import LoraConfig, get_peft_model
+    from tests.models import save_trained_adapter
 
     torch.manual_seed(seed)
-    model = model_cls.from_pretrained(model_dir)
-    if vocab is not None:
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-    peft_model = get_peft_model(model, LoraConfig(**lora_kwargs))
-    with torch.no_grad():
-        for _, param in peft_model.named_parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.02)
-    peft_model.save_pretrained(out_dir)
-    (Path(out_dir) / "README.md").unlink(missing_ok=True)
+    save_trained_adapter(model_cls.from_pretrained(model_dir), out_dir, vocab=vocab, **lora_kwargs)
     return Path(out_dir)
 
 

@@ -177,14 +177,8 @@ def drop_keys(src: Path, dst: Path, *suffixes: str) -> Path:
 
 def make_mlm_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0, **lora_kwargs) -> Path:
     """``tests.models.make_lora_adapter`` for a ``*ForMaskedLM`` base (its loader picks ``AutoModel``)."""
-    from peft import LoraConfig, get_peft_model
+    from tests.models import save_trained_adapter
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(AutoModelForMaskedLM.from_pretrained(model_dir), LoraConfig(**lora_kwargs))
-    with torch.no_grad():
-        for _, param in peft_model.named_parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.02)
-    peft_model.save_pretrained(out_dir)
-    (Path(out_dir) / "README.md").unlink(missing_ok=True)
+    save_trained_adapter(AutoModelForMaskedLM.from_pretrained(model_dir), out_dir, **lora_kwargs)
     return Path(out_dir)

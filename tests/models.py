@@ -243,6 +243,23 @@ def load_model(model_dir: Path) -> PreTrainedModel:
     return auto.from_pretrained(model_dir)
 
 
+def save_trained_adapter(model: PreTrainedModel, out_dir: Path, *, vocab: int | None = None, **lora_kwargs):
+    """Wrap ``model`` with PEFT's get_peft_model, perturb every trainable tensor (so lora_B is
+    non-zero, as after training) and save it with PEFT's own save_pretrained. Returns the PeftModel."""
+    from peft import LoraConfig, get_peft_model
+
+    if vocab is not None:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    peft_model = get_peft_model(model, LoraConfig(**lora_kwargs))
+    with torch.no_grad():
+        for _, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.02)
+    peft_model.save_pretrained(out_dir)
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)  # PEFT's model-card template
+    return peft_model
+
+
 def make_lora_adapter(
     model_dir: Path,
     out_dir: Path,
@@ -258,20 +275,11 @@ def make_lora_adapter(
     Trainable parameters are perturbed so lora_B is non-zero, as after training; merge tests rely on it.
     ``fmt="bin"`` writes a legacy ``adapter_model.bin`` (torch.save of the same state dict).
     """
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import get_peft_model_state_dict
 
     torch.manual_seed(seed)
-    model = load_model(model_dir)
-    if vocab is not None:
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-    peft_model = get_peft_model(model, LoraConfig(**lora_kwargs))
-    with torch.no_grad():
-        for _, param in peft_model.named_parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.02)
     out_dir = Path(out_dir)
-    peft_model.save_pretrained(out_dir)
-    (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card template
+    peft_model = save_trained_adapter(load_model(model_dir), out_dir, vocab=vocab, **lora_kwargs)
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
     if fmt == "bin":
         (out_dir / "adapter_model.safetensors").unlink()
