@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench fixtures clean
+.PHONY: install demo test bench bench-merge fixtures clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/scan_70b.py
+
+bench-merge: $(STAMP)
+	$(BIN)/python bench/merge_bench.py
 
 fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_seed.py
