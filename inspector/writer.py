@@ -19,7 +19,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -272,6 +274,27 @@ def _raw_bytes(tensor: torch.Tensor, planned: OutputTensor) -> np.ndarray:
     # bf16 has no numpy dtype, so go through uint8; resolve lazy conj/neg views before reinterpreting.
     flat = t.resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
     return flat.numpy()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM while cleaning up: a signal that comes meanwhile is re-sent right after.
+
+    Python runs signal handlers in the main thread whatever thread the kernel picked, so the Python
+    handlers are swapped (blocking the signal in one thread would not stop torch's threads taking it).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            os.kill(os.getpid(), sig)  # now the caller's own handler (KeyboardInterrupt, the CLI's SIGTERM) runs
 
 
 # ---------------------------------------------------------------------------------------- writer
@@ -621,6 +644,10 @@ class CheckpointWriter:
 
     def abort(self) -> None:
         """Remove the staging directory (and parents this writer created); the target is untouched."""
+        with _signals_held():  # a second Ctrl-C must not leave half a staging directory behind
+            self._abort()
+
+    def _abort(self) -> None:
         fh, self._fh = self._fh, None
         if fh is not None:
             try:

@@ -619,3 +619,32 @@ def test_cuda_tensors_are_written(tmp_path: Path) -> None:
     tensors = {"x": torch.randn(8, 4, device="cuda").to(torch.bfloat16)}
     out = write_all(tmp_path / "out", tensors)
     assert_same(read_back(out / "model.safetensors")[0], {"x": tensors["x"].cpu()})
+
+
+def test_a_second_interrupt_during_cleanup_is_held_until_the_staging_dir_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C pressed again while abort() removes the staging directory arrives only afterwards."""
+    import os
+    import shutil as real_shutil
+    import signal
+
+    import torch
+
+    import inspector.writer as writer_module
+
+    out = tmp_path / "out"
+    plan = [OutputTensor("a", "F32", (4,)), OutputTensor("b", "F32", (4,))]
+    writer = CheckpointWriter(out, inputs=[], tensors=plan)
+    writer.write("a", torch.zeros(4))
+    staging = next(p for p in tmp_path.iterdir() if p.name.startswith(".out.staging"))
+    rmtree = real_shutil.rmtree
+    seen: list[bool] = []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # held: no KeyboardInterrupt inside the cleanup
+        seen.append(True)
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        writer.abort()  # the held SIGINT is delivered once the cleanup is done
+    assert seen == [True] and not staging.exists() and not out.exists()
