@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """Names and values from files, safe for a terminal or CI log: control characters (ESC starts
+    terminal escape sequences) shown as \\xNN; newlines and tabs are left to each format."""
+    return "".join(c if c in "\n\r\t" or (c.isprintable() or c == " ") else f"\\x{ord(c):02x}" for c in text)
+
+
 def human_bytes(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -809,3 +809,17 @@ def test_markup_in_paths_and_names_prints_literally(capsys, tmp_path: Path, monk
     rc, out, err = cli(capsys, "scan", model, "--tensors", "--match", "[/b]")
     assert (rc, err) == (0, "")
     assert str(model) in out and "[/bold]" in out and ":smile:[bold]x" in out and "matching '[/b]'" in out
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "github", "rich"])
+def test_terminal_escapes_in_tensor_names_are_never_printed_raw(capsys, tmp_path: Path, fmt: str) -> None:
+    """A tensor name carrying ESC sequences (clear screen, window title) reaches no report as raw bytes."""
+    from safetensors.torch import save_file
+
+    name = "evil\x1b[2J\x1b]0;pwned\x07.weight"
+    save_file({name: torch.zeros(2, 2)}, str(tmp_path / "x.safetensors"))
+    rc, out, err = cli(capsys, "scan", tmp_path / "x.safetensors", "--tensors", "--format", fmt)
+    assert (rc, err) == (0, "")
+    assert "\x1b" not in out and "\x07" not in out
+    if fmt != "github":  # annotations summarize a scan; the tables name every tensor
+        assert "evil\\x1b[2J" in out

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
-from inspector.units import shape_str
+from inspector.units import printable, shape_str
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _escape_property(text: str) -> str:

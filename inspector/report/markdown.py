@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
-from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.units import dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 
 def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return printable(str(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[object]]) -> list[str]:

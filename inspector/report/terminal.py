@@ -11,7 +11,7 @@ from inspector.checkpoint import Checkpoint
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
 from inspector.tensor import TensorInfo
-from inspector.units import dtypes_str, human_bytes, human_count, shape_str, value_str
+from inspector.units import dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 
 def _facts(ckpt: Checkpoint) -> Table:
@@ -28,7 +28,7 @@ def _facts(ckpt: Checkpoint) -> Table:
     for key, value in ckpt.key_config().items():
         if value is None:
             continue
-        grid.add_row(key, value_str(value))
+        grid.add_row(key, printable(value_str(value)))
     if ckpt.tokenizer:
         tok = ckpt.tokenizer
         grid.add_row("tokenizer", f"{tok.length:,} tokens ({tok.source}, {tok.added} added)")
@@ -46,7 +46,7 @@ def tensor_table(tensors: tuple[TensorInfo, ...], *, show_file: bool, title: str
     if show_file:
         table.add_column("file", overflow="fold")
     for t in tensors:
-        row = [t.name, shape_str(t.shape), t.dtype, human_bytes(t.nbytes)]
+        row = [printable(t.name), shape_str(t.shape), t.dtype, human_bytes(t.nbytes)]
         if show_file:
             row.append(t.file)
         table.add_row(*row)
@@ -81,7 +81,7 @@ def _values(result: DiffResult, shown: int = 20) -> list[RenderableType]:
     table.add_column("relative", justify="right", no_wrap=True)
     for v in worst[:shown]:
         style = "red" if v.nonfinite or v.max_abs > result.atol else "green"
-        table.add_row(v.name, Text("NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", style=style), f"{v.rel:.3g}")
+        table.add_row(printable(v.name), Text("NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", style=style), f"{v.rel:.3g}")
     parts: list[RenderableType] = [table]
     if len(worst) > shown:
         parts.append(Text(f"... {len(worst) - shown} more (all of them: --format json)", style="dim"))
@@ -102,13 +102,13 @@ def diff(result: DiffResult) -> RenderableType:
     table.add_column("A", justify="right", no_wrap=True)
     table.add_column("B", justify="right", no_wrap=True)
     for t in result.removed:
-        table.add_row(Text("removed", style="red"), t.name, f"{shape_str(t.shape)} {t.dtype}", "-")
+        table.add_row(Text("removed", style="red"), printable(t.name), f"{shape_str(t.shape)} {t.dtype}", "-")
     for t in result.added:
-        table.add_row(Text("added", style="green"), t.name, "-", f"{shape_str(t.shape)} {t.dtype}")
+        table.add_row(Text("added", style="green"), printable(t.name), "-", f"{shape_str(t.shape)} {t.dtype}")
     for c in result.reshaped:
-        table.add_row(Text("reshaped", style="yellow"), c.name, shape_str(c.a.shape), shape_str(c.b.shape))
+        table.add_row(Text("reshaped", style="yellow"), printable(c.name), shape_str(c.a.shape), shape_str(c.b.shape))
     for c in result.retyped:
-        table.add_row(Text("retyped", style="magenta"), c.name, c.a.dtype, c.b.dtype)
+        table.add_row(Text("retyped", style="magenta"), printable(c.name), c.a.dtype, c.b.dtype)
     summary = Text(
         f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
         f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
@@ -142,10 +142,10 @@ def check(diagnosis) -> RenderableType:
             shown[code] = shown.get(code, 0) + 1
             body = Text()
             if f.tensor and not f.message.startswith(f.tensor):
-                body.append(f.tensor + "\n", style="bold")
-            body.append(f.message)
+                body.append(printable(f.tensor) + "\n", style="bold")
+            body.append(printable(f.message))
             body.append("\nfix: ", style="green bold")
-            body.append(f.hint, style="green")
+            body.append(printable(f.hint), style="green")
             table.add_row(Text(f"{code}\n{f.code.slug}"), body, shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "")
         parts.append(table)
     for code, n in hidden.items():
@@ -176,7 +176,7 @@ def resize(result) -> RenderableType:
     table.add_column("after", justify="right", no_wrap=True)
     table.add_column("new rows", no_wrap=True)
     for m in result.matrices:
-        table.add_row(m.name, shape_str(m.old_shape), shape_str(m.new_shape), m.init if plan.rows > plan.old_rows else "-")
+        table.add_row(printable(m.name), shape_str(m.old_shape), shape_str(m.new_shape), m.init if plan.rows > plan.old_rows else "-")
     lines = [table]
     if plan.rows != plan.requested:
         lines.append(Text(f"padded {plan.requested} -> {plan.rows} rows (--pad-to-multiple-of); padding rows use the mean"))
@@ -206,6 +206,6 @@ def merge(result) -> RenderableType:
         grid.add_row("tied", "lm_head untied from the embedding (tie_word_embeddings: false), as PEFT does")
     for f in plan.diagnosis.findings:
         if f.severity == "warning":
-            grid.add_row(Text(f.code.code, style="yellow"), f.message)
+            grid.add_row(Text(f.code.code, style="yellow"), printable(f.message))
     grid.add_row("written", Text(f"{result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
     return Panel(grid, title="[bold]lora-inspector merge", title_align="left", expand=False)
