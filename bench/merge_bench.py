@@ -250,14 +250,10 @@ def compare(ours: Path, peft: Path, base: Path) -> dict:
 
 
 def machine(device: str) -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sparse_checkpoint import cpu_model
+
+    model = cpu_model()
     try:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
         mem_s = f"{mem / 2**30:.0f} GiB RAM"

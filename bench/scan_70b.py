@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from sparse_checkpoint import disk_usage, make_adapter70840, make_llama70b  # noqa: E402
+from sparse_checkpoint import cpu_model, disk_usage, make_adapter70840, make_llama70b  # noqa: E402
 
 TARGET_S = 1.0
 
@@ -89,14 +89,7 @@ def has_command(cli: list[str], name: str) -> bool:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 

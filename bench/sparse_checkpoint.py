@@ -262,6 +262,17 @@ def disk_usage(path: str | os.PathLike) -> int:
     return used
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (for the benchmark tables)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python bench/sparse_checkpoint.py OUT_DIR")

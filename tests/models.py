@@ -137,6 +137,22 @@ def _finish(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
+def _decoder_config(vocab: int, hidden: int, layers: int, tie: bool) -> dict:
+    """The tiny decoder shape Llama and Qwen2 builders share (GQA: 2 heads, 1 KV head)."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
 def make_llama(
     out_dir: Path,
     *,
@@ -151,18 +167,7 @@ def make_llama(
 ) -> Built:
     """A Llama (GQA: 2 heads, 1 KV head, so v_proj is [hidden/2, hidden])."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = LlamaConfig(**_decoder_config(vocab, hidden, layers, tie))
     return _save(_finish(LlamaForCausalLM(config), dtype), out_dir, fmt, max_shard_size)
 
 
@@ -179,18 +184,7 @@ def make_qwen2(
 ) -> Built:
     """A Qwen2: q/k/v projections carry biases; small Qwen2 checkpoints tie lm_head to the embedding."""
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = Qwen2Config(**_decoder_config(vocab, hidden, layers, tied))
     return _save(_finish(Qwen2ForCausalLM(config), dtype), out_dir, fmt, None)
 
 
