@@ -300,6 +300,14 @@ def _all_finite(t) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def _fp32(t, dev: str, *, copy: bool = False):
+    """``t`` on the device in fp32, moved first and converted there: a blocking host-to-device copy
+    that also changes the dtype converts on the host, sending twice the bytes over the bus."""
+    import torch
+
+    return t.to(dev).to(torch.float32, copy=copy)
+
+
 def _finite(t, job: Job) -> None:
     if t.is_floating_point() and not _all_finite(t):
         raise InvalidInputError("Refusing to write a non-finite result", job.name, "the merged tensor contains NaN or Inf", "Check the adapter and the base for NaN/Inf values (`lora-inspector diff --values`); nothing was written.")
@@ -307,22 +315,20 @@ def _finite(t, job: Job) -> None:
 
 def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int):
     """Small tensors (biases, norms, scalars): computed whole."""
-    import torch
-
     from inspector.loader import torch_dtype
 
     dev = plan.device
     if job.replace is not None:
-        t = adapter.read(job.replace).to(dev, torch.float32)
+        t = _fp32(adapter.read(job.replace), dev)
     elif job.shape != job.source.shape:
-        t = _grown(job, base, plan, seed).to(dev, torch.float32)
+        t = _fp32(_grown(job, base, plan, seed), dev)
     else:
-        t = base.read(job.source).to(dev, torch.float32)
+        t = _fp32(base.read(job.source), dev)
     for info, scale in job.bias_deltas:
-        t = t + scale * adapter.read(info).to(dev, torch.float32)
-    out = t.to(torch_dtype(job.dtype)).cpu()
-    _finite(out, job)
-    return out
+        t = t + scale * _fp32(adapter.read(info), dev)
+    out = t.to(torch_dtype(job.dtype))
+    _finite(out, job)  # on the device: one reduction there instead of one on the host
+    return out.cpu()
 
 
 def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int) -> Iterator:
@@ -348,15 +354,15 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     source, src_reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
     # Rows nobody carries need the whole matrix for their statistics: read it once and slice it.
     whole = _grown(job, base, plan, seed) if job.replace is None and rows > source.shape[0] else None
-    loras = [(d, adapter.read(d.A).to(dev, torch.float32), adapter.read(d.B).to(dev, torch.float32)) for d in job.deltas]
+    loras = [(d, _fp32(adapter.read(d.A), dev), _fp32(adapter.read(d.B), dev)) for d in job.deltas]
     dora = [(d, A, B) for d, A, B in loras if d.magnitude is not None]
-    tokens = [(torch.tensor(idx, dtype=torch.long), adapter.read(info).to(dev, torch.float32)) for idx, info in job.tokens]
+    tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), dev)) for idx, info in job.tokens]
 
     def rows_fp32(r0: int, r1: int):
         if whole is not None:  # a copy: the LoRA deltas are added in place, and DoRA reads rows twice
-            w = whole[r0:r1].to(dev, torch.float32, copy=True)
+            w = _fp32(whole[r0:r1], dev, copy=True)
         else:
-            w = src_reader.read_rows(source, r0, r1).to(dev, torch.float32)
+            w = _fp32(src_reader.read_rows(source, r0, r1), dev)
         for d, A, B in loras:
             # Linear: rows of B @ A; transposed (Conv1D, Embedding): rows of (B @ A).T = A.T @ B.T
             delta = A[:, r0:r1].T @ B.T if d.transposed else B[r0:r1] @ A
@@ -373,7 +379,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
                 w = rows_fp32(r0, min(rows, r0 + step))
                 sq = w.square().sum(dim=0) if sq is None else sq + w.square().sum(dim=0)
             column_norms[d.module] = sq.sqrt()
-    magnitudes = {d.module: adapter.read(d.magnitude).to(dev, torch.float32) for d, _, _ in dora}
+    magnitudes = {d.module: _fp32(adapter.read(d.magnitude), dev) for d, _, _ in dora}
 
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -388,9 +394,9 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
             hit = (idx >= r0) & (idx < r1)
             if bool(hit.any()):
                 w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
-        out = w.to(out_dtype).cpu()
+        out = w.to(out_dtype)
         _finite(out, job)
-        yield out
+        yield out.cpu()
 
 
 def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, max_shard_size: int = 5_000_000_000, progress: Progress | None = None) -> MergeResult:
