@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from inspector.adapter import read_adapter
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
+from inspector.paths import locate
 from inspector.tokenizer import read_tokenizer
 
 
@@ -28,9 +27,10 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
     if tokenizer_dir is not None:
-        if not Path(tokenizer_dir).is_dir():
+        folder = locate(tokenizer_dir)
+        if not folder.is_dir():
             raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")
-        tokenizer = read_tokenizer(Path(tokenizer_dir))
+        tokenizer = read_tokenizer(folder)
         if tokenizer is None:
             raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
     else:

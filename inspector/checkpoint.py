@@ -18,7 +18,7 @@ from typing import Literal
 
 from inspector.errors import InvalidInputError
 from inspector.header import read_header
-from inspector.paths import resolves_inside
+from inspector.paths import locate, resolves_inside
 from inspector.tensor import TensorInfo
 from inspector.tokenizer import TokenizerFacts, read_tokenizer
 from inspector.torchbin import read_torch_bin
@@ -213,7 +213,7 @@ def _guess_kind(tensors: list[TensorInfo], directory: Path | None) -> Kind:
 def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpoint:
     """Resolve ``path`` (directory, file, or index) into a ``Checkpoint``; headers only."""
     given = str(path)
-    path = Path(path)
+    path = locate(path)  # a Hub id ("org/name") resolves to its snapshot in the local cache
     if not path.exists():
         raise _input_error(path, "no such file or directory", "Check the path; a checkpoint is a directory with config.json or adapter_config.json, or a .safetensors file.")
     if path.is_dir():

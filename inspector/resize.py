@@ -9,7 +9,7 @@ from pathlib import Path
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import UsageError
 from inspector.loader import TensorReader
-from inspector.paths import resolves_inside
+from inspector.paths import locate, resolves_inside
 from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
 from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
 from inspector.writer import CheckpointWriter, OutputTensor
@@ -87,7 +87,8 @@ def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, lik
     if vocab is not None:
         return vocab, f"--vocab {vocab}"
     if tokenizer is not None:
-        facts = read_tokenizer(Path(tokenizer)) if Path(tokenizer).is_dir() else None
+        folder = locate(tokenizer)
+        facts = read_tokenizer(folder) if folder.is_dir() else None
         if facts is None:
             raise UsageError("Cannot read tokenizer", tokenizer, "no tokenizer files in this directory", "Pass the directory tokenizer.save_pretrained() wrote.")
         return facts.size, f"--tokenizer {tokenizer}: {facts.length} tokens"

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -385,3 +386,47 @@ def test_python_dash_m_inspector(llama: Built, tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"Error: Refusing to read pickle for '{evil}'") and "Traceback" not in proc.stderr
     assert not sentinel.exists()
+
+
+# ---- Hub ids: the snapshot already in the local cache, never a download -------------------------------
+
+
+def test_hub_ids_resolve_to_cached_snapshots(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             llama: Built, lora_llama: Built) -> None:
+    from tests.hostile_corpus import hf_cache_layout
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hf_cache_layout(llama.path, tmp_path / "hub", "acme--tiny-llama")
+    hf_cache_layout(lora_llama.path, tmp_path / "hub", "acme--tiny-lora")
+    monkeypatch.chdir(tmp_path)  # no local directory of that name shadows the id
+    item = scan_json(capsys, "acme/tiny-llama")["checkpoints"][0]
+    assert_summary(item, llama, Path("acme/tiny-llama"), "model", "safetensors", ["model.safetensors"])
+    rc, out, err = run(capsys, "check", "acme/tiny-llama", "acme/tiny-lora", "--format", "json")
+    assert (rc, err) == (0, "") and json.loads(out)["summary"]["error"] == 0
+    rc, out, err = run(capsys, "merge", "acme/tiny-llama", "acme/tiny-lora", "--out", tmp_path / "merged", "--device", "cpu", "--quiet")
+    assert rc == 0, err
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_hub_id_follows_refs_main_among_several_snapshots(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, llama: Built, llama_bf16: Built) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "hub" / "models--acme--llama"
+    for rev, built in (("1111", llama), ("2222", llama_bf16)):  # two cached revisions of one repo
+        shutil.copytree(built.path, repo / "snapshots" / rev)
+    rc, out, err = run(capsys, "scan", "acme/llama")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"Error: Cannot pick a cached snapshot for '{repo}': 2 revisions are cached and refs/main names none of them.\nHint: ")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("2222\n")
+    assert scan_json(capsys, "acme/llama")["checkpoints"][0]["dtypes"] == llama_bf16.dtypes
+
+
+def test_uncached_hub_id_says_how_to_get_it(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "check", "meta-llama/Llama-2-7b-hf", "adapter")
+    assert rc == 2 and out == ""
+    assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': no such file or directory, and no Hub snapshot of it in the cache ({tmp_path / 'hub'}).\n"
+                   "Hint: Check the path; if 'meta-llama/Llama-2-7b-hf' is a Hub id, download it first with `hf download meta-llama/Llama-2-7b-hf` (lora-inspector never downloads).\n")
