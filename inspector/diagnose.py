@@ -645,8 +645,13 @@ def check_tied(ctx: CheckContext) -> list[Finding]:
 
 
 def check_empty(ctx: CheckContext) -> list[Finding]:
-    """Family 8: tensors with a 0 in their shape (ZeRO-3 saves without gathering)."""
+    """Family 8: tensors with a 0 in their shape (ZeRO-3 saves without gathering), adapters with none."""
     out = []
+    if not ctx.adapter.tensors:
+        files = ", ".join(ctx.adapter.checkpoint.files)
+        out.append(Finding(Code.EMPTY_ADAPTER, f"the adapter's {files} holds no tensors: merging it would change nothing.",
+                           "The training script saved an empty state dict (e.g. alpaca-lora's 443-byte adapter_model.bin, from overriding "
+                           "model.state_dict): save again with the trained PeftModel's save_pretrained(DIR)."))
     for t in ctx.adapter.tensors:
         if 0 in t.info.shape:
             out.append(Finding(Code.EMPTY_TENSOR, f"{t.key} is empty {shape_str(t.info.shape)}: saved from a sharded (ZeRO-3 / FSDP) model without gathering.",

@@ -39,6 +39,7 @@ class Code(Enum):
     TOKEN_DELTA_ROWS = ("LI602", "trainable-token-delta-rows", "error", "the saved trainable-token delta has another row count than trainable_token_indices")
     TIED_ONE_SIDE = ("LI701", "tied-embedding-one-side", "warning", "the base ties lm_head to the embedding and the adapter replaces or LoRA-adapts only one of them")
     EMPTY_TENSOR = ("LI801", "empty-tensor", "error", "a tensor has a 0 in its shape (a ZeRO-3 save without gathering)")
+    EMPTY_ADAPTER = ("LI802", "empty-adapter", "error", "the adapter file holds no tensors: merging it changes nothing")
     QUANTIZED_BASE = ("LI901", "quantized-base", "error", "the base is quantized: a merge would have to dequantize it")
     HIDDEN_SIZE = ("LI1001", "hidden-size-mismatch", "error", "the adapter was trained on a model with another hidden size")
     LAYER_COUNT = ("LI1002", "layer-count-mismatch", "error", "the adapter addresses layers the base does not have")

@@ -744,6 +744,22 @@ def test_empty_modules_to_save_embedding(capsys, root: Path, llama: Built, mts_e
     assert report["vocab"] == {"base_rows": 64, "merged_rows": 64, "source": "the base"}
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_adapter_without_tensors(capsys, root: Path, llama: Built, lora_llama: Built, fmt: str) -> None:
+    # alpaca-lora's 443-byte adapter_model.bin: an empty state dict, and a merge that changes nothing.
+    adapter = edit_tensors(lora_llama.path, root / f"no_tensors_{fmt}", lambda tensors: {})
+    if fmt == "bin":
+        (adapter / "adapter_model.safetensors").unlink()
+        torch.save({}, adapter / "adapter_model.bin")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert rows(report) == [("LI802", "error", None, None, None, None)]
+    assert report["findings"][0]["message"] == f"the adapter's adapter_model.{fmt} holds no tensors: merging it would change nothing."
+    rc = main(["merge", str(llama.path), str(adapter), "--out", str(root / f"merged_empty_{fmt}"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "LI802" in out + err and not (root / f"merged_empty_{fmt}").exists()
+
+
 def test_quantized_base(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
     base = edit_json(llama.path, root / "llama_bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
     rc, report = check_json(capsys, base, lora_llama.path)
