@@ -41,6 +41,26 @@ NAME_ALIASES: tuple[tuple[str, str], ...] = (
 STALE_NAMES: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("^embed_out.", "^lm_head.", frozenset({"gpt_neox"})),
 )
+# Output layers of tied architectures that are not ``lm_head``, which a tied checkpoint does not store:
+# (a tensor that shows the layout, the head's weight, the head's own bias once untied, the bias it is
+# tied to while tied). Checked in order; architectures not listed are asked of transformers at merge.
+TIED_HEADS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("cls.predictions.bias", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.predictions.bias"),  # BERT, MobileBERT, FNet *ForMaskedLM
+    ("predictions.dense.weight", "predictions.decoder.weight", "predictions.decoder.bias", "predictions.bias"),  # ALBERT
+    ("lm_head.dense.weight", "lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.bias"),  # RoBERTa, MPNet
+    ("vocab_projector.bias", "vocab_projector.weight", None, None),  # DistilBERT
+    ("generator_lm_head.bias", "generator_lm_head.weight", None, None),  # ELECTRA generator
+    ("model.encoder.conv1.weight", "proj_out.weight", None, None),  # Whisper
+    ("head.dense.weight", "decoder.weight", None, None),  # ModernBERT
+    ("lm_loss.bias", "lm_loss.weight", None, None),  # XLNet
+)
+
+
+def known_tied_head(names) -> tuple[str, str | None, str | None] | None:
+    """(head weight, own bias, tied bias) of a tied base whose layout TIED_HEADS knows, else None."""
+    return next(((head, own, tied) for marker, head, own, tied in TIED_HEADS if marker in names), None)
+
+
 # Tensors the model ties to another one and the checkpoint does not store (adapter side, base side):
 # T5 / BART's encoder and decoder embed_tokens are the shared embedding; BERT's MLM decoder bias is
 # cls.predictions.bias.
@@ -164,7 +184,7 @@ class BaseIndex:
 @dataclass(frozen=True)
 class VocabLayout:
     rows: int | None  # vocabulary rows of the base's embedding
-    hidden: int | None
+    width: int | None  # columns of those matrices: hidden_size, or ALBERT-style factorized embedding_size
     embeddings: tuple[str, ...]  # vocab-sized input embedding matrices
     heads: tuple[str, ...]  # vocab-sized output matrices stored in the base
     biases: tuple[str, ...]  # vocab-length output biases
@@ -191,9 +211,12 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
         rows = named[0].shape[0]  # config missing or disagreeing: trust the embedding itself
     if rows is None:
         return VocabLayout(None, hidden, (), (), (), False, config_vocab)
-    if hidden is None:
-        hidden = next((t.shape[1] for t in named if t.shape[0] == rows), None)
-    matrices = [t for t in two_d if t.shape[0] == rows and (hidden is None or t.shape[1] == hidden)]
+    # ALBERT, MobileBERT, ELECTRA: embeddings (and the tied head) embedding_size wide, projected to hidden.
+    factorized = config_value(config, "embedding_size")
+    width = factorized if isinstance(factorized, int) and any(t.shape == (rows, factorized) for t in named) else hidden
+    if width is None:
+        width = next((t.shape[1] for t in named if t.shape[0] == rows), None)
+    matrices = [t for t in two_d if t.shape[0] == rows and (width is None or t.shape[1] == width)]
     embeddings = tuple(t.name for t in matrices if _EMBED.search(t.name)) or tuple(t.name for t in matrices[:1])
     heads = tuple(t.name for t in matrices if t.name not in embeddings)
     biases = tuple(t.name for t in base.tensors if t.shape in ((rows,), (1, rows)) and not _NOT_VOCAB.search(t.name) and not LAYER_INDEX.search("." + t.name))
@@ -203,4 +226,4 @@ def vocab_layout(base: Checkpoint) -> VocabLayout:
     archs = config.get("architectures")
     headless = isinstance(archs, list) and bool(archs) and all(isinstance(a, str) and a.endswith("Model") and "Head" not in a for a in archs)
     tied = (tie is None or bool(tie)) and not heads and not headless
-    return VocabLayout(rows, hidden, embeddings, heads, biases, tied, config_vocab)
+    return VocabLayout(rows, width, embeddings, heads, biases, tied, config_vocab)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from inspector.adapter import BASE_MUTATING_INITS, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
-from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, vocab_layout
+from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
 from inspector.checkpoint import MODEL_FIELDS, Checkpoint
 from inspector.findings import Code, Finding, severity_rank
 from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
@@ -118,6 +118,13 @@ class CheckContext:
         found = self.resolve(name)
         return self.base.by_name[found] if found else None
 
+    @cached_property
+    def head_module(self) -> str:
+        """A tied base's output layer, by the name transformers gives it (``lm_head`` unless TIED_HEADS
+        knows the layout: ``decoder``, ``lm_loss``, ``cls.predictions.decoder``, ...)."""
+        known = known_tied_head(self.base.by_name)
+        return _module(known[0]) if known else "lm_head"
+
     def is_tied_head(self, name: str) -> bool:
         """``name`` is a tied base's output layer, which the base does not store (it is the embedding)."""
         return self.index.resolve(name) is None and self.resolve(name) is not None
@@ -133,13 +140,13 @@ class CheckContext:
         """Full copies that a tied base's output layer is under a name ``_HEAD`` does not know: not in
         the base, shaped [rows, hidden] with the vocabulary's rows (or the rows the adapter grows it to)."""
         v = self.vocab
-        if not v.tied or not v.embeddings or v.hidden is None:
+        if not v.tied or not v.embeddings or v.width is None:
             return frozenset()
         rows = {v.rows} | {f.chosen.info.shape[0] for f in self.adapter.full.values() if self.index.resolve(f.target) == v.embeddings[0] and len(f.chosen.info.shape) == 2}
         return frozenset(
             f.target for f in self.adapter.full.values()
             if f.target.endswith(".weight") and self.index.resolve(f.target) is None and len(f.chosen.info.shape) == 2
-            and f.chosen.info.shape[1] == v.hidden and f.chosen.info.shape[0] in rows
+            and f.chosen.info.shape[1] == v.width and f.chosen.info.shape[0] in rows
         )
 
     @cached_property
@@ -317,7 +324,7 @@ def check_tokenizer(ctx: CheckContext) -> list[Finding]:
             f"Run `{_cmd('lora-inspector', 'resize', ctx.base.path, '--tokenizer', tok.directory, '--out', 'base-resized')}`, "
             "or use the tokenizer the adapter was trained with (--tokenizer DIR).",
             tensor=embed,
-            base_shape=(rows, v.hidden) if v.hidden else None,
+            base_shape=(rows, v.width) if v.width else None,
             repair="resize" if (plan.rows or 0) >= size else None,  # merge grows to the tokenizer only when nothing larger-ranked sets the size
         ))
     elif size < rows:
@@ -550,7 +557,7 @@ def check_trainable_tokens(ctx: CheckContext) -> list[Finding]:
             out.append(Finding(Code.TOKEN_INDICES,
                                f"trainable_token_indices for {where} reach token {top} but the base has {rows} rows: the merged model needs {top + 1} rows.",
                                f"Run `{ctx.merge_cmd}` (grows to {max(top + 1, ctx.plan.rows or 0)} rows; rows no index covers get --init), or resize the base first.",
-                               tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.hidden) if ctx.vocab.hidden else None,
+                               tensor=ctx.vocab.embeddings[0] if ctx.vocab.embeddings else None, base_shape=(rows, ctx.vocab.width) if ctx.vocab.width else None,
                                repair="resize"))
     for module, delta in ctx.adapter.trainable_tokens.items():
         name = module.rpartition(".")[2]
@@ -604,7 +611,7 @@ def check_tied(ctx: CheckContext) -> list[Finding]:
         if uncalled:  # beside an uncalled `shared` copy, a plain head copy is PEFT's save of the resized weight
             heads = [h for h in heads if _in_modules_to_save(ctx, h.chosen.module)]
         if bool(heads) != bool(embeds):
-            head = _module(heads[0].target) if heads else "lm_head"  # proj_out, vocab_projector, ... by their own name
+            head = _module(heads[0].target) if heads else ctx.head_module  # proj_out, vocab_projector, ... by their own name
             which, other = ("the embedding", head) if embeds else (head, "the embedding")
             full = (embeds or heads)[0]
             out.append(Finding(Code.TIED_ONE_SIDE,
@@ -633,7 +640,7 @@ def check_tied(ctx: CheckContext) -> list[Finding]:
                 continue
             lm, _ = ctx.lora_targets[module]
             key = lm.A or lm.B
-            head = module if side == "head" else "lm_head"
+            head = module if side == "head" else ctx.head_module
             this = head if side == "head" else "the embedding"
             out.append(Finding(Code.TIED_ONE_SIDE,
                                f"LoRA on {module} changes {embed}, which the base ties to {head}: training applied the delta to {this} only, "
@@ -737,10 +744,10 @@ def check_memory(ctx: CheckContext) -> list[Finding]:
     block = min(4 * largest, STREAM_BLOCK_BYTES)
     lora = max([4 * (lm.A.info.numel + lm.B.info.numel) for lm, _ in ctx.lora_targets.values() if lm.A and lm.B] + [0])
     invented = 0
-    if ctx.plan.grows and ctx.vocab.hidden:
+    if ctx.plan.grows and ctx.vocab.width:
         uncarried = [n for n in ctx.vocab.matrices if n not in ctx.plan.carried]
         # the old matrix, its fp32 copy for the statistics, and the grown copy (at most 4 + 2 x 4 bytes a value)
-        invented = 12 * ctx.plan.rows * ctx.vocab.hidden if uncarried else 0
+        invented = 12 * ctx.plan.rows * ctx.vocab.width if uncarried else 0
     stream = 3 * block + lora + invented
     return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} of tensors (the model twice plus the adapter); "
                     f"lora-inspector's streaming merge about {human_bytes(stream)} (row blocks of at most {human_bytes(STREAM_BLOCK_BYTES)} in fp32"

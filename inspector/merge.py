@@ -10,6 +10,7 @@ vocabulary growth statistics aside), never the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.adapter import is_transposed
+from inspector.base import known_tied_head
 from inspector.check import run_check
 from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
@@ -68,6 +70,7 @@ class MergePlan:
     jobs: list[Job]
     config: dict
     untied: bool
+    head: str | None  # the untied head's weight name (a tied base whose sides now differ)
     init: str
     device: str
     vocab: ResizePlan | None  # the growth of vocabulary tensors nobody carries (resize's rules)
@@ -112,20 +115,48 @@ def resolve_device(device: str) -> str:
     return device
 
 
-# Output layers of tied architectures that are not ``lm_head``: (a tensor that shows the layout,
-# the head's weight, the head's own bias when untied, the bias it is tied to while tied).
-_TIED_HEADS = (
-    ("cls.predictions.bias", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.predictions.bias"),  # BERT *ForMaskedLM
-    ("lm_head.dense.weight", "lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.bias"),  # RoBERTa
-    ("vocab_projector.bias", "vocab_projector.weight", None, None),  # DistilBERT
-    ("generator_lm_head.bias", "generator_lm_head.weight", None, None),  # ELECTRA generator
-    ("model.encoder.conv1.weight", "proj_out.weight", None, None),  # Whisper
-)
+def _tied_head(diagnosis: Diagnosis) -> tuple[str, list[tuple[str, str]]]:
+    """The name transformers gives the output layer that a tied base does not store, and the bias
+    pairs (own, tied-to) transformers ties along with it. Known layouts from TIED_HEADS; others from
+    transformers itself; ``lm_head`` when neither knows."""
+    names = diagnosis.base.by_name
+    known = known_tied_head(names)
+    if known is not None:
+        head, own, tied = known
+        return head, [(own, tied)] if own and tied else []
+    return _head_from_transformers(diagnosis.base.root, frozenset(names)) or ("lm_head.weight", [])
 
 
-def _tied_head_name(base: dict) -> str:
-    """The name transformers gives the output layer a tied base does not store."""
-    return next((head for marker, head, _, _ in _TIED_HEADS if marker in base), "lm_head.weight")
+@functools.lru_cache(maxsize=4)
+def _head_from_transformers(root: Path, names: frozenset[str]) -> tuple[str, list[tuple[str, str]]] | None:
+    """Ask transformers where the base's architecture keeps its output layer: the class its config
+    names, built on the meta device (no memory, no weights read). None when that fails (an
+    architecture this transformers does not have, remote code, a config it rejects)."""
+    import warnings
+
+    try:
+        import torch
+        import transformers
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+            cls = getattr(transformers, (getattr(config, "architectures", None) or [""])[0], None)
+            if cls is None:
+                return None
+            with torch.device("meta"):
+                model = cls(config)
+        out = model.get_output_embeddings()
+        head = next((f"{name}.weight" for name, module in model.named_modules() if name and module is out), None)
+    except Exception:  # noqa: BLE001 - any failure means "unknown": the caller falls back
+        return None
+    if head is None:
+        return None
+    # transformers 5 lists what it ties as {target: source}; a bias tied along with the head is
+    # stored under its source name only.
+    tied = getattr(cls, "_tied_weights_keys", None)
+    biases = [(t, s) for t, s in tied.items() if t.endswith(".bias") and s in names] if isinstance(tied, dict) else []
+    return head, biases
 
 
 def _check_dtypes(jobs: list[Job], diagnosis: Diagnosis) -> None:
@@ -233,7 +264,7 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
     # and change the head too, which is not what the trained model computed. A base_layer copy
     # (the shared weight as saved, grown rows included) changes both sides alike: still tied.
     if vocab.tied and embed and head is None and not tie_kept and (embed_trained or jobs[embed].deltas):
-        head_job(_tied_head_name(diagnosis.base.by_name))
+        head_job(_tied_head(diagnosis)[0])
     for module, delta in adapter.trainable_tokens.items():
         weight = ctx.token_embedding_for[module]
         indices = cfg.trainable_token_indices.get(module.rpartition(".")[2], cfg.trainable_token_indices.get(None))
@@ -251,8 +282,9 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         untied_extra.append(head)
         # transformers ties the decoder's bias too while the embeddings are tied, and only then:
         # an untied BERT/RoBERTa checkpoint stores it (the same values) or loads it uninitialized.
-        for _, weight, own_bias, tied_bias in _TIED_HEADS:
-            if head.name == weight and own_bias and tied_bias in jobs and own_bias not in jobs:
+        head_name, head_biases = _tied_head(diagnosis)
+        for own_bias, tied_bias in head_biases:
+            if head.name == head_name and tied_bias in jobs and own_bias not in jobs:
                 untied_extra.append(dataclasses.replace(jobs[tied_bias], name=own_bias))
         # Likewise T5 / BART's encoder/decoder.embed_tokens: tied to `shared` only while the word
         # embeddings are tied; once untied they load from the checkpoint, so write them (same values).
@@ -275,7 +307,7 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         for key in ("dtype", "torch_dtype"):
             if key in config:
                 config[key] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    return MergePlan(diagnosis, ordered, config, head is not None, init or "mean", device, growth)
+    return MergePlan(diagnosis, ordered, config, head is not None, head.name if head else None, init or "mean", device, growth)
 
 
 # -- execution -------------------------------------------------------------------------------------

@@ -75,10 +75,11 @@ def resize_to_mean(model: PreTrainedModel, rows: int) -> None:
                 w[old:] = w[:old].float().mean(dim=0).to(w.dtype)
 
 
-def untie(peft_model) -> None:
-    """Untie as transformers does for ``tie_word_embeddings: false`` (before merging): every parameter
-    that a second module shares (the head's weight, BERT's decoder bias) becomes that module's own copy."""
-    base = peft_model.get_base_model()
+def untie(model) -> None:
+    """Untie as transformers does for ``tie_word_embeddings: false`` (a PeftModel before merging, or a
+    merged model): every parameter that a second module shares (the head's weight, BERT's decoder
+    bias) becomes that module's own copy."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     owner: dict[int, torch.nn.Module] = {}
     for _, module in base.named_modules(remove_duplicate=False):
         for pname, param in list(module._parameters.items()):

@@ -229,6 +229,25 @@ def make_bert(
     return _save(_finish(model, dtype), out_dir, fmt, None)
 
 
+def make_other_head(out_dir: Path, arch: Literal["modernbert", "albert", "xlnet"], *, vocab: int = VOCAB, seed: int = 0) -> Built:
+    """Tied bases whose output layer is not ``lm_head`` and not stored: ModernBERT (``decoder``),
+    XLNet (``lm_loss``), and ALBERT with a factorized embedding (``embedding_size`` 8, narrower than
+    hidden 16, as ALBERT / MobileBERT / ELECTRA-small keep it; the head is ``predictions.decoder``)."""
+    from transformers import AlbertConfig, AlbertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM, XLNetConfig, XLNetLMHeadModel
+
+    torch.manual_seed(seed)
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "modernbert":
+        model = ModernBertForMaskedLM(ModernBertConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                                                       num_attention_heads=2, cls_token_id=1, sep_token_id=2, **ids))
+    elif arch == "albert":
+        model = AlbertForMaskedLM(AlbertConfig(vocab_size=vocab, embedding_size=HIDDEN // 2, hidden_size=HIDDEN, intermediate_size=3 * HIDDEN,
+                                               num_hidden_layers=LAYERS, num_attention_heads=2, max_position_embeddings=32, **ids))
+    else:
+        model = XLNetLMHeadModel(XLNetConfig(vocab_size=vocab, d_model=HIDDEN, n_layer=LAYERS, n_head=2, d_inner=2 * HIDDEN, **ids))
+    return _save(_finish(model, torch.float32), out_dir, "safetensors", None)
+
+
 def load_model(model_dir: Path) -> PreTrainedModel:
     """Load a built model with the auto class its config names (BERT encoders have no LM head)."""
     config = json.loads((Path(model_dir) / "config.json").read_text())

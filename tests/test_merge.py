@@ -34,8 +34,9 @@ from tests.merge_cases import (
     peft_reference,
     read_merged,
     sample_ids,
+    untie,
 )
-from tests.models import Built, copy_checkpoint, make_bert, make_llama, make_lora_adapter, untied_state
+from tests.models import Built, copy_checkpoint, make_bert, make_llama, make_lora_adapter, make_other_head, untied_state
 
 QV = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 SEED_ROWS = 70_840
@@ -71,6 +72,21 @@ def llama_fp16(extra_root: Path) -> Built:
 @pytest.fixture(scope="module")
 def bert_mlm_base(extra_root: Path) -> Built:
     return make_bert(extra_root / "bert_mlm", mlm_head=True)
+
+
+@pytest.fixture(scope="module")
+def modernbert_mlm(extra_root: Path) -> Built:
+    return make_other_head(extra_root / "modernbert", "modernbert")
+
+
+@pytest.fixture(scope="module")
+def albert_mlm(extra_root: Path) -> Built:
+    return make_other_head(extra_root / "albert", "albert")
+
+
+@pytest.fixture(scope="module")
+def xlnet_lm(extra_root: Path) -> Built:
+    return make_other_head(extra_root / "xlnet", "xlnet")
 
 
 # ---- the feature matrix ----------------------------------------------------------------------------
@@ -153,6 +169,18 @@ CASES = [
     Case("bert-query-value", "bert", adapter="lora_bert"),
     Case("bert-mlm-tied-word-embeddings", "bert_mlm_base", lora=dict(r=2, lora_alpha=4, target_modules=["word_embeddings", "query"]),
          tied_out=False, mlm=True),
+    # Tied heads under other names (decoder, predictions.decoder, lm_loss), written there when untied;
+    # ALBERT's embedding is narrower than hidden_size (embedding_size).
+    Case("modernbert-tied-mts-embed", "modernbert_mlm", lora=dict(r=2, lora_alpha=4, target_modules=["Wqkv"], modules_to_save=["tok_embeddings"]),
+         tied_out=False, peft_unties=True, mlm=True),
+    Case("modernbert-tied-embedding-lora", "modernbert_mlm", lora=dict(r=2, lora_alpha=4, target_modules=["tok_embeddings", "Wo"]), tied_out=False, mlm=True),
+    Case("albert-factorized-tied-mts-embed", "albert_mlm", lora=dict(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["word_embeddings"]),
+         tied_out=False, peft_unties=True, mlm=True),
+    Case("albert-factorized-tied-embedding-lora", "albert_mlm", lora=dict(r=2, lora_alpha=4, target_modules=["word_embeddings", "query"]),
+         tied_out=False, mlm=True),
+    Case("albert-factorized-resized-mts-embed", "albert_mlm", lora=dict(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["word_embeddings"]),
+         vocab=72, rows=72, tied_out=False, peft_unties=True, mlm=True),
+    Case("xlnet-tied-embedding-lora", "xlnet_lm", lora=dict(r=2, lora_alpha=4, target_modules=["word_embedding", "layer_1"]), tied_out=False),
     # Nothing vocabulary-sized in the adapter, but its tokenizer has 72 tokens: grow to it, rows by --init mean.
     Case("llama-qv-tokenizer-grows", "llama", lora=QV, tokenizer=72, rows=72),
     Case("llama-mts-norms", "llama", lora=dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["norm"])),
@@ -171,7 +199,7 @@ def build(case: Case, request: pytest.FixtureRequest, tmp: Path) -> tuple[Path, 
     if case.adapter:
         adapter = request.getfixturevalue(case.adapter).path
     elif case.mlm:
-        adapter = make_mlm_adapter(base, tmp / "adapter", **case.lora)
+        adapter = make_mlm_adapter(base, tmp / "adapter", vocab=case.vocab, **case.lora)
     else:
         adapter = make_lora_adapter(base, tmp / "adapter", vocab=case.vocab, **case.lora).path
     if case.drop:
@@ -189,6 +217,7 @@ def check_against_peft(case: Case, base: Path, adapter: Path, out: Path, report:
     ref = peft_reference(base, adapter, rows=rows, untie_first=untie_first)
     if case.peft_unties:
         assert ref.config.tie_word_embeddings is False  # PEFT's own merge unties: both matrices differ now
+        untie(ref)  # ... but leaves a bias tied along with them (ALBERT's) shared: a saved model holds both
 
     assert_same_tensors(read_merged(out), {k: v.detach() for k, v in untied_state(ref).items()}, tol)
 
@@ -198,6 +227,9 @@ def check_against_peft(case: Case, base: Path, adapter: Path, out: Path, report:
     if case.tied_out is not None:
         assert config.get("tie_word_embeddings", True) is case.tied_out
         assert report["untied"] is (not case.tied_out)
+        if not case.tied_out:
+            head = next(name for name, module in ref.named_modules() if module is ref.get_output_embeddings())
+            assert report["untied_head"] == f"{head}.weight"
     else:
         assert config.get("tie_word_embeddings") == base_config.get("tie_word_embeddings")
         assert report["untied"] is False
@@ -219,6 +251,20 @@ def test_merge_matches_peft(case: Case, request: pytest.FixtureRequest, tmp_path
     if case.tokenizer:
         assert report["tokenizer_from"] == str(adapter)
         assert (out / "tokenizer.json").read_bytes() == (adapter / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("base", ["qwen2", "gpt2", "bert_mlm_base", "modernbert_mlm", "albert_mlm", "xlnet_lm"])
+def test_tied_head_table_agrees_with_transformers(base: str, request: pytest.FixtureRequest) -> None:
+    """TIED_HEADS (what check and merge use without importing transformers) names the same output
+    layer and tied biases as transformers' own model, which merge asks for layouts the table lacks."""
+    from inspector.base import known_tied_head
+    from inspector.merge import _head_from_transformers
+
+    built = request.getfixturevalue(base)
+    names = frozenset(built.tensors)
+    head, biases = _head_from_transformers(built.path, names)
+    known = known_tied_head(names)
+    assert (head, biases) == ((known[0], [known[1:]] if known[1] else []) if known else ("lm_head.weight", []))
 
 
 def test_merge_adapter_api(llama: Built, lora_llama: Built, tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ def merge(result) -> str:
             "vocab": {"base_rows": vocab.base_rows, "merged_rows": vocab.rows, "source": vocab.source},
             "init": plan.init,
             "untied": plan.untied,
+            "untied_head": plan.head,  # the head's weight name when untied (lm_head.weight, decoder.weight, ...)
             "stats": result.stats,
             "tokenizer_from": result.tokenizer_from,
             # check's errors the merge repaired (by resizing), and the warnings it acted on

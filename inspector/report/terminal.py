@@ -203,7 +203,7 @@ def merge(result) -> RenderableType:
     grid.add_row("tensors", f"{st['tensors']} written: {st['lora']} LoRA deltas merged, {st['replaced']} replaced by the adapter, "
                  f"{st['tokens']} trainable-token sets, {st['grown']} grown, {st['copied']} copied through")
     if plan.untied:
-        grid.add_row("tied", "lm_head untied from the embedding (tie_word_embeddings: false), as PEFT does")
+        grid.add_row("tied", f"{printable(plan.head.removesuffix('.weight'))} untied from the embedding (tie_word_embeddings: false), as PEFT does")
     for f in plan.diagnosis.findings:
         if f.severity == "warning":
             grid.add_row(Text(f.code.code, style="yellow"), printable(f.message))
