@@ -24,24 +24,32 @@ from inspector.units import human_bytes, shape_str
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
 # Architecture families worth recognising in base_model_name_or_path (model_type -> name fragments).
-_FAMILIES = {
-    "llama": ("llama",),
-    "mistral": ("mistral",),
-    "mixtral": ("mixtral",),
-    "qwen2": ("qwen2", "qwen1.5", "qwen-2"),
-    "qwen3": ("qwen3",),
-    "gemma": ("gemma",),
-    "gemma2": ("gemma-2", "gemma2"),
-    "phi": ("phi-1", "phi-2"),
-    "phi3": ("phi-3", "phi3"),
-    "gpt2": ("gpt2",),
-    "gpt_neox": ("pythia", "gpt-neox"),
-    "falcon": ("falcon",),
-    "bert": ("bert",),
-    "t5": ("t5",),
-    "bloom": ("bloom",),
-    "opt": ("opt-",),
+# Name tokens that tell a model family: a token matches a key when it is the key, or the key followed
+# by a version number (qwen2, llama3, phi3, t5). Both base_model_name_or_path and the base's
+# model_type are read this way (qwen3_moe -> qwen, deberta-v2 -> deberta, gemma3_text -> gemma), and
+# LI1003 fires only when the name names families and none of them is the base's.
+_NAME_FAMILIES = {
+    "llama": "llama", "codellama": "llama", "tinyllama": "llama", "vicuna": "llama", "falcon3": "llama",  # Falcon3 is a Llama
+    "mistral": "mistral", "ministral": "mistral", "mixtral": "mixtral",
+    "qwen": "qwen", "qwq": "qwen", "gemma": "gemma", "codegemma": "gemma", "phi": "phi",
+    "gpt": "gpt", "pythia": "neox", "neox": "neox", "falcon": "falcon", "bloom": "bloom", "bloomz": "bloom", "opt": "opt",
+    "bert": "bert", "roberta": "roberta", "xlm": "roberta", "deberta": "deberta", "electra": "electra", "albert": "albert",
+    "t5": "t5", "mt5": "t5", "bart": "bart", "mbart": "bart", "whisper": "whisper",
+    "olmo": "olmo", "starcoder": "starcoder", "deepseek": "deepseek", "mpt": "mpt", "stablelm": "stablelm", "internlm": "internlm",
 }
+
+
+def _families(text: str) -> set[str]:
+    """The families a repo name or model_type names, by its tokens (see _NAME_FAMILIES)."""
+    out = set()
+    for token in re.split(r"[^a-z0-9]+", text.lower()):
+        if token in _NAME_FAMILIES:
+            out.add(_NAME_FAMILIES[token])
+            continue
+        stem = token.rstrip("0123456789")
+        if stem != token and stem in _NAME_FAMILIES:
+            out.add(_NAME_FAMILIES[stem])
+    return out
 
 
 @dataclass(frozen=True)
@@ -692,13 +700,11 @@ def check_architecture(ctx: CheckContext) -> list[Finding]:
     model_type = str(ctx.base.config.get("model_type") or "").lower()
     if not name or not model_type:
         return []
-    own = _FAMILIES.get(model_type, (model_type,))
-    if any(f in name for f in own) or model_type.replace("_", "") in name.replace("-", "").replace("_", ""):
+    named, own = _families(name), _families(model_type)
+    if not named or not own or named & own:
         return []
-    others = [mt for mt, frags in _FAMILIES.items() if mt != model_type and any(f in name for f in frags) and not any(f in name for f in own)]
-    if not others:
-        return []
-    return [Finding(Code.BASE_NAME, f"the adapter was trained on {ctx.config.base_model_name_or_path!r} ({others[0]}?) but the base's model_type is {model_type!r}.",
+    others = sorted(named)
+    return [Finding(Code.BASE_NAME, f"the adapter was trained on {ctx.config.base_model_name_or_path!r} ({' / '.join(others)}?) but the base's model_type is {model_type!r}.",
                     "Check that BASE is the model the adapter was trained on.")]
 
 

@@ -773,7 +773,19 @@ def test_base_model_name_of_another_family(capsys, root: Path, llama: Built, lor
     rc, report = check_json(capsys, llama.path, adapter)
     assert rc == 0
     assert rows(report) == [("LI1003", "warning", None, None, None, None)]
-    assert "'Qwen/Qwen2-7B' (qwen2?)" in report["findings"][0]["message"] and "'llama'" in report["findings"][0]["message"]
+    assert "'Qwen/Qwen2-7B' (qwen?)" in report["findings"][0]["message"] and "'llama'" in report["findings"][0]["message"]
+
+
+@pytest.mark.parametrize(("name", "model_type"), [
+    ("microsoft/deberta-v3-base", "deberta-v2"), ("google/gemma-3-1b-it", "gemma3_text"), ("Qwen/Qwen3-30B-A3B", "qwen3_moe"),
+    ("Qwen/Qwen1.5-MoE-A2.7B", "qwen2_moe"), ("tiiuae/Falcon3-7B-Base", "llama"), ("microsoft/codebert-base", "roberta"),
+    ("EleutherAI/pythia-70m", "gpt_neox"), ("mistralai/Mistral-Small-3.1-24B-Base-2503", "mistral3"), ("/data/runs/stage1-merged", "llama"),
+])
+def test_base_model_name_of_the_same_family(capsys, root: Path, llama: Built, lora_llama: Built, name: str, model_type: str) -> None:
+    # Names and model types spelled differently within one family: no LI1003 (which --fail-on warning would turn into a failure).
+    base = edit_json(llama.path, root / f"typed_{model_type}_{abs(hash(name))}", "config.json", model_type=model_type)
+    adapter = edit_config(lora_llama.path, root / f"named_{abs(hash(name))}", base_model_name_or_path=name)
+    assert [f.code.code for f in run_check(str(base), str(adapter)).findings if f.code.code == "LI1003"] == []
 
 
 def test_dtype_difference_is_info(capsys, llama_bf16: Built, lora_llama: Built) -> None:
