@@ -65,6 +65,12 @@ HEAD_TASKS = {
     "TOKEN_CLS": "AutoModelForTokenClassification",
     "QUESTION_ANS": "AutoModelForQuestionAnswering",
 }
+# The heads those task models add, for adapters saved without task_type (modules_to_save=["classifier"]).
+HEAD_MODULES = {
+    "score": "AutoModelForSequenceClassification",
+    "classifier": "AutoModelForSequenceClassification (or AutoModelForTokenClassification)",
+    "qa_outputs": "AutoModelForQuestionAnswering",
+}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.adapter import BASE_MUTATING_INITS, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
+from inspector.adapter import BASE_MUTATING_INITS, HEAD_MODULES, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
 from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
 from inspector.checkpoint import MODEL_FIELDS, Checkpoint
 from inspector.findings import Code, Finding, severity_rank
@@ -445,8 +445,18 @@ def _wraps_target_parameter(ctx: CheckContext, module: str) -> bool:
 
 def _new_head(ctx: CheckContext, full: FullTensor) -> bool:
     """A modules_to_save head that the adapter's task type adds (SEQ_CLS's score, ...) and the base lacks."""
+    return _head_class(ctx, full) is not None
+
+
+def _head_class(ctx: CheckContext, full: FullTensor) -> str | None:
+    """The Auto class whose model has the modules_to_save head ``full`` (by task_type, else by the
+    head's name), or None when it is not such a head."""
     module = full.chosen.module
-    return ctx.config.task_type in HEAD_TASKS and ctx.config.saves(module)
+    if not ctx.config.saves(module):
+        return None
+    if ctx.config.task_type in HEAD_TASKS:
+        return HEAD_TASKS[ctx.config.task_type]
+    return HEAD_MODULES.get(full.target.split(".")[0])
 
 
 def _module(name: str) -> str:
@@ -464,10 +474,11 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
         if ctx.resolve(full.target) is not None:
             continue
         if full in ctx.new_heads:
-            task = ctx.config.task_type
+            task, cls = ctx.config.task_type, _head_class(ctx, full)
+            why = f"task_type {task}" if task in HEAD_TASKS else "modules_to_save"
             out.append(Finding(Code.NEW_HEAD,
-                               f"{full.target} is a new head (task_type {task}) the base does not have: load the merged model with the matching {HEAD_TASKS[task]} class.",
-                               f"Expected for a {task} adapter on a base without that head: load the merged model with {HEAD_TASKS[task]}.from_pretrained.",
+                               f"{full.target} is a new head ({why}) the base does not have: load the merged model with the matching {cls} class.",
+                               f"Expected for an adapter trained on a task model built from this base: load the merged model with {cls}.from_pretrained.",
                                tensor=full.target, adapter_key=full.chosen.key, adapter_shape=full.chosen.info.shape))
         else:
             orphans += [(full.target, c.info) for c in full.copies]

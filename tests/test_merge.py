@@ -503,3 +503,25 @@ def test_merge_on_cuda_matches_peft_on_cpu(case_id: str, request: pytest.Fixture
     report = merge_json(capsys, base, adapter, out, *case.args, device="cuda")
     assert report["device"].startswith("cuda")
     check_against_peft(case, base, adapter, out, report, tol=DEVICE_TENSOR_TOL)
+
+
+# ---- task heads the base does not have ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", None], ids=["task-type", "modules-to-save-only"])
+def test_classification_head_is_written_as_a_new_tensor(task_type: str | None, llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An adapter trained on LlamaForSequenceClassification of a causal-LM base: its score head (saved by
+    modules_to_save, with or without task_type) is LI405 and becomes a tensor of the merged model."""
+    from peft import PeftModel
+    from transformers import LlamaForSequenceClassification
+
+    lora = dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["score"], **({"task_type": task_type} if task_type else {}))
+    adapter = check_cases.make_adapter(llama.path, tmp_path / "adapter", LlamaForSequenceClassification, **lora)
+    report = merge_json(capsys, llama.path, adapter, tmp_path / "merged")
+    assert [(f["code"], f["tensor"]) for f in report["warnings"]] == [("LI405", "score.weight")]
+    merged = read_merged(tmp_path / "merged")
+    assert merged["score.weight"].shape == (2, 16)
+    ref = PeftModel.from_pretrained(LlamaForSequenceClassification.from_pretrained(llama.path), adapter).merge_and_unload().eval()
+    ours = LlamaForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    ids = sample_ids(64, 64)
+    torch.testing.assert_close(model_output(ours, ids), model_output(ref, ids), **LOGIT_TOL[torch.float32])
