@@ -184,6 +184,24 @@ def _ancestor_identities(path: Path) -> set[tuple[int, int]]:
     return {ident for p in path.parents if (ident := _identity(p)) is not None}
 
 
+def _linked_files(inp: Path) -> list[Path]:
+    """Where the symlinks in input directory ``inp`` really point (a Hub cache snapshot's files live
+    in ``../../blobs``): those files are inputs too, so an --out holding them is refused."""
+    try:
+        entries = list(os.scandir(inp)) if os.path.isdir(inp) else []
+    except OSError:
+        return []
+    return [_real(Path(e.path)) for e in entries if e.is_symlink()]
+
+
+def _example_out(inp: Path) -> Path:
+    """An --out to suggest for input ``inp``: beside it, or for a Hub cache snapshot, outside the cache."""
+    real = _real(inp)
+    if real.parent.name == "snapshots":
+        return Path.cwd() / (real.parent.parent.name.removeprefix("models--").replace("--", "-") + "-merged")
+    return real.parent / (real.name + "-out")
+
+
 def _overlap(out_real: Path, in_real: Path, shown: Path) -> str | None:
     """Why ``out`` overlaps an input, or None. Real paths catch symlinks; (dev, inode) pairs catch
     hard links and bind mounts, which give the same file or directory another name."""
@@ -369,13 +387,14 @@ class CheckpointWriter:
     def _validate_paths(self, inputs: list[Path], extra_bytes: int) -> None:
         target = self._target
         for inp in inputs:
-            why = _overlap(target, _real(inp), inp)
-            if why is not None:
-                raise self._refuse(
-                    why,
-                    f"Choose an --out directory outside '{inp}' that does not contain it either, "
-                    f"e.g. '{_real(inp).parent / (_real(inp).name + '-out')}'; inputs are never written to.",
-                )
+            for real in (_real(inp), *_linked_files(inp)):
+                why = _overlap(target, real, inp if real == _real(inp) else real)
+                if why is not None:
+                    raise self._refuse(
+                        why,
+                        f"Choose an --out directory outside '{inp}' that does not contain it either, "
+                        f"e.g. '{_example_out(inp)}'; inputs are never written to.",
+                    )
         if os.path.lexists(target):
             if not target.is_dir():
                 raise self._refuse(f"'{target}' exists and is not a directory",

@@ -571,6 +571,20 @@ def test_hugging_face_cache_layout_keeps_working(capsys, tmp_path: Path, llama: 
     assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
+@pytest.mark.parametrize("where", ["blobs", "repo"])
+def test_out_over_the_cache_that_holds_the_input_is_refused(capsys, tmp_path: Path, llama: Built, lora_llama: Built, where: str) -> None:
+    # A snapshot's files are links into ../../blobs: replacing blobs/ (--force) would destroy the base.
+    base = hf_cache_layout(llama.path, tmp_path / "hub", "org--llama")
+    repo = tmp_path / "hub" / "models--org--llama"
+    out = repo / "blobs" if where == "blobs" else repo
+    before = snapshot(tmp_path / "hub")
+    rc, stdout, err = merge(capsys, base, lora_llama.path, out, "--force")
+    assert rc == 2 and stdout == ""
+    assert err.startswith(f"Error: Refusing to write output for '{out}': it contains the input '")
+    assert f"e.g. '{Path.cwd() / 'org-llama-merged'}'" in err  # outside the cache, not another revision folder
+    assert snapshot(tmp_path / "hub") == before
+
+
 @pytest.mark.parametrize(
     ("command", "name"),
     [("scan", "model.safetensors"), ("scan", "pytorch_model.bin"), ("check", "adapter_model.safetensors"), ("check", "adapter_model.bin")],
