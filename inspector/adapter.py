@@ -38,6 +38,16 @@ _SUFFIX_ROLES: tuple[tuple[str, Role], ...] = (
     (".lora_magnitude_vector", "magnitude"),
     (".lora_magnitude_vector.weight", "magnitude"),
     (".token_adapter.trainable_tokens_delta", "trainable_tokens"),
+    # A PeftModel's own state_dict() names the adapter ("default"), as a hand-written torch.save of it
+    # stores them: PEFT 0.21's loader passes such keys through, and under the default adapter name
+    # they are exactly the model's parameters, so they load.
+    (".lora_A.default.weight", "lora_A"),
+    (".lora_B.default.weight", "lora_B"),
+    (".lora_B.default.bias", "lora_B_bias"),
+    (".lora_embedding_A.default", "lora_embedding_A"),
+    (".lora_embedding_B.default", "lora_embedding_B"),
+    (".lora_magnitude_vector.default.weight", "magnitude"),
+    (".token_adapter.trainable_tokens_delta.default", "trainable_tokens"),
 )
 _COPY_SEGMENTS: tuple[tuple[str, Copy], ...] = (
     # Trainable tokens on a resized vocabulary: PEFT saves the grown embedding (or tied head) of the
@@ -332,9 +342,15 @@ class AdapterTensor:
     def key(self) -> str:
         return self.info.name
 
+    @property
+    def prefixed(self) -> bool:
+        """PEFT's loader only maps keys under ``base_model.model.``; it drops the rest unused."""
+        return self.info.name.startswith(PREFIX)
+
 
 def classify_key(info: TensorInfo) -> AdapterTensor:
-    """Split a saved key into (module path, role); the ``base_model.model.`` prefix is optional."""
+    """Split a saved key into (module path, role); the ``base_model.model.`` prefix is optional here
+    (diff aligns such keys) and reported by check (LI406)."""
     name = info.name.removeprefix(PREFIX)
     if _FOREIGN.search("." + name):
         return AdapterTensor(info, name, None)

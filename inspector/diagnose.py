@@ -506,6 +506,15 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
         out.append(Finding(Code.ORPHAN, f"{info.name} targets {target}, which the base does not have: the adapter silently does nothing there.",
                            "Use the base model the adapter was trained on, or rename the keys to the base's module names.",
                            tensor=target, adapter_key=info.name, adapter_shape=info.shape))
+    unprefixed = [t for t in ctx.adapter.tensors if not t.prefixed]
+    if unprefixed:
+        first = unprefixed[0]
+        more = f" and {len(unprefixed) - 1} more" if len(unprefixed) > 1 else ""
+        out.append(Finding(Code.UNPREFIXED_KEY,
+                           f"{first.key}{more} lack the base_model.model. prefix: PeftModel.from_pretrained drops such keys unused, "
+                           "so the adapter silently does nothing there.",
+                           "Rename the keys to base_model.model.<key>, as PeftModel.save_pretrained writes them; then check and merge use them as PEFT does.",
+                           adapter_key=first.key, adapter_shape=first.info.shape))
     for t in ctx.adapter.unknown:
         out.append(Finding(Code.UNKNOWN_KEY, f"{t.key} is not a LoRA tensor lora-inspector knows (another PEFT method's key?).",
                            "Check peft_type in adapter_config.json; merge such adapters with PEFT itself.", adapter_key=t.key, adapter_shape=t.info.shape))

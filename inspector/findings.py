@@ -33,6 +33,7 @@ class Code(Enum):
     NOT_TARGETED = ("LI403", "tensor-not-targeted", "error", "LoRA tensors for a module the config does not target: PEFT ignores them")
     UNKNOWN_KEY = ("LI404", "unknown-key", "error", "an adapter key no PEFT LoRA layout explains")
     NEW_HEAD = ("LI405", "new-head", "warning", "a modules_to_save head of the adapter's task type (score, classifier) that the base does not have")
+    UNPREFIXED_KEY = ("LI406", "key-without-prefix", "error", "an adapter key lacks the base_model.model. prefix: PEFT's loader drops it unused")
     ROWS_NOT_CARRIED = ("LI501", "new-rows-not-carried", "error", "LoRA changes vocabulary rows the adapter does not carry: what training saw is lost")
     ROWS_UNCARRIED = ("LI502", "new-rows-uninitialized", "warning", "a vocabulary matrix must grow but nobody carries its new rows: merge fills them with --init")
     TOKEN_INDICES = ("LI601", "trainable-token-out-of-range", "error", "trainable_token_indices reach beyond the base's rows")

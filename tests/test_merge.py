@@ -525,3 +525,35 @@ def test_classification_head_is_written_as_a_new_tensor(task_type: str | None, l
     ours = LlamaForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     ids = sample_ids(64, 64)
     torch.testing.assert_close(model_output(ours, ids), model_output(ref, ids), **LOGIT_TOL[torch.float32])
+
+
+# ---- keys as a hand-written save stores them ---------------------------------------------------------
+
+
+def _rekey(adapter: Path, dst: Path, how) -> Path:
+    return edit_tensors(adapter, dst, lambda tensors: {how(k): v for k, v in tensors.items()})
+
+
+def test_keys_with_the_adapter_name_merge_as_peft_loads_them(llama: Built, dora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.save(peft_model.state_dict()) keeps ".default" in the LoRA keys; PEFT 0.21 loads them as they are."""
+    import re
+
+    adapter = _rekey(dora_llama.path, tmp_path / "adapter", lambda k: re.sub(r"\.(lora_A|lora_B)\.weight$", r".\1.default.weight", k)
+                     .replace(".lora_magnitude_vector", ".lora_magnitude_vector.default.weight"))
+    assert any(".lora_A.default.weight" in k for k in check_cases.adapter_keys(adapter))
+    rc, out, err = run(capsys, "check", llama.path, adapter, "--format", "json")
+    assert (rc, [f["code"] for f in json.loads(out)["findings"]]) == (0, ["LI1301"])
+    report = merge_json(capsys, llama.path, adapter, tmp_path / "merged")
+    check_against_peft(BY_ID["llama-dora"], llama.path, adapter, tmp_path / "merged", report)
+    assert_same_tensors(read_merged(tmp_path / "merged"), {k: v.detach() for k, v in untied_state(peft_reference(llama.path, dora_llama.path)).items()})
+
+
+def test_keys_without_the_prefix_are_refused(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PeftModel.from_pretrained drops keys without base_model.model.: check says so, merge does not apply them."""
+    adapter = _rekey(lora_llama.path, tmp_path / "adapter", lambda k: k.removeprefix("base_model.model."))
+    rc, out, err = run(capsys, "check", llama.path, adapter, "--format", "json")
+    errors = [f for f in json.loads(out)["findings"] if f["severity"] == "error"]
+    assert rc == 1 and [(f["code"], f["adapter_key"]) for f in errors] == [("LI406", "model.layers.0.self_attn.q_proj.lora_A.weight")]
+    assert errors[0]["message"].startswith("model.layers.0.self_attn.q_proj.lora_A.weight and 7 more lack the base_model.model. prefix")
+    rc, out, err = run(capsys, "merge", llama.path, adapter, "--out", tmp_path / "merged", "--device", "cpu")
+    assert rc == 1 and "LI406" in err and not (tmp_path / "merged").exists()
