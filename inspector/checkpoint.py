@@ -31,7 +31,9 @@ MAX_JSON_BYTES = 64_000_000
 # Checkpoint layouts in a directory, in the order a loader prefers them: a safetensors twin always
 # wins over a pickle (HOSTILE.md 17).
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-MODEL_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+# In transformers' from_pretrained order: a single file wins over an index beside it (re-saving a
+# sharded model unsharded deletes the old shards but leaves the index).
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 # Config fields worth showing, with the aliases other architectures use for them.
 MODEL_FIELDS = {
@@ -236,6 +238,8 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
             raise _input_error(path, "unknown file type", "Give a .safetensors, .bin or *.index.json file, or a checkpoint directory.")
 
     warnings: list[str] = []
+    if path.is_dir() and found in ("model.safetensors", "pytorch_model.bin") and (root / f"{found}.index.json").exists():
+        warnings.append(f"{found}.index.json is ignored: transformers loads {found} when both are present (a stale index of an older sharded save?)")
     if found.endswith(".index.json"):
         tensors, files, fmt, warnings = _read_index(entry)
         files = [found, *files]

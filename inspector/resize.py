@@ -11,11 +11,14 @@ from inspector.errors import UsageError
 from inspector.loader import TensorReader
 from inspector.paths import locate, resolves_inside
 from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
-from inspector.tokenizer import TOKENIZER_FILES, read_tokenizer
+from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES, read_tokenizer
 from inspector.writer import CheckpointWriter, OutputTensor
 
 # Files of a model directory that are not tensors or the config: copied through as they are.
 _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+# Configs of other weight formats, which the output does not have: Mistral's params.json describes
+# consolidated.safetensors (and would keep the old vocab_size).
+_OTHER_FORMAT_CONFIGS = ("params.json",)
 MAX_SIDE_FILE = 100_000_000
 
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
@@ -26,7 +29,7 @@ def side_files(directory: Path) -> list[Path]:
     out = []
     for path in sorted(directory.iterdir()):
         name = path.name
-        if name.startswith(".") or name == "config.json" or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
+        if name.startswith(".") or name == "config.json" or name in _OTHER_FORMAT_CONFIGS or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
             continue
         # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
         # one that leads out is never copied into the output (HOSTILE 21).
@@ -38,9 +41,10 @@ def side_files(directory: Path) -> list[Path]:
 def output_side_files(base_root: Path, tokenizer_dir: Path) -> list[Path]:
     """The non-tensor files a written model carries: the base's side files, with the tokenizer
     files taken from ``tokenizer_dir`` instead when that is another directory."""
-    files = [p for p in side_files(base_root) if tokenizer_dir == base_root or p.name not in TOKENIZER_FILES]
+    tokenizer = TOKENIZER_FILES + TOKENIZER_COMPANIONS
+    files = [p for p in side_files(base_root) if tokenizer_dir == base_root or p.name not in tokenizer]
     if tokenizer_dir != base_root:
-        files += [tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
+        files += [tokenizer_dir / n for n in tokenizer if (tokenizer_dir / n).is_file()]
     return files
 
 

@@ -26,6 +26,9 @@ TOKENIZER_FILES = (
     "merges.txt",
     "vocab.txt",
 )
+# What else tokenizer.save_pretrained writes (chat templates, other vocabulary formats): they travel
+# with the tokenizer when merge and resize take it from another directory than the base.
+TOKENIZER_COMPANIONS = ("chat_template.jinja", "chat_template.json", "spiece.model", "sentencepiece.bpe.model")
 MAX_TOKENIZER_BYTES = 512_000_000
 
 
@@ -150,7 +153,7 @@ def _added_tokens(directory: Path) -> dict[str, int]:
 def read_tokenizer(directory: Path) -> TokenizerFacts | None:
     """Facts about the tokenizer saved in ``directory``, or None when it holds none."""
     directory = Path(directory)
-    for name in TOKENIZER_FILES:  # merge and resize copy these files into their output: none may link out
+    for name in TOKENIZER_FILES + TOKENIZER_COMPANIONS:  # merge and resize copy these files into their output: none may link out
         path = directory / name
         if os.path.lexists(path) and not resolves_inside(directory, path):
             raise _fail(path, f"it is a symlink to '{path.resolve()}', outside the tokenizer directory")

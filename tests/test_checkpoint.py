@@ -259,6 +259,22 @@ def test_malformed_index(sharded_copy: Path, text: str, reason: str) -> None:
 # ---- legacy pickles ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("old_shards", [True, False], ids=["old-shards-left", "old-shards-gone"])
+def test_single_file_wins_over_a_stale_index(tmp_path: Path, llama: Built, llama_sharded: Built, old_shards: bool) -> None:
+    # Re-saving a sharded model unsharded into its directory: transformers deletes the old shards but
+    # not the index, and loads model.safetensors. So does lora-inspector, and it says so.
+    model = copy_checkpoint(llama_sharded.path, tmp_path / "model")
+    if not old_shards:
+        for shard in model.glob("model-*.safetensors"):
+            shard.unlink()
+    shutil.copy(llama.path / "model.safetensors", model / "model.safetensors")
+    ckpt = read_checkpoint(model)
+    assert ckpt.files == ("model.safetensors",)
+    assert {t.name: t.file for t in ckpt.tensors} == {name: "model.safetensors" for name in llama.tensors}
+    assert ckpt.warnings == ("model.safetensors.index.json is ignored: transformers loads model.safetensors when both are present "
+                             "(a stale index of an older sharded save?)",)
+
+
 def test_legacy_bin_matches_its_safetensors_twin(llama_bin: Built, llama: Built) -> None:
     twin = read_checkpoint(llama.path)
     legacy = read_checkpoint(llama_bin.path)

@@ -406,6 +406,18 @@ def test_tokenizer_from_base_when_adapter_has_none(seed_dir: Path, tmp_path: Pat
         assert (tmp_path / "merged" / name).read_bytes() == (seed_dir / "base" / name).read_bytes()
 
 
+def test_chat_template_travels_with_the_tokenizer(seed_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # transformers 5 saves the chat template as chat_template.jinja: the fine-tuning one comes with the
+    # adapter's tokenizer, never the base's. Mistral's params.json (consolidated.* weights) is not copied.
+    base, adapter = copy_checkpoint(seed_dir / "base", tmp_path / "base"), copy_checkpoint(seed_dir / "adapter", tmp_path / "adapter")
+    (base / "chat_template.jinja").write_text("BASE {{ messages }}")
+    (base / "params.json").write_text('{"dim": 8, "vocab_size": 32000}')
+    (adapter / "chat_template.jinja").write_text("SFT <|user|>{{ messages }}")
+    merge_json(capsys, base, adapter, tmp_path / "merged")
+    assert (tmp_path / "merged" / "chat_template.jinja").read_text() == "SFT <|user|>{{ messages }}"
+    assert not (tmp_path / "merged" / "params.json").exists()
+
+
 def test_small_shards_load_in_transformers(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "merged"
     merge_json(capsys, llama.path, lora_llama.path, out, "--max-shard-size", "8KB")
