@@ -69,25 +69,28 @@ class TensorReader:
             dtype = torch_dtype(info.dtype)
         except InvalidInputError as exc:  # name the file and the tensor, not just the dtype
             raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
-        if not info.contiguous:
-            raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is saved as a strided view, not a contiguous block",
-                                    "Convert the file to safetensors (which stores every tensor contiguously) in a trusted environment.")
         fh = self._open(info.file)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        size = info.span
+        buf = torch.empty(size, dtype=torch.uint8)
         fh.seek(info.start)
-        got = fh.readinto(memoryview(buf.numpy())) if info.nbytes else 0
-        if got != info.nbytes:
-            raise InvalidInputError("Cannot read tensor", self.root / info.file, f"{info.name} ends early ({got} of {info.nbytes} bytes)", "The file is truncated or changed while reading; re-download it.")
+        got = fh.readinto(memoryview(buf.numpy())) if size else 0
+        if got != size:
+            raise InvalidInputError("Cannot read tensor", self.root / info.file, f"{info.name} ends early ({got} of {size} bytes)", "The file is truncated or changed while reading; re-download it.")
+        if info.stride is not None:  # a view (w.T): its elements from the storage bytes it spans, made contiguous
+            return torch.as_strided(buf.view(dtype), info.shape, info.stride).contiguous()
         return buf.view(dtype).reshape(info.shape)
 
     def read_rows(self, info: TensorInfo, start: int, stop: int):
         """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""
-        if not info.contiguous or not info.shape or (start == 0 and stop >= info.shape[0]):
+        if not info.shape or (start == 0 and stop >= info.shape[0]):
             return self.read(info)
         rows = info.shape[0]
         start, stop = max(0, start), max(start, min(stop, rows))
         row_bytes = info.nbytes // rows
-        part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, info.start + start * row_bytes, info.start + stop * row_bytes)
+        # A row step is row_bytes in a block; in a strided view, stride[0] elements.
+        step = row_bytes if info.stride is None else info.stride[0] * (info.nbytes // info.numel)
+        begin = info.start + start * step
+        part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, begin, begin + (stop - start) * row_bytes, info.stride)
         return self.read(part)
 
     def close(self) -> None:

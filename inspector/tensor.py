@@ -51,7 +51,21 @@ class TensorInfo:
     file: str  # file name relative to the checkpoint root
     start: int  # absolute byte offset of the data in ``file``
     end: int
-    contiguous: bool = True  # False: a strided view in a legacy .bin, whose bytes are no single span
+    # A strided view saved as is in a legacy .bin (w.T, w[:, 1]): its element strides within the storage
+    # from ``start``; None for the usual contiguous block of ``end - start`` bytes.
+    stride: tuple[int, ...] | None = None
+
+    @property
+    def contiguous(self) -> bool:
+        return self.stride is None
+
+    @property
+    def span(self) -> int:
+        """Bytes from ``start`` that hold the tensor's elements (a strided view reaches further)."""
+        if self.stride is None or not self.numel:
+            return self.nbytes
+        item = self.nbytes // self.numel
+        return (sum((s - 1) * d for s, d in zip(self.shape, self.stride)) + 1) * item
 
     @property
     def numel(self) -> int:

@@ -288,6 +288,7 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
             if numel and (t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride)) + 1) * item > member.file_size:
                 raise _fail(path, f"tensor {name!r} reaches past the end of its storage")
             start = _member_data_offset(fh, member) + t.offset * item
-            # A view saved as is (w.T, w[:, 1]) is no byte span: scan lists it, readers refuse it.
-            out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, _contiguous(t.shape, t.stride)))
+            # A view saved as is (w.T, w[:, 1]) is no single byte span: its strides come along.
+            stride = None if _contiguous(t.shape, t.stride) else tuple(t.stride)
+            out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, stride))
         return out

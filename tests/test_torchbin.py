@@ -304,22 +304,21 @@ def test_hand_built_tensor_pickle_and_negative_offset(tmp_path: Path) -> None:
         walk_pickle(tmp_path / "x.bin", _one_tensor_pickle(-1))
 
 
-def test_strided_views_are_listed_but_never_read_as_spans(tmp_path: Path) -> None:
-    """torch.save keeps a view's storage and strides: scan lists it, the reader refuses to guess its bytes."""
+def test_strided_views_are_read_through_their_strides(tmp_path: Path) -> None:
+    """torch.save keeps a view's storage and strides (w.T, w[:, 1], an expand): the reader gives the
+    view's values, whole and by rows, from the bytes the view spans."""
     import torch
 
-    from inspector.errors import InvalidInputError
     from inspector.loader import TensorReader
 
-    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    torch.save({"w": t.T, "v": t[:, 1], "t": t}, tmp_path / "views.bin")
+    t = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    views = {"w": t.T, "v": t[:, 1], "s": t[1:, ::2], "e": t[0].expand(3, 6), "t": t}
+    torch.save(views, tmp_path / "views.bin")
     infos = {i.name: i for i in read_torch_bin(tmp_path / "views.bin")}
-    assert (infos["w"].shape, infos["v"].shape, infos["t"].shape) == ((3, 2), (2,), (2, 3))
-    assert (infos["w"].contiguous, infos["v"].contiguous, infos["t"].contiguous) == (False, False, True)
+    assert {n: i.shape for n, i in infos.items()} == {n: tuple(v.shape) for n, v in views.items()}
+    assert {n: i.contiguous for n, i in infos.items()} == {"w": False, "v": False, "s": False, "e": False, "t": True}
     with TensorReader(tmp_path) as reader:
-        assert torch.equal(reader.read(infos["t"]), t)
-        for name in ("w", "v"):
-            with pytest.raises(InvalidInputError, match="strided view"):
-                reader.read(infos[name])
-            with pytest.raises(InvalidInputError, match="strided view"):
-                reader.read_rows(infos[name], 0, 1)
+        for name, view in views.items():
+            assert torch.equal(reader.read(infos[name]), view), name
+            for r0 in range(view.shape[0]):
+                assert torch.equal(reader.read_rows(infos[name], r0, r0 + 2), view[r0:r0 + 2]), (name, r0)
