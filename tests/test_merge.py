@@ -569,3 +569,14 @@ def test_keys_without_the_prefix_are_refused(llama: Built, lora_llama: Built, tm
     assert errors[0]["message"].startswith("model.layers.0.self_attn.q_proj.lora_A.weight and 7 more lack the base_model.model. prefix")
     rc, out, err = run(capsys, "merge", llama.path, adapter, "--out", tmp_path / "merged", "--device", "cpu")
     assert rc == 1 and "LI406" in err and not (tmp_path / "merged").exists()
+
+
+def test_legacy_bin_base_with_strided_views(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pytorch_model.bin whose tensors are saved as views (a transposed copy's .T): merged from their strides."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_bytes((llama.path / "config.json").read_bytes())
+    state = load_file(llama.path / "model.safetensors")
+    torch.save({k: v.T.contiguous().T if v.dim() == 2 else v for k, v in state.items()}, base / "pytorch_model.bin")
+    report = merge_json(capsys, base, lora_llama.path, tmp_path / "merged")
+    check_against_peft(BY_ID["llama-qv"], llama.path, lora_llama.path, tmp_path / "merged", report)
