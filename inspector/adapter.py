@@ -299,6 +299,13 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
     target_parameters = raw.get("target_parameters") or []
     if not isinstance(target_parameters, list):
         raise _config_error(path, f"target_parameters is {target_parameters!r}; expected a list")
+    target_modules = _names(path, raw, "target_modules", allow_regex=True)
+    if peft_type.upper() == "LORA":  # combinations PEFT's LoraConfig itself rejects when it loads the file
+        for name in ("layers_to_transform", "layers_pattern"):
+            if isinstance(target_modules, str) and raw.get(name) is not None:
+                raise _config_error(path, f"{name} is set while target_modules is a regex string, which PEFT's LoraConfig rejects")
+        if raw.get("layers_pattern") and raw.get("layers_to_transform") is None:
+            raise _config_error(path, "layers_pattern is set without layers_to_transform, which PEFT's LoraConfig rejects")
     base = raw.get("base_model_name_or_path")
     task_type = raw.get("task_type")
     if task_type is not None and not isinstance(task_type, str):
@@ -311,7 +318,7 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
         use_dora=_bool(path, raw, "use_dora"),
         fan_in_fan_out=_bool(path, raw, "fan_in_fan_out"),
         lora_bias=_bool(path, raw, "lora_bias"),
-        target_modules=_names(path, raw, "target_modules", allow_regex=True),
+        target_modules=target_modules,
         exclude_modules=_names(path, raw, "exclude_modules", allow_regex=True),
         modules_to_save=_names(path, raw, "modules_to_save", allow_regex=False) or (),
         rank_pattern=_number_map(path, raw, "rank_pattern", int),

@@ -848,6 +848,12 @@ BAD_CONFIGS = {
     "alora_tokens_string": ({"alora_invocation_tokens": "<tool>"}, "alora_invocation_tokens is '<tool>'; expected a list of integers"),
     "layer_replication_flat": ({"layer_replication": [0, 2]}, "layer_replication is [0, 2]; expected a list of [start, end] layer ranges"),
     "ensure_weight_tying_string": ({"ensure_weight_tying": "true"}, "ensure_weight_tying is 'true' (str); it must be true or false"),
+    # Combinations PEFT's LoraConfig raises a ValueError for when it loads the file:
+    "regex_with_layers": ({"target_modules": ".*q_proj", "layers_to_transform": [0]},
+                          "layers_to_transform is set while target_modules is a regex string, which PEFT's LoraConfig rejects"),
+    "regex_with_pattern": ({"target_modules": ".*q_proj", "layers_pattern": "layers"},
+                           "layers_pattern is set while target_modules is a regex string, which PEFT's LoraConfig rejects"),
+    "pattern_without_layers": ({"layers_pattern": "layers"}, "layers_pattern is set without layers_to_transform, which PEFT's LoraConfig rejects"),
 }
 
 
