@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
@@ -212,6 +213,16 @@ def _guess_kind(tensors: list[TensorInfo], directory: Path | None) -> Kind:
     return "model"
 
 
+def _checkpoint_subdirs(root: Path) -> list[Path]:
+    """Subdirectories holding a model or an adapter (a Trainer's output_dir/checkpoint-<step>/, a
+    multi-adapter save), the highest step last."""
+    try:
+        dirs = [d for d in root.iterdir() if d.is_dir() and ((d / "adapter_config.json").is_file() or (d / "config.json").is_file())]
+    except OSError:
+        return []
+    return sorted(dirs, key=lambda d: (int(m.group(1)) if (m := re.search(r"(\d+)$", d.name)) else -1, d.name))
+
+
 def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpoint:
     """Resolve ``path`` (directory, file, or index) into a ``Checkpoint``; headers only."""
     given = str(path)
@@ -228,7 +239,10 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
                 found = st_files[0]
             else:
                 expected = ", ".join(names)
-                raise _input_error(root, f"no checkpoint files found (looked for {expected})", "Point at a directory written by save_pretrained(), or at a .safetensors file.")
+                inside = _checkpoint_subdirs(root)
+                hint = (f"It holds checkpoints in subdirectories ({', '.join(d.name for d in inside[:5])}{', ...' if len(inside) > 5 else ''}): "
+                        f"pass one, e.g. '{inside[-1]}'." if inside else "Point at a directory written by save_pretrained(), or at a .safetensors file.")
+                raise _input_error(root, f"no checkpoint files found (looked for {expected})", hint)
         entry = _own_file(root, root / found)
     else:
         if not stat.S_ISREG(path.stat().st_mode):

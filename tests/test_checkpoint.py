@@ -464,6 +464,16 @@ def test_path_errors(tmp_path: Path) -> None:
         read_checkpoint(fifo)
 
 
+def test_trainer_output_dir_names_its_checkpoints(tmp_path: Path, lora_llama: Built) -> None:
+    # Trainer's output_dir holds checkpoint-<step>/ folders: say so, and name the latest step.
+    for step in (500, 1000, 1500):
+        copy_checkpoint(lora_llama.path, tmp_path / "out" / f"checkpoint-{step}")
+    (tmp_path / "out" / "runs").mkdir()
+    with pytest.raises(InvalidInputError) as exc:
+        read_checkpoint(tmp_path / "out")
+    assert exc.value.hint == f"It holds checkpoints in subdirectories (checkpoint-500, checkpoint-1000, checkpoint-1500): pass one, e.g. '{tmp_path / 'out' / 'checkpoint-1500'}'."
+
+
 def test_truncated_model_file(llama: Built, tmp_path: Path) -> None:
     model = copy_checkpoint(llama.path, tmp_path / "model")
     blob = (model / "model.safetensors").read_bytes()
