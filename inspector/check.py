@@ -24,6 +24,10 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
         raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{'' if command == 'check' else ' --out DIR'}`.")
     if base.kind != "model":
         raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
+    if (base.root / "params.json").is_file() and not (base.root / "config.json").is_file():
+        raise UsageError("Not a Hugging Face model", base.path, "it is Mistral's native format (params.json, consolidated.safetensors), whose tensor names PEFT adapters do not use",
+                         "Pass the Hugging Face layout of the same model (config.json + model*.safetensors; Mistral repos ship both), "
+                         "or convert it with transformers' convert_mistral_weights_to_hf.py.")
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
     if tokenizer_dir is not None:

@@ -879,6 +879,18 @@ def test_swapped_arguments_exit_2(capsys, llama: Built, lora_llama: Built) -> No
     ]
 
 
+def test_mistral_native_format_is_named(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    # consolidated.safetensors + params.json, no config.json: the adapter's names cannot match; say why.
+    native = root / "mistral_native"
+    native.mkdir()
+    (native / "consolidated.safetensors").write_bytes((llama.path / "model.safetensors").read_bytes())
+    (native / "params.json").write_text('{"dim": 16, "n_layers": 2, "vocab_size": 64}')
+    rc, out, err = run(capsys, native, lora_llama.path)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"Error: Not a Hugging Face model for '{native}': it is Mistral's native format (params.json, consolidated.safetensors)")
+    assert "\nHint: Pass the Hugging Face layout of the same model" in err
+
+
 def test_missing_tokenizer_dir_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
     rc, out, err = run(capsys, llama.path, lora_llama.path, "--tokenizer", root / "no-such-dir")
     assert rc == 2 and out == ""
