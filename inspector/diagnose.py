@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
 from inspector.adapter import BASE_MUTATING_INITS, HEAD_MODULES, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
 from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
-from inspector.checkpoint import MODEL_FIELDS, Checkpoint
+from inspector.checkpoint import MODEL_FIELDS, Checkpoint, read_checkpoint
+from inspector.errors import InspectorError
 from inspector.findings import Code, Finding, severity_rank
 from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.tokenizer import TokenizerFacts
@@ -713,9 +715,65 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
                     tensor=(keys or packed or [None])[0])]
 
 
+def _local_base(ctx: CheckContext) -> Path | None:
+    """base_model_name_or_path when it is a model directory on this machine (absolute, or relative to
+    the working or the adapter directory) other than BASE; None otherwise (a Hub id, another machine's path)."""
+    name = ctx.config.base_model_name_or_path
+    if not name:
+        return None
+    for where in (Path(name), ctx.adapter.checkpoint.root / name):
+        try:
+            if (where / "config.json").is_file():
+                return None if where.resolve() == ctx.base.root.resolve() else where
+        except OSError:
+            return None
+    return None
+
+
+_PEEK = 4096  # bytes compared at the start of a tensor
+
+
+def _not_a_copy(ctx: CheckContext, local: Path) -> str | None:
+    """How the adapter's local training base differs from BASE, or None when it looks like a copy:
+    the tensor tables (headers: names and shapes; another dtype is still a copy), then the first
+    4 KiB of the weights the adapter's LoRA adapts, where both have one dtype (a merged LoRA changes
+    every element of those). Unreadable: None (no finding without evidence)."""
+    try:
+        other = read_checkpoint(local, with_tokenizer=False)
+    except InspectorError:
+        return None
+    mine = ctx.base.by_name
+    for name, info in other.by_name.items():
+        if name in mine and mine[name].shape != info.shape:
+            return f"{name} is {shape_str(info.shape)} there and {shape_str(mine[name].shape)} in BASE"
+    if set(other.by_name) != set(mine):
+        return f"its tensors are not BASE's ({len(other.by_name)} vs {len(mine)})"
+    for _, weight in ctx.lora_targets.values():
+        theirs = other.by_name[weight.name] if weight is not None else None
+        if theirs is not None and theirs.dtype == weight.dtype and _peek(ctx.base, weight) != _peek(other, theirs):
+            return f"{weight.name} holds other values there (a merged or further-trained model)"
+    return None
+
+
+def _peek(ckpt: Checkpoint, info: TensorInfo) -> bytes | None:
+    try:
+        with open(ckpt.root / info.file, "rb") as fh:
+            fh.seek(info.start)
+            return fh.read(min(_PEEK, info.nbytes))
+    except OSError:
+        return None
+
+
 def check_architecture(ctx: CheckContext) -> list[Finding]:
     """Family 10: base_model_name_or_path against the base's model_type (layer and hidden sizes are
     reported where the tensors show them)."""
+    local = _local_base(ctx)
+    why = _not_a_copy(ctx, local) if local is not None else None
+    if why is not None:
+        return [Finding(Code.BASE_PATH,
+                        f"the adapter was trained on the local model '{local}', which is not BASE ('{ctx.base.root}'): {why}. "
+                        "Merging into BASE drops what that model added (a stage-1 merge, a resize, further training).",
+                        f"Merge into the model the adapter was trained on: `{_cmd('lora-inspector', 'merge', str(local), ctx.adapter.checkpoint.path, '--out', 'merged')}`.")]
     name = (ctx.config.base_model_name_or_path or "").lower()
     model_type = str(ctx.base.config.get("model_type") or "").lower()
     if not name or not model_type:

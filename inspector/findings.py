@@ -45,6 +45,7 @@ class Code(Enum):
     HIDDEN_SIZE = ("LI1001", "hidden-size-mismatch", "error", "the adapter was trained on a model with another hidden size")
     LAYER_COUNT = ("LI1002", "layer-count-mismatch", "error", "the adapter addresses layers the base does not have")
     BASE_NAME = ("LI1003", "base-model-name-mismatch", "warning", "base_model_name_or_path names another architecture than the base's model_type")
+    BASE_PATH = ("LI1004", "base-model-path-differs", "warning", "base_model_name_or_path is a local model directory other than BASE")
     DTYPE = ("LI1101", "dtype-difference", "info", "adapter and base store different dtypes")
     BLOAT = ("LI1201", "adapter-bloat", "info", "the adapter stores the same matrix several times")
     MEMORY_PLAN = ("LI1301", "memory-plan", "info", "memory the standard PEFT merge needs vs the streaming merge")

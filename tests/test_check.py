@@ -456,7 +456,12 @@ def test_adapter_from_wider_model(capsys, root: Path, llama: Built, llama_wide: 
             ("LI301", "error", f"{down}.weight", f"{P}{down}.lora_A.weight", (2, 64), (16, 32)),
             ("LI302", "error", f"{down}.weight", f"{P}{down}.lora_B.weight", (32, 2), (16, 32)),
         ]
-    assert rows(report) == expect(*expected)
+    # base_model_name_or_path is the wide model's directory, here on this machine: LI1004 says so.
+    assert rows(report) == expect(*expected, ("LI1004", "warning", None, None, None, None))
+    assert by_code(report, "LI1004")[0]["message"] == (
+        f"the adapter was trained on the local model '{llama_wide.path}', which is not BASE ('{llama.path}'): lm_head.weight is [64, 32] there "
+        "and [64, 16] in BASE. Merging into BASE drops what that model added (a stage-1 merge, a resize, further training)."
+    )
 
 
 def test_reshaped_lora_a(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
@@ -633,8 +638,26 @@ def test_adapter_from_deeper_model(capsys, root: Path, llama: Built, llama_4laye
     adapter = make_lora_adapter(llama_4layers.path, root / "lora_4layers", r=2, lora_alpha=4, target_modules=["q_proj"])
     rc, report = check_json(capsys, llama.path, adapter.path)
     assert rc == 1
-    assert rows(report) == [("LI1002", "error", None, f"{P}{attn(2, 'q_proj')}.lora_A.weight", None, None)]
+    assert rows(report) == expect(("LI1002", "error", None, f"{P}{attn(2, 'q_proj')}.lora_A.weight", None, None), ("LI1004", "warning", None, None, None, None))
     assert "layers up to 3 (4 tensors) but the base has 2 layers" in by_code(report, "LI1002")[0]["message"]
+
+
+def test_adapter_trained_on_a_local_stage_one_merge(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    # Stage 2 was trained on the merge of stage 1 (same shapes, other q_proj values); merging it into
+    # the original base would drop stage 1. A copy of the base (another dtype too) is no such case.
+    stage1 = root / "stage1_merged"
+    assert main(["merge", str(llama.path), str(lora_llama.path), "--out", str(stage1), "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    stage2 = make_lora_adapter(stage1, root / "stage2", r=2, lora_alpha=4, target_modules=["q_proj"])
+    rc, report = check_json(capsys, llama.path, stage2.path)
+    assert rc == 0 and rows(report) == [("LI1004", "warning", None, None, None, None)]
+    assert f"'{stage1}', which is not BASE ('{llama.path}'): model.layers.0.self_attn.q_proj.weight holds other values there" in report["findings"][0]["message"]
+    assert report["findings"][0]["hint"] == f"Merge into the model the adapter was trained on: `lora-inspector merge {stage1} {stage2.path} --out merged`."
+    rc, report = check_json(capsys, stage1, stage2.path)
+    assert rc == 0 and rows(report) == []
+    copy = copy_checkpoint(llama.path, root / "llama_copy")
+    adapter = make_lora_adapter(copy, root / "lora_on_copy", r=2, lora_alpha=4, target_modules=["q_proj"])
+    assert check_json(capsys, llama.path, adapter.path)[1]["summary"]["warning"] == 0
 
 
 def test_target_parameters_is_unsupported_not_untargeted(capsys, root: Path, llama: Built) -> None:
