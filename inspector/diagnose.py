@@ -1,20 +1,39 @@
 """``check``: base checkpoint x PEFT adapter (x tokenizer facts) -> findings.
 
 One ``check_*`` function per family of SPEC.md's "What check must find"; each returns findings and
-none raises for problems inside a readable checkpoint. Headers and small JSON only: no torch.
+none raises for problems inside a readable checkpoint. Headers and small JSON only (and LI1004's
+4 KiB peek at two tensors of a second local model): no torch.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
-from inspector.adapter import BASE_MUTATING_INITS, HEAD_MODULES, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule, is_transposed, matches_target
-from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
+from inspector.adapter import (
+    BASE_MUTATING_INITS,
+    HEAD_MODULES,
+    HEAD_TASKS,
+    Adapter,
+    AdapterTensor,
+    FullTensor,
+    LoraModule,
+    is_transposed,
+    matches_target,
+)
+from inspector.base import (
+    CONV1D_MODEL_TYPES,
+    LAYER_INDEX,
+    BaseIndex,
+    VocabLayout,
+    config_value,
+    known_tied_head,
+    vocab_layout,
+)
 from inspector.checkpoint import MODEL_FIELDS, Checkpoint, read_checkpoint
 from inspector.errors import InspectorError
 from inspector.findings import Code, Finding, severity_rank
@@ -25,7 +44,6 @@ from inspector.units import human_bytes, shape_str
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
-# Architecture families worth recognising in base_model_name_or_path (model_type -> name fragments).
 # Name tokens that tell a model family: a token matches a key when it is the key, or the key followed
 # by a version number (qwen2, llama3, phi3, t5). Both base_model_name_or_path and the base's
 # model_type are read this way (qwen3_moe -> qwen, deberta-v2 -> deberta, gemma3_text -> gemma), and

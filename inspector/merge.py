@@ -69,11 +69,14 @@ class MergePlan:
     diagnosis: Diagnosis
     jobs: list[Job]
     config: dict
-    untied: bool
     head: str | None  # the untied head's weight name (a tied base whose sides now differ)
     init: str
     device: str
     vocab: ResizePlan | None  # the growth of vocabulary tensors nobody carries (resize's rules)
+
+    @property
+    def untied(self) -> bool:
+        return self.head is not None
 
 
 @dataclass
@@ -307,7 +310,7 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
         for key in ("dtype", "torch_dtype"):
             if key in config:
                 config[key] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    return MergePlan(diagnosis, ordered, config, head is not None, head.name if head else None, init or "mean", device, growth)
+    return MergePlan(diagnosis, ordered, config, head.name if head else None, init or "mean", device, growth)
 
 
 # -- execution -------------------------------------------------------------------------------------

@@ -48,12 +48,13 @@ def locate(given: str | Path) -> Path:
         return path
     repo = hub_cache() / ("models--" + str(given).replace("/", "--"))
     snapshots = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        snapshot = snapshots / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
-    found = sorted(p for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
+    try:
+        ref = (repo / "refs" / "main").read_text().strip() if (repo / "refs" / "main").is_file() else ""
+        if re.fullmatch(r"[0-9A-Za-z]+", ref) and (snapshots / ref).is_dir():  # a commit hash, never a path
+            return snapshots / ref
+        found = sorted(p for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
+    except OSError:  # an unreadable cache: as if the id were not there
+        found = []
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
