@@ -271,7 +271,14 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _interrupted(exc: KeyboardInterrupt | None) -> int:
-    sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
+    from inspector.writer import PUBLISHED
+
+    if PUBLISHED:  # the interrupt came after the output was complete and in place
+        out = PUBLISHED[-1]
+        sys.stderr.write(f"Error: interrupted after '{out}' was written.\n"
+                         f"Hint: the output is complete and verified; only the report was not printed (`lora-inspector scan {out}` shows it).\n")
+    else:
+        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
     return 143 if isinstance(exc, _Terminated) else 130  # 128 + the signal number, as a shell reports it
 
 
@@ -293,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    from inspector.writer import PUBLISHED
+
+    PUBLISHED.clear()
     debug = "--debug" in argv
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising it.

@@ -318,6 +318,9 @@ def _signals_held() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------- writer
 
 State = Literal["open", "committed", "aborted"]
+# Outputs this process has published, so that an interrupt after the last rename is not reported as
+# "nothing was written" (the CLI clears it per command and reads it when interrupted).
+PUBLISHED: list[Path] = []
 
 
 class CheckpointWriter:
@@ -657,8 +660,12 @@ class CheckpointWriter:
             if len(self._shards) > 1:
                 self._write_index(staging)
             _fsync_dir(staging)
-            self._publish(staging)
-            self._state = "committed"
+            # Held: the swap and the removal of an old output (--force) run to the end; a Ctrl-C
+            # meanwhile arrives once the output is in place, and PUBLISHED says so.
+            with _signals_held():
+                self._publish(staging)
+                self._state = "committed"
+                PUBLISHED.append(self.out_dir)
         return self.out_dir
 
     def abort(self) -> None:

@@ -648,3 +648,39 @@ def test_a_second_interrupt_during_cleanup_is_held_until_the_staging_dir_is_gone
     with pytest.raises(KeyboardInterrupt):
         writer.abort()  # the held SIGINT is delivered once the cleanup is done
     assert seen == [True] and not staging.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["new", "force-replace"])
+def test_interrupt_while_publishing_completes_the_swap_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                                   llama_path_and_adapter: tuple[Path, Path], force: bool) -> None:
+    """Ctrl-C during the final rename (or while --force deletes the old output): the swap runs to the
+    end, no hidden directory is left, and the message says the output is complete, not "nothing was written"."""
+    from inspector.cli import main
+
+    base, adapter = llama_path_and_adapter
+    out = tmp_path / "merged"
+    if force:
+        out.mkdir()
+        for i in range(50):
+            (out / f"old-{i}.txt").write_text("old")
+    rename, rmtree = writer_mod.os.rename, writer_mod.shutil.rmtree
+
+    def interrupted(fn):
+        def wrapper(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # held until the output is in place
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(writer_mod.shutil, "rmtree", interrupted(rmtree)) if force else monkeypatch.setattr(writer_mod.os, "rename", interrupted(rename))
+    rc = main(["merge", str(base), str(adapter), "--out", str(out), "--device", "cpu", *(["--force"] if force else [])])
+    stdout, err = capsys.readouterr()
+    assert rc == 130 and stdout == ""
+    assert err.lstrip("\n") == (f"Error: interrupted after '{out}' was written.\n"
+                   f"Hint: the output is complete and verified; only the report was not printed (`lora-inspector scan {out}` shows it).\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no .merged.staging-* / .merged.old-*
+    assert (out / "model.safetensors").is_file() and not (out / "old-0.txt").exists()
+
+
+@pytest.fixture
+def llama_path_and_adapter(llama, lora_llama) -> tuple[Path, Path]:
+    return llama.path, lora_llama.path
