@@ -78,6 +78,11 @@ def _write_output(path: str, text: str) -> None:
         raise
 
 
+def _colors(s: Settings) -> dict:
+    """Console settings: plain text (no colour, no bold) with --no-color or NO_COLOR set (no-color.org)."""
+    return {"color_system": None} if s.no_color or os.environ.get("NO_COLOR") else {}
+
+
 def emit(s: Settings, command: str, result) -> None:
     """Render ``result`` with the report module for ``s.format`` and send it to stdout or --output."""
     if s.format == "rich":
@@ -94,7 +99,7 @@ def emit(s: Settings, command: str, result) -> None:
             console.print(renderable)
             _write_output(s.output, console.export_text())
         else:
-            console = Console(no_color=s.no_color, markup=False, emoji=False)
+            console = Console(markup=False, emoji=False, **_colors(s))
             if not console.is_terminal and "COLUMNS" not in os.environ:
                 console.width = 160  # piped or redirected: do not fold tensor names at 80 columns
             console.print(renderable)
@@ -183,7 +188,7 @@ def progress_bar(s: Settings, label: str):
     """A rich progress bar on stderr (terminal only, not --quiet); yields advance(done_bytes, total_bytes)."""
     from rich.console import Console
 
-    console = Console(stderr=True, no_color=s.no_color)
+    console = Console(stderr=True, **_colors(s))
     if s.quiet or not console.is_terminal:
         yield None
         return

@@ -430,3 +430,15 @@ def test_uncached_hub_id_says_how_to_get_it(capsys: pytest.CaptureFixture[str], 
     assert rc == 2 and out == ""
     assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': no such file or directory, and no Hub snapshot of it in the cache ({tmp_path / 'hub'}).\n"
                    "Hint: Check the path; if 'meta-llama/Llama-2-7b-hf' is a Hub id, download it first with `hf download meta-llama/Llama-2-7b-hf` (lora-inspector never downloads).\n")
+
+
+@pytest.mark.parametrize("plain", ["flag", "env"])
+def test_no_color_means_plain_text(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, seed_dir: Path, plain: str) -> None:
+    # A terminal (FORCE_COLOR) gets styles; --no-color or NO_COLOR (no-color.org) give none at all, bold included.
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    argv = ["check", seed_dir / "base", seed_dir / "adapter"]
+    assert ANSI.search(run(capsys, *argv)[1])
+    if plain == "env":
+        monkeypatch.setenv("NO_COLOR", "1")
+    rc, out, err = run(capsys, *argv, *(["--no-color"] if plain == "flag" else []))
+    assert rc == 1 and "LI101" in out and not ANSI.search(out + err)
