@@ -25,6 +25,12 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def counts_str(summary: dict[str, int]) -> str:
+    """"2 errors, 1 warning, 0 info": check's summary line, singular where it is one."""
+    e, w = summary["error"], summary["warning"]
+    return f"{e} error{'' if e == 1 else 's'}, {w} warning{'' if w == 1 else 's'}, {summary['info']} info"
+
+
 def shape_str(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 

@@ -303,6 +303,20 @@ def test_uncarried_rows_filled_by_init(init: str | None, llama: Built, embed_onl
         check_against_peft(Case("embed-only", "llama", rows=80), llama.path, embed_only_grown, out, report)
 
 
+@pytest.mark.parametrize("fmt", ["github", "markdown"])
+def test_merge_reports_name_what_the_merge_acted_on(fmt: str, llama: Built, embed_only_grown: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Like the JSON report's "repaired" and "warnings": a CI annotation per finding, a table in markdown.
+    rc, out, err = run(capsys, "merge", llama.path, embed_only_grown, "--out", tmp_path / "merged", "--device", "cpu", "--format", fmt)
+    assert rc == 0 and err == ""
+    if fmt == "github":
+        lines = out.splitlines()
+        assert any(line.startswith("::warning title=LI502 new-rows-uninitialized::") and "lm_head.weight" in line for line in lines)
+        assert any(line.startswith("::notice title=LI101 vocab-size-mismatch::repaired by the merge: ") for line in lines)
+        assert lines[-1].startswith("::notice title=merge::merged into ")
+    else:
+        assert "| ⚠️ warning | `LI502` |" in out and "| ❌ error | `LI101` |" in out and "| repaired |" in out
+
+
 def test_uncarried_rows_bf16_mean_is_rounded_fp32_mean(llama_bf16: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     adapter = make_lora_adapter(llama_bf16.path, tmp_path / "saved", vocab=72, **QV, modules_to_save=["embed_tokens"]).path
     if "base_model.model.lm_head.weight" in load_file(adapter / "adapter_model.safetensors"):

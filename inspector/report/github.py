@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
-from inspector.units import printable, shape_str
+from inspector.units import counts_str, printable, shape_str
 
 
 def _escape_data(text: str) -> str:
@@ -45,7 +45,7 @@ def check(diagnosis) -> str:
     level = {"error": "error", "warning": "warning", "info": "notice"}
     lines = [annotation(level[f.severity], f"{f.code.code} {f.code.slug}", f"{f.message} Hint: {f.hint}") for f in diagnosis.findings]
     s = diagnosis.summary
-    lines.append(annotation("notice", "lora-inspector check", f"{s['error']} errors, {s['warning']} warnings, {s['info']} info"))
+    lines.append(annotation("notice", "lora-inspector check", counts_str(s)))
     return "\n".join(lines) + "\n"
 
 
@@ -55,4 +55,9 @@ def resize(result) -> str:
 
 
 def merge(result) -> str:
-    return annotation("notice", "merge", f"merged into {result.out}: {result.stats['tensors']} tensors, {result.stats['lora']} LoRA deltas") + "\n"
+    # check's errors the merge repaired (notices) and the warnings it acted on, as in the JSON report
+    acted = [f for f in result.plan.diagnosis.findings if f.severity in ("error", "warning")]
+    lines = [annotation("warning" if f.severity == "warning" else "notice", f"{f.code.code} {f.code.slug}",
+                        f.message if f.severity == "warning" else f"repaired by the merge: {f.message}") for f in acted]
+    lines.append(annotation("notice", "merge", f"merged into {result.out}: {result.stats['tensors']} tensors, {result.stats['lora']} LoRA deltas"))
+    return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
-from inspector.units import dtypes_str, human_bytes, human_count, printable, shape_str, value_str
+from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 
 def _cell(value: object) -> str:
@@ -69,7 +69,7 @@ def check(diagnosis) -> str:
     s = diagnosis.summary
     verdict = "fails" if s["error"] else "passes"
     out = [
-        f"### lora-inspector check {verdict}: {s['error']} errors, {s['warning']} warnings, {s['info']} info",
+        f"### lora-inspector check {verdict}: {counts_str(s)}",
         "",
         f"base `{diagnosis.base.path}` · adapter `{diagnosis.adapter.checkpoint.path}`",
         "",
@@ -99,4 +99,9 @@ def merge(result) -> str:
     vocab = plan.diagnosis.plan
     rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
             ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
-    return "\n".join([f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]) + "\n"
+    out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]
+    acted = [f for f in plan.diagnosis.findings if f.severity in ("error", "warning")]
+    if acted:  # check's errors the merge repaired and the warnings it acted on, as in the JSON report
+        out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, "repaired" if f.severity == "error" else f.hint]
+                                                           for f in acted])]
+    return "\n".join(out) + "\n"

@@ -11,7 +11,7 @@ from inspector.checkpoint import Checkpoint
 from inspector.diff import DiffResult
 from inspector.scan import ScanResult
 from inspector.tensor import TensorInfo
-from inspector.units import dtypes_str, human_bytes, human_count, printable, shape_str, value_str
+from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 
 def _facts(ckpt: Checkpoint) -> Table:
@@ -162,7 +162,7 @@ def check(diagnosis) -> RenderableType:
         grid.add_row("vocabulary", vocab)
     if diagnosis.tokenizer:
         grid.add_row("tokenizer", f"{diagnosis.tokenizer.length} tokens ({diagnosis.tokenizer.directory})")
-    verdict = Text(f"{s['error']} errors, {s['warning']} warnings, {s['info']} info", style="bold red" if s["error"] else ("bold yellow" if s["warning"] else "bold green"))
+    verdict = Text(counts_str(s), style="bold red" if s["error"] else ("bold yellow" if s["warning"] else "bold green"))
     grid.add_row("result", verdict)
     parts.append(Panel(grid, title="[bold]lora-inspector check", title_align="left", expand=False))
     return Group(*parts)
