@@ -25,7 +25,7 @@ from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, initializer_range
-from inspector.resize import grow, output_side_files, updated_config
+from inspector.resize import grow, output_side_files, tokenizer_from, updated_config
 from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.writer import CheckpointWriter, OutputTensor
 
@@ -84,7 +84,7 @@ class MergeResult:
     out: Path
     plan: MergePlan
     stats: dict[str, int]
-    tokenizer_from: str
+    tokenizer_from: str | None  # None: no input had tokenizer files
 
 
 def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
@@ -464,7 +464,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
         for path in extras:
             writer.copy_file(path)
         writer.commit()
-    return MergeResult(Path(out), plan, stats, str(tok_source))
+    return MergeResult(Path(out), plan, stats, tokenizer_from(extras, tok_source))
 
 
 def _sleeping_omp_waiters() -> None:

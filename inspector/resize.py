@@ -48,6 +48,11 @@ def output_side_files(base_root: Path, tokenizer_dir: Path) -> list[Path]:
     return files
 
 
+def tokenizer_from(extras: list[Path], tokenizer_dir: Path) -> str | None:
+    """Where the output's tokenizer files come from, or None when neither input had any."""
+    return str(tokenizer_dir) if any(p.name in TOKENIZER_FILES for p in extras) else None
+
+
 def updated_config(config: dict, rows: int) -> dict:
     """config.json with vocab_size set (in text_config too, where the text model keeps it)."""
     new = dict(config)
@@ -135,7 +140,7 @@ def resize_checkpoint(
     tok_source = Path(tokenizer) if tokenizer else (Path(like) if like and read_tokenizer(Path(like)) else base.root)
     inputs = [base.root] + [Path(p) for p in (tokenizer, like) if p]
     extras = output_side_files(base.root, tok_source)
-    result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=str(tok_source))
+    result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source))
     init_range = initializer_range(base.config)
     with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
                           extra_bytes=sum(p.stat().st_size for p in extras)) as writer:

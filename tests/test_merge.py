@@ -432,6 +432,13 @@ def test_chat_template_travels_with_the_tokenizer(seed_dir: Path, tmp_path: Path
     assert not (tmp_path / "merged" / "params.json").exists()
 
 
+def test_no_tokenizer_anywhere_is_reported_as_none(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = merge_json(capsys, llama.path, lora_llama.path, tmp_path / "merged")
+    assert report["tokenizer_from"] is None
+    rc, out, _ = run(capsys, "merge", llama.path, lora_llama.path, "--out", tmp_path / "again", "--device", "cpu")
+    assert rc == 0 and "no tokenizer files in the inputs" in out
+
+
 def test_small_shards_load_in_transformers(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "merged"
     merge_json(capsys, llama.path, lora_llama.path, out, "--max-shard-size", "8KB")

@@ -14,6 +14,10 @@ from inspector.tensor import TensorInfo
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 
+
+def _tokenizer_note(source: str | None) -> str:
+    return f"tokenizer files from {printable(source)}" if source else "no tokenizer files in the inputs"
+
 def _facts(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -187,7 +191,7 @@ def resize(result) -> RenderableType:
             f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean (no pieces), "
             f"{sub.byte_only} ({share:.1%}) split into byte-fallback pieces only (weak averages)"
         ))
-    lines.append(Text(f"written: {result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
+    lines.append(Text(f"written: {result.out} ({_tokenizer_note(result.tokenizer_from)})", style="green"))
     return Group(*lines)
 
 
@@ -207,5 +211,5 @@ def merge(result) -> RenderableType:
     for f in plan.diagnosis.findings:
         if f.severity == "warning":
             grid.add_row(Text(f.code.code, style="yellow"), printable(f.message))
-    grid.add_row("written", Text(f"{result.out} (tokenizer files from {result.tokenizer_from})", style="green"))
+    grid.add_row("written", Text(f"{result.out} ({_tokenizer_note(result.tokenizer_from)})", style="green"))
     return Panel(grid, title="[bold]lora-inspector merge", title_align="left", expand=False)
