@@ -753,16 +753,17 @@ _PEEK = 4096  # bytes compared at the start of a tensor
 
 def _not_a_copy(ctx: CheckContext, local: Path) -> str | None:
     """How the adapter's local training base differs from BASE, or None when it looks like a copy:
-    the tensor tables (headers: names and shapes; another dtype is still a copy), then the first
-    4 KiB of the weights the adapter's LoRA adapts, where both have one dtype (a merged LoRA changes
-    every element of those). Unreadable: None (no finding without evidence)."""
+    the tensor tables (headers: names and shapes; another dtype is still a copy, and so is a
+    vocabulary resized, as `resize --like` does), then the first 4 KiB of the weights the adapter's
+    LoRA adapts, where both have one dtype (a merged LoRA changes every element of those).
+    Unreadable: None (no finding without evidence)."""
     try:
         other = read_checkpoint(local, with_tokenizer=False)
     except InspectorError:
         return None
     mine = ctx.base.by_name
     for name, info in other.by_name.items():
-        if name in mine and mine[name].shape != info.shape:
+        if name in mine and mine[name].shape != info.shape and not ctx.vocab.is_vocab(name):
             return f"{name} is {shape_str(info.shape)} there and {shape_str(mine[name].shape)} in BASE"
     if set(other.by_name) != set(mine):
         return f"its tensors are not BASE's ({len(other.by_name)} vs {len(mine)})"

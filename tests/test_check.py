@@ -459,8 +459,8 @@ def test_adapter_from_wider_model(capsys, root: Path, llama: Built, llama_wide: 
     # base_model_name_or_path is the wide model's directory, here on this machine: LI1004 says so.
     assert rows(report) == expect(*expected, ("LI1004", "warning", None, None, None, None))
     assert by_code(report, "LI1004")[0]["message"] == (
-        f"the adapter was trained on the local model '{llama_wide.path}', which is not BASE ('{llama.path}'): lm_head.weight is [64, 32] there "
-        "and [64, 16] in BASE. Merging into BASE drops what that model added (a stage-1 merge, a resize, further training)."
+        f"the adapter was trained on the local model '{llama_wide.path}', which is not BASE ('{llama.path}'): model.layers.0.input_layernorm.weight is [32] there "
+        "and [16] in BASE. Merging into BASE drops what that model added (a stage-1 merge, a resize, further training)."
     )
 
 
