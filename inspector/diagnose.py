@@ -245,9 +245,13 @@ class CheckContext:
         if implied:
             return VocabPlan(base_rows, max(implied), "the adapter's saved matrices", carried, lora_rows, "adapter")
         indices = [i for idx in self.config.trainable_token_indices.values() for i in idx]
-        if base_rows is not None and indices and max(indices) + 1 > base_rows:
-            return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows, "trainable_tokens")
         tok = self.tokenizer
+        if base_rows is not None and indices and max(indices) + 1 > base_rows:
+            if tok is not None and tok.size > max(indices) + 1:
+                # Training embedded every token of the extended tokenizer, not only the adapted ones.
+                return VocabPlan(base_rows, tok.size, f"the tokenizer in {tok.directory} (more than max(trainable_token_indices) + 1)",
+                                 carried, lora_rows, "tokenizer")
+            return VocabPlan(base_rows, max(indices) + 1, "trainable_token_indices", carried, lora_rows, "trainable_tokens")
         if base_rows is not None and tok is not None and tok.size > base_rows:
             return VocabPlan(base_rows, tok.size, f"the tokenizer in {tok.directory}", carried, lora_rows, "tokenizer")
         return VocabPlan(base_rows, base_rows, "the base", carried, lora_rows)
@@ -585,7 +589,7 @@ def check_new_rows(ctx: CheckContext) -> list[Finding]:
             hint = "Nothing to do: zeros are what training saw (whatever --init says)."
         else:
             how = f"the merge fills {what} with --init (default mean, as transformers' resize_token_embeddings)."
-            hint = f"Nothing to do if that is intended; pick the init with `{ctx.merge_cmd} --init mean|hf_mvn|normal|zero`."
+            hint = f"Nothing to do if that is intended; pick the init with `{ctx.merge_cmd} --init mean` (or hf_mvn, normal, zero)."
         out.append(Finding(Code.ROWS_UNCARRIED,
                            f"{name} must grow from {shape_str(base_shape)} to {shape_str(grown)} ({plan.source}) but the adapter does not carry it: {how}",
                            hint, tensor=name, base_shape=base_shape, adapter_shape=grown))

@@ -734,6 +734,15 @@ def test_trainable_token_indices_beyond_base(capsys, root: Path, llama: Built, t
     assert "reach token 70 but the base has 64 rows: the merged model needs 71 rows" in by_code(report, "LI601")[0]["message"]
 
 
+def test_tokenizer_larger_than_trainable_indices_sets_the_size(capsys, root: Path, llama: Built, tokens_llama: Built) -> None:
+    # Trainable tokens on some of the new ids (up to 70), the extended tokenizer (80 tokens) beside them:
+    # training embedded all 80, so the merge (and resize --like) grow to 80, and LI201 is repaired.
+    adapter = make_tokenizer(edit_config(tokens_llama.path, root / "tokens_tok80", trainable_token_indices=[3, 5, 70]), 80)
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1 and report["vocab"]["merged_rows"] == 80 and report["vocab"]["source"].startswith("the tokenizer in ")
+    assert {f["code"]: f["repair"] for f in report["findings"] if f["severity"] == "error"} == {"LI201": "resize", "LI601": "resize"}
+
+
 # ---------------------------------------------------------------------------------------------
 # LI801 ... LI1403
 # ---------------------------------------------------------------------------------------------
