@@ -30,6 +30,19 @@ class ResizePlan:
     matrices: tuple[str, ...]  # [V, H] tensors resized along dim 0
     biases: tuple[str, ...]  # [V] / [1, V] tensors resized along the last dim
     init: str
+    # Rows [fresh_from, old_rows) are padding rows (past the old tokenizer) that new tokens now use:
+    # initialized like new rows. old_rows (the default): every existing row is kept.
+    fresh_from: int | None = None
+
+    @property
+    def kept(self) -> int:
+        """Rows copied bit-identically from the old matrix."""
+        return min(self.old_rows, self.rows, self.fresh_from if self.fresh_from is not None else self.old_rows)
+
+    @property
+    def reused_padding(self) -> int:
+        """Padding rows of the old matrix that new tokens now use (initialized, not copied)."""
+        return max(0, min(self.old_rows, self.requested) - self.kept) if self.fresh_from is not None else 0
 
     def new_shape(self, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
         if name in self.biases:
@@ -69,6 +82,7 @@ class ResizeResult:
     matrices: list[MatrixResult] = field(default_factory=list)
     subword: SubwordPlan | None = None
     tokenizer_from: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def padded(rows: int, multiple: int | None) -> int:
@@ -170,9 +184,15 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
     pieces: list[list[int]] = []
     fallbacks = byte_only = 0
     limit = min(len(new_tok), new_rows_)
+    added = new_tok.added_tokens_decoder  # id -> AddedToken: its content is the text itself
     for token_id in range(old_rows, limit):
         token = new_tok.convert_ids_to_tokens(token_id)
-        text = new_tok.convert_tokens_to_string([token]) if token is not None else ""
+        if token_id in added:
+            # Not through the decoder: a byte-level one (GPT-2, Qwen2) would read "é" in the content as
+            # a byte symbol and turn "Ménière" into "M\ufffdni\ufffdre".
+            text = added[token_id].content
+        else:
+            text = new_tok.convert_tokens_to_string([token]) if token is not None else ""
         ids = [i for i in old_tok(text, add_special_tokens=False)["input_ids"] if i != unk and 0 <= i < old_rows] if text else []
         if not ids:
             fallbacks += 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,25 +70,31 @@ def output_plan(base: Checkpoint, plan: ResizePlan, dtype: str | None = None) ->
 
 
 def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subword: SubwordPlan | None):
-    """The resized tensor: old rows bit-identical, then ``plan.init`` rows, then mean padding rows."""
+    """The resized tensor: the kept old rows bit-identical, then ``plan.init`` rows (new tokens, and
+    padding rows new tokens now use), then mean padding rows. Statistics come from the kept rows."""
     import torch
 
+    kept = plan.kept
+    # Each matrix draws its own random rows (transformers samples embedding and head apart).
+    seed = seed + zlib.crc32(name.encode())
     bias = name in plan.biases
     if bias:
         flat = old.reshape(-1)
-        if plan.rows <= plan.old_rows:
+        if plan.rows <= kept:
             return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
         # BART-style final_logits_bias is a buffer transformers pads with zeros on resize (never
         # trained): zeros reproduce what the model saw, whatever --init says.
         zero = name.endswith("final_logits_bias")
-        added = new_rows(flat, plan.requested - plan.old_rows, "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
-        pad = new_rows(flat, plan.rows - max(plan.requested, plan.old_rows), "zero" if zero else "mean", bias=True)
-        return torch.cat([flat, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
-    if plan.rows <= plan.old_rows:
+        base = flat[:kept]
+        added = new_rows(base, max(0, plan.requested - kept), "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
+        pad = new_rows(base, plan.rows - max(plan.requested, kept), "zero" if zero else "mean", bias=True)
+        return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
+    if plan.rows <= kept:
         return old[: plan.rows].clone()
-    added = new_rows(old, max(0, plan.requested - plan.old_rows), plan.init, seed=seed, initializer_range=init_range, subword=subword)
-    pad = new_rows(old, plan.rows - max(plan.requested, plan.old_rows), "mean")
-    return torch.cat([old, added.to(old.dtype), pad.to(old.dtype)])
+    base = old[:kept]
+    added = new_rows(base, max(0, plan.requested - kept), plan.init, seed=seed, initializer_range=init_range, subword=subword)
+    pad = new_rows(base, plan.rows - max(plan.requested, kept), "mean")
+    return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)])
 
 
 def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, like: str | None) -> tuple[int, str]:
@@ -133,14 +141,24 @@ def resize_checkpoint(
     if chosen == "subword_mean" and not (tokenizer is not None and old_tok_known):
         raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR)", "Pass --tokenizer DIR, or choose --init mean.")
     plan = plan_resize(base, rows, reason, chosen, pad_to)
-    subword = subword_pieces(base.root, Path(tokenizer), plan.old_rows, plan.rows) if chosen == "subword_mean" and plan.requested > plan.old_rows else None
+    new_tok = locate(tokenizer) if tokenizer else None
+    if new_tok is not None and base.tokenizer is not None and base.tokenizer.size < min(plan.old_rows, plan.requested):
+        # Padding rows past the old tokenizer (Qwen2 keeps ~270) that new tokens now take: never
+        # trained as tokens, so they are initialized like new rows instead of kept.
+        plan = dataclasses.replace(plan, fresh_from=base.tokenizer.size)
+    subword = subword_pieces(base.root, new_tok, plan.kept, plan.rows) if chosen == "subword_mean" and plan.requested > plan.kept else None
 
     # Tokenizer files travel with the result: the new tokenizer if given, else the adapter's
     # (--like: the one training used), else the base's own.
-    tok_source = Path(tokenizer) if tokenizer else (Path(like) if like and read_tokenizer(Path(like)) else base.root)
-    inputs = [base.root] + [Path(p) for p in (tokenizer, like) if p]
+    like_dir = locate(like) if like else None
+    tok_source = new_tok or (like_dir if like_dir and read_tokenizer(like_dir) else base.root)
+    inputs = [base.root] + [p for p in (new_tok, like_dir) if p]
     extras = output_side_files(base.root, tok_source)
     result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source))
+    written = read_tokenizer(tok_source) if result.tokenizer_from else None
+    if written is not None and written.size > plan.rows:
+        result.warnings.append(f"the tokenizer written with the model ({written.length} tokens, from {tok_source}) needs {written.size} rows but the model "
+                               f"has {plan.rows}: token ids {plan.rows}..{written.size - 1} are out of range (check reports LI201)")
     init_range = initializer_range(base.config)
     with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
                           extra_bytes=sum(p.stat().st_size for p in extras)) as writer:

@@ -46,7 +46,7 @@ CORPUS = [
 ] * 3
 # New vocabulary: words the old tokenizers split into subwords, Chinese characters (byte-fallback
 # pieces for the Llama-style BPE, [UNK] for WordPiece), an emoji (4 bytes, unknown to all).
-ADDED = ("cardiomyopathy", "hypertension", "electrocardiography", "heartbeat", "心", "肌", "心肌", "🧬")
+ADDED = ("cardiomyopathy", "hypertension", "electrocardiography", "heartbeat", "Ménière", "心", "肌", "心肌", "🧬")
 BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
 SP_SPACE = "\u2581"  # sentencepiece's word-boundary marker "▁"
 
@@ -486,6 +486,9 @@ def test_shrink(world: World, name: str) -> None:
     rows = base.tok.old_len - 10
     out, report = world.resize(base, "--vocab", rows)
     assert (report["old_rows"], report["rows"], report["subword"]) == (base.tok.old_len, rows, None)
+    # The base's tokenizer travels along and no longer fits: written, with a warning (ids past the rows).
+    assert report["warnings"] == [f"the tokenizer written with the model ({base.tok.old_len} tokens, from {base.path}) needs {base.tok.old_len} rows "
+                                  f"but the model has {rows}: token ids {rows}..{base.tok.old_len - 1} are out of range (check reports LI201)"]
     new = assert_rest_unchanged(world, base, out, rows)  # rows truncated, the rest bit-identical
     for tensor_name in base.vocab_tensors():
         assert torch.equal(new[tensor_name], world.state(base.path)[tensor_name][:rows])
@@ -493,6 +496,33 @@ def test_shrink(world: World, name: str) -> None:
     for path in sorted(base.tok.old.iterdir()):  # no --tokenizer: the base's own files travel along
         assert (out / path.name).read_bytes() == (base.path / path.name).read_bytes()
     assert_loads(base, out, rows)
+
+
+def test_padding_rows_taken_by_new_tokens_are_initialized(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Qwen2 keeps padding rows past its tokenizer. New tokens that land in them get subword_mean rows
+    # (from the real tokens' rows), not the never-trained padding values; the rest is kept bit for bit.
+    tok = world.toks["bytelevel"]
+    padded = tmp_path / "qwen2_padded"
+    make_qwen2(padded, vocab=tok.old_len + 16, tied=True, seed=4)
+    AutoTokenizer.from_pretrained(tok.old).save_pretrained(padded)
+    rc, out, err = run(capsys, "resize", padded, "--tokenizer", tok.new, "--out", tmp_path / "out", "--format", "json")
+    report = json.loads(out)
+    assert (rc, report["old_rows"], report["rows"], report["reused_padding_rows"]) == (0, tok.old_len + 16, tok.new_len, len(ADDED))
+    assert report["subword"]["tokens"] == len(ADDED) and report["warnings"] == []
+    old = load_file(str(padded / "model.safetensors"))["model.embed_tokens.weight"]
+    new = load_file(str(tmp_path / "out" / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(new[: tok.old_len], old[: tok.old_len])
+    want = expected_rows(old[: tok.old_len], len(ADDED), "subword_mean", subword=expected_subword(tok)[0])
+    torch.testing.assert_close(new[tok.old_len:], want, atol=1e-6, rtol=0)
+
+
+def test_normal_rows_are_drawn_per_matrix(world: World) -> None:
+    # transformers samples the embedding's and the head's new rows apart; so does resize.
+    base = world.bases["llama"]
+    out, _ = world.resize(base, "--tokenizer", base.tok.new, "--init", "normal")
+    new = load_file(str(out / "model.safetensors"))
+    rows = slice(base.tok.old_len, None)
+    assert not torch.equal(new["model.embed_tokens.weight"][rows], new["lm_head.weight"][rows])
 
 
 def test_vocab_defaults_to_mean(world: World) -> None:

@@ -51,7 +51,9 @@ def check(diagnosis) -> str:
 
 def resize(result) -> str:
     plan = result.plan
-    return annotation("notice", "resize", f"{plan.old_rows} -> {plan.rows} rows ({plan.init}) written to {result.out}") + "\n"
+    lines = [annotation("warning", "resize", w) for w in result.warnings]
+    lines.append(annotation("notice", "resize", f"{plan.old_rows} -> {plan.rows} rows ({plan.init}) written to {result.out}"))
+    return "\n".join(lines) + "\n"
 
 
 def merge(result) -> str:

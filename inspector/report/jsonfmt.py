@@ -99,6 +99,7 @@ def resize(result) -> str:
             "old_rows": plan.old_rows,
             "rows": plan.rows,
             "requested_rows": plan.requested,
+            "reused_padding_rows": plan.reused_padding,
             "reason": plan.reason,
             "init": plan.init,
             "matrices": [{"name": m.name, "old_shape": list(m.old_shape), "new_shape": list(m.new_shape), "init": m.init} for m in result.matrices],
@@ -110,6 +111,7 @@ def resize(result) -> str:
                 "padding_rows": sub.padding,
             },
             "tokenizer_from": result.tokenizer_from,
+            "warnings": result.warnings,
         }
     )
 

@@ -90,6 +90,7 @@ def resize(result) -> str:
     if result.subword is not None:
         sub = result.subword
         out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
+    out += [f"warning: {_cell(w)}" for w in result.warnings]
     out += ["", f"written to `{result.out}`"]
     return "\n".join(out) + "\n"
 

@@ -180,8 +180,10 @@ def resize(result) -> RenderableType:
     table.add_column("after", justify="right", no_wrap=True)
     table.add_column("new rows", no_wrap=True)
     for m in result.matrices:
-        table.add_row(printable(m.name), shape_str(m.old_shape), shape_str(m.new_shape), m.init if plan.rows > plan.old_rows else "-")
+        table.add_row(printable(m.name), shape_str(m.old_shape), shape_str(m.new_shape), m.init if plan.rows > plan.kept else "-")
     lines = [table]
+    if plan.reused_padding:
+        lines.append(Text(f"{plan.reused_padding} padding rows past the old tokenizer ({plan.kept} tokens) now hold new tokens: initialized with {plan.init}, not kept"))
     if plan.rows != plan.requested:
         lines.append(Text(f"padded {plan.requested} -> {plan.rows} rows (--pad-to-multiple-of); padding rows use the mean"))
     if result.subword is not None:
@@ -191,6 +193,7 @@ def resize(result) -> RenderableType:
             f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean (no pieces), "
             f"{sub.byte_only} ({share:.1%}) split into byte-fallback pieces only (weak averages)"
         ))
+    lines += [Text(f"warning: {printable(w)}", style="yellow") for w in result.warnings]
     lines.append(Text(f"written: {result.out} ({_tokenizer_note(result.tokenizer_from)})", style="green"))
     return Group(*lines)
 
