@@ -343,9 +343,19 @@ def _fp32(t, dev: str, *, copy: bool = False):
     return t.to(dev).to(torch.float32, copy=copy)
 
 
-def _finite(t, job: Job) -> None:
-    if t.is_floating_point() and not _all_finite(t):
-        raise InvalidInputError("Refusing to write a non-finite result", job.name, "the merged tensor contains NaN or Inf", "Check the adapter and the base for NaN/Inf values (`lora-inspector diff --values`); nothing was written.")
+def _finite(t, job: Job, fp32=None) -> None:
+    """Refuse NaN/Inf in a result; ``fp32``, the values before the cast, tells an overflow of the
+    output dtype (fp16 tops out at 65504) from NaN/Inf that came with the inputs."""
+    if not t.is_floating_point() or _all_finite(t):
+        return
+    if fp32 is not None and _all_finite(fp32):
+        import torch
+
+        top = float(fp32.abs().max())
+        raise InvalidInputError("Refusing to write an overflowed result", job.name,
+                                f"merged values up to {top:.4g} do not fit {job.dtype} (largest {torch.finfo(t.dtype).max:.6g})",
+                                "Write a wider dtype: --dtype bf16 (same range as fp32) or --dtype fp32; nothing was written.")
+    raise InvalidInputError("Refusing to write a non-finite result", job.name, "the merged tensor contains NaN or Inf", "Check the adapter and the base for NaN/Inf values (`lora-inspector diff --values`); nothing was written.")
 
 
 def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int):
@@ -362,7 +372,7 @@ def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan,
     for info, scale in job.bias_deltas:
         t = t + scale * _fp32(adapter.read(info), dev)
     out = t.to(torch_dtype(job.dtype))
-    _finite(out, job)  # on the device: one reduction there instead of one on the host
+    _finite(out, job, t)  # on the device: one reduction there instead of one on the host
     return out.cpu()
 
 
@@ -430,7 +440,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
             if bool(hit.any()):
                 w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
         out = w.to(out_dtype)
-        _finite(out, job)
+        _finite(out, job, w)
         yield out.cpu()
 
 

@@ -522,6 +522,22 @@ def test_nan_in_lora_tensor_writes_nothing(llama: Built, lora_llama: Built, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no output, no staging dir
 
 
+def test_fp16_overflow_is_named_as_such(llama: Built, lora_llama: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Finite inputs whose values exceed fp16's 65504: not "NaN or Inf in the inputs" but a dtype too narrow.
+    def big(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
+        tensors["lm_head.weight"][0, 0] = 1e6
+        return tensors
+
+    base = edit_tensors(llama.path, tmp_path / "base", big, filename="model.safetensors")
+    rc, stdout, err = run(capsys, "merge", base, lora_llama.path, "--out", tmp_path / "merged", "--device", "cpu", "--dtype", "fp16")
+    assert rc == 2 and stdout == ""
+    assert err == ("Error: Refusing to write an overflowed result for 'lm_head.weight': merged values up to 1e+06 do not fit F16 (largest 65504).\n"
+                   "Hint: Write a wider dtype: --dtype bf16 (same range as fp32) or --dtype fp32; nothing was written.\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+    assert merge_json(capsys, base, lora_llama.path, tmp_path / "merged", "--dtype", "bf16")["out"] == str(tmp_path / "merged")
+
+
 # ---- GPU ----------------------------------------------------------------------------------------
 
 GPU_CASES = ["llama-qv", "llama-qv-bf16", "llama-dora", "gpt2-dora-conv1d", "llama-embedding-lora", "qwen2-tied-mts-embed-resized", "llama-resized-mts-embed-head", "seed"]
