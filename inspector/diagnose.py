@@ -359,6 +359,15 @@ def check_tokenizer(ctx: CheckContext) -> list[Finding]:
             base_shape=(rows, v.width) if v.width else None,
             repair="resize" if (plan.rows or 0) >= size else None,  # merge grows to the tokenizer only when nothing larger-ranked sets the size
         ))
+    elif by_adapter and size <= (plan.base_rows or 0) and Path(tok.directory).resolve() == ctx.base.root.resolve():
+        # The adapter's new rows have no tokens: the extended tokenizer was not saved with the adapter.
+        out.append(Finding(
+            Code.TOKENIZER_NOT_EXTENDED,
+            f"the adapter grows the vocabulary to {rows} rows ({plan.source}) but the only tokenizer found is the base's ({size} tokens, in {tok.directory}): "
+            f"probably the one from before the extension; a merged model would ship it, and rows {size}..{rows - 1} would have no token.",
+            "Pass the extended tokenizer training used with --tokenizer DIR (check and merge take it), or save it into the adapter directory.",
+            tensor=embed,
+        ))
     elif size < rows:
         out.append(Finding(
             Code.EMBEDDING_LARGER,

@@ -21,6 +21,7 @@ class Code(Enum):
     TOKENIZER_LARGER = ("LI201", "tokenizer-larger-than-embedding", "error", "the tokenizer has more tokens than the embedding has rows")
     EMBEDDING_LARGER = ("LI202", "embedding-larger-than-tokenizer", "info", "the embedding has more rows than the tokenizer has tokens (padding rows)")
     CONFIG_VOCAB = ("LI203", "config-vocab-size-mismatch", "warning", "config.json vocab_size differs from the embedding's rows")
+    TOKENIZER_NOT_EXTENDED = ("LI204", "tokenizer-not-extended", "warning", "the adapter grows the vocabulary but the only tokenizer found is the base's, without the new tokens")
     LORA_A_SHAPE = ("LI301", "lora-a-shape", "error", "lora_A does not fit the base weight's input dimension")
     LORA_B_SHAPE = ("LI302", "lora-b-shape", "error", "lora_B does not fit the base weight's output dimension")
     LORA_RANK = ("LI303", "lora-rank", "error", "the rank stored in the tensors differs from r / rank_pattern")

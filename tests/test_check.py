@@ -743,6 +743,21 @@ def test_tokenizer_larger_than_trainable_indices_sets_the_size(capsys, root: Pat
     assert {f["code"]: f["repair"] for f in report["findings"] if f["severity"] == "error"} == {"LI201": "resize", "LI601": "resize"}
 
 
+def test_adapter_without_its_extended_tokenizer(capsys, root: Path, seed_dir: Path) -> None:
+    # The seed adapter grows 32,000 -> 70,840 rows; without its tokenizer only the base's (32,000) is found.
+    import shutil
+
+    adapter = root / "seed_adapter_no_tokenizer"
+    shutil.copytree(seed_dir / "adapter", adapter, ignore=shutil.ignore_patterns("tokenizer*"))
+    rc, report = check_json(capsys, seed_dir / "base", adapter)
+    warnings = by_code(report, "LI204")
+    assert rc == 1 and [(f["severity"], f["tensor"]) for f in warnings] == [("warning", "model.embed_tokens.weight")]
+    assert warnings[0]["message"].startswith("the adapter grows the vocabulary to 70840 rows (the adapter's saved matrices) but the only tokenizer "
+                                             f"found is the base's (32000 tokens, in {seed_dir / 'base'})")
+    rc, report = check_json(capsys, seed_dir / "base", adapter, "--tokenizer", seed_dir / "adapter")
+    assert by_code(report, "LI204") == [] and by_code(report, "LI202") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # LI801 ... LI1403
 # ---------------------------------------------------------------------------------------------
