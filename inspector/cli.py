@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import click
 from inspector.errors import InspectorError, UsageError
 from inspector.repair import INITS  # no torch at import time
 
+# click >= 8.2 raises this for a bare group; 8.1 printed the help itself and exits 0.
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 FORMATS = ("rich", "json", "markdown", "github")
 
 
@@ -30,11 +33,17 @@ class Settings:
     no_color: bool = False
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value == "":
+        raise click.BadParameter("an empty path; give a file name (or leave --output out for stdout)", ctx=ctx, param=param)
+    return value
+
+
 def output_options(func):
     """Global options, accepted before the command name and after it alike (``scan X --format json``)."""
     options = [
         click.option("--format", "format_", type=click.Choice(FORMATS), default=None, help="Output format (default: rich)."),
-        click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE instead of stdout."),
+        click.option("--output", type=click.Path(dir_okay=False), default=None, callback=_not_empty, help="Write the report to FILE instead of stdout."),
         click.option("--quiet", "-q", is_flag=True, default=None, help="No progress or log lines on stderr."),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
         click.option("--no-color", is_flag=True, default=None, help="Plain text, no colours."),
@@ -156,6 +165,8 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
     from inspector.diff import compare_values, diff_checkpoints
 
     s = settings(ctx, **opts)
+    if atol and not values:
+        raise click.UsageError("--atol applies to value differences: add --values.", ctx=ctx)
     result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
     if values:
         with progress_bar(s, "diff --values") as advance:
@@ -203,7 +214,7 @@ def progress_bar(s: Settings, label: str):
 def write_options(func):
     """Options of the commands that write a checkpoint (resize, merge)."""
     options = [
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for hf_mvn and normal."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for hf_mvn and normal."),
         click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit (e.g. 5GB, 500MB)."),
         click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in)."),
     ]
@@ -317,6 +328,9 @@ def _main(argv: list[str]) -> int:
         return exc.exit_code
     except click.exceptions.Abort as exc:  # click's wrapping of KeyboardInterrupt (and EOF at a prompt)
         return _interrupted(exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None)
+    except _NO_ARGS as exc:  # bare `lora-inspector`: the help, as --help gives it
+        sys.stdout.write(exc.format_message() + "\n")
+        return 0
     except click.ClickException as exc:
         command = next((a for a in argv if a in cli.commands), None)
         help_cmd = f"lora-inspector {command} --help" if command else "lora-inspector --help"
@@ -324,7 +338,7 @@ def _main(argv: list[str]) -> int:
         return 2
     except InspectorError as exc:
         if debug:
-            raise
+            traceback.print_exc()  # and still the Error/Hint lines and the exit code scripts rely on
         _print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt as exc:

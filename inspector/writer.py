@@ -412,7 +412,12 @@ class CheckpointWriter:
                                        "Choose a new or empty --out directory, or pass --force to replace it.")  # fmt: skip
 
         probe = _nearest_existing(target.parent)
-        free = shutil.disk_usage(probe).free
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise self._refuse(f"'{probe}' is not writable", "Choose an --out in a directory you can write to.")
+        usage = shutil.disk_usage(probe)
+        if usage.total == 0:
+            raise self._refuse(f"'{probe}' is on no disk (a pseudo filesystem such as /proc or /sys)", "Choose an --out on a disk.")
+        free = usage.free
         needed = self.planned_bytes + max(0, extra_bytes) + SPACE_MARGIN
         if free < needed:
             note = (" With --force the old output is removed only after the new one is complete,"

@@ -19,7 +19,6 @@ import torch
 from rich.console import Console
 
 from inspector.cli import main
-from inspector.errors import InvalidInputError
 from inspector.report import terminal
 from inspector.scan import scan
 from tests.hostile import ExecGadget, SystemGadget
@@ -341,9 +340,36 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], llama: Built, argv: li
     assert_error(rc, out, err, first_line)
 
 
-def test_debug_shows_the_exception(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="no such file or directory"):
-        main(["--debug", "scan", str(tmp_path / "nope")])
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "--debug", "scan", tmp_path / "nope")
+    assert rc == 2 and out == ""
+    assert err.startswith("Traceback (most recent call last):") and "inspector.errors.InvalidInputError" in err
+    assert err.endswith(f"Error: Cannot read checkpoint for '{tmp_path / 'nope'}': no such file or directory.\n"
+                        "Hint: Check the path; a checkpoint is a directory with config.json or adapter_config.json, or a .safetensors file.\n")
+
+
+def test_bare_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys)
+    assert (rc, err) == (0, "") and out.startswith("Usage: lora-inspector [OPTIONS] COMMAND [ARGS]...") and "merge" in out
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["scan", "{seed}", "--output", ""], "Error: Invalid value for '--output': an empty path; give a file name (or leave --output out for stdout)\n"),
+    (["diff", "{seed}", "{seed}", "--atol", "0.1"], "Error: --atol applies to value differences: add --values.\n"),
+    (["resize", "{seed}", "--vocab", "33000", "--out", "{tmp}/x", "--seed", str(2**64)],
+     f"Error: Invalid value for '--seed': {2**64} is not in the range 0<=x<=4294967295.\n"),
+])
+def test_option_values_checked_up_front(capsys: pytest.CaptureFixture[str], seed_dir: Path, tmp_path: Path, argv: list[str], why: str) -> None:
+    rc, out, err = run(capsys, *[a.format(seed=seed_dir / "base", tmp=tmp_path) for a in argv])
+    assert (rc, out) == (2, "") and err.startswith(why) and "\nHint: see 'lora-inspector " in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_on_a_pseudo_filesystem(capsys: pytest.CaptureFixture[str], seed_dir: Path) -> None:
+    rc, out, err = run(capsys, "merge", seed_dir / "base", seed_dir / "adapter", "--out", "/proc/lora-inspector-out")
+    assert (rc, out) == (2, "")
+    assert err == ("Error: Refusing to write output for '/proc/lora-inspector-out': '/proc' is on no disk (a pseudo filesystem such as /proc or /sys).\n"
+                   "Hint: Choose an --out on a disk.\n")
 
 
 # ---- subprocesses: the real entry point, and the import budget ---------------------------------------

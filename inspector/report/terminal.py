@@ -206,7 +206,8 @@ def merge(result) -> RenderableType:
     grid.add_column()
     grid.add_row("merged", f"{plan.diagnosis.adapter.checkpoint.path} into {plan.diagnosis.base.path} on {plan.device}")
     if vocab.grows:
-        grid.add_row("vocabulary", f"{vocab.base_rows} -> {vocab.rows} ({vocab.source}); rows no one carries: --init {plan.init}")
+        filled = f"; rows no one carries: --init {plan.init}" if st["grown"] else ""
+        grid.add_row("vocabulary", f"{vocab.base_rows} -> {vocab.rows} ({vocab.source}){filled}")
     grid.add_row("tensors", f"{st['tensors']} written: {st['lora']} LoRA deltas merged, {st['replaced']} replaced by the adapter, "
                  f"{st['tokens']} trainable-token sets, {st['grown']} grown, {st['copied']} copied through")
     if plan.untied:
