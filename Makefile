@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The seed case has two errors, so check exits 1: the demo expects exactly that. Then the merge
-# that repairs it (resizing to the adapter's 70,840 rows), and a check of nothing left to fix.
+# that repairs it (resizing to the adapter's 70,840 rows), and a scan of the merged vocabulary tensors.
 demo: $(STAMP)
 	$(BIN)/lora-inspector check fixtures/seed/base fixtures/seed/adapter; \
 	  rc=$$?; echo "check exit code: $$rc (1 = errors found, as expected for the seed case)"; test $$rc -eq 1

@@ -868,7 +868,8 @@ def check_memory(ctx: CheckContext) -> list[Finding]:
     return [Finding(Code.MEMORY_PLAN, f"the standard PEFT merge holds about {human_bytes(peft)} of tensors (the model twice plus the adapter); "
                     f"lora-inspector's streaming merge about {human_bytes(stream)} (row blocks of at most {human_bytes(STREAM_BLOCK_BYTES)} in fp32"
                     + (", plus one grown vocabulary matrix and its fp32 statistics" if invented else "") + "), both on top of the Python/torch runtime.",
-                    f"`{ctx.merge_cmd}` streams one row block at a time.")]
+                    f"`{ctx.merge_cmd}` streams one row block at a time." if stream < peft else
+                    f"Either fits easily at this size; `{ctx.merge_cmd}` also repairs what PEFT's path cannot.")]
 
 
 def check_unsupported(ctx: CheckContext) -> list[Finding]:
