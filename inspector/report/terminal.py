@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -212,6 +214,9 @@ def merge(result) -> RenderableType:
                  f"{st['tokens']} trainable-token sets, {st['grown']} grown, {st['copied']} copied through")
     if plan.untied:
         grid.add_row("tied", f"{printable(plan.head.removesuffix('.weight'))} untied from the embedding (tie_word_embeddings: false), as PEFT does")
+    repaired = Counter(f"{f.code.code} {f.code.slug}" for f in plan.diagnosis.findings if f.severity == "error")
+    if repaired:  # check's errors that the merge itself repaired (anything else would have refused it)
+        grid.add_row("repaired", ", ".join(f"{name} x{n}" if n > 1 else name for name, n in repaired.items()))
     for f in plan.diagnosis.findings:
         if f.severity == "warning":
             grid.add_row(Text(f.code.code, style="yellow"), printable(f.message))
