@@ -32,6 +32,7 @@ NAME_ALIASES: tuple[tuple[str, str], ...] = (
     (".mlp.experts.", ".block_sparse_moe.experts."),
     ("^model.language_model.", "^language_model.model."),  # LLaVA-style multimodal models
     ("^lm_head.", "^language_model.lm_head."),
+    ("^model.vision_tower.", "^vision_tower.vision_model."),  # CLIP / SigLIP towers: transformers 5 drops vision_model.
     ("^model.vision_tower.", "^vision_tower."),
     ("^model.multi_modal_projector.", "^multi_modal_projector."),
 )

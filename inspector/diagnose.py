@@ -43,6 +43,7 @@ from inspector.units import human_bytes, shape_str
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
+_LAYER_NUMBER = re.compile(r"\.\d+(?=\.)")  # ".12" before a dot: a layer index, grouped as ".*"
 _QUANT_KEYS = re.compile(r"\.(absmax|quant_map|quant_state(\..*)?|nested_absmax|nested_quant_map|SCB|weight_format|qweight|qzeros|scales|g_idx|weight_scale|weight_scale_inv|input_scale)$")
 # Name tokens that tell a model family: a token matches a key when it is the key, or the key followed
 # by a version number (qwen2, llama3, phi3, t5). Both base_model_name_or_path and the base's
@@ -525,6 +526,7 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
         out.append(Finding(Code.LAYER_COUNT, f"the adapter has tensors for layers up to {top} ({len(beyond)} tensors) but the base has {layers} layers.",
                            "Use the base model the adapter was trained on (see base_model_name_or_path in adapter_config.json).",
                            adapter_key=beyond[0][1].name))
+    plain: dict[str, list[tuple[str, TensorInfo]]] = {}
     for target, info in orphans:
         if (target, info) in beyond:
             continue
@@ -536,7 +538,15 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
                                f"Rename the adapter keys (and target_modules) from {_module(target)} to {_module(memory)}.",
                                tensor=target, adapter_key=info.name, adapter_shape=info.shape))
             continue
-        out.append(Finding(Code.ORPHAN, f"{info.name} targets {target}, which the base does not have: the adapter silently does nothing there.",
+        plain.setdefault(_LAYER_NUMBER.sub(".*", f".{info.name}.").strip("."), []).append((target, info))
+    # One finding per key pattern across layers (a tower the base lacks is one cause, not 144 rows).
+    for pattern, group in plain.items():
+        target, info = group[0]
+        if len(group) == 1:
+            what = f"{info.name} targets {target}, which the base does not have"
+        else:
+            what = f"{info.name} and {len(group) - 1} more like it ({pattern}) target modules the base does not have, such as {target}"
+        out.append(Finding(Code.ORPHAN, f"{what}: the adapter silently does nothing there.",
                            "Use the base model the adapter was trained on, or rename the keys to the base's module names.",
                            tensor=target, adapter_key=info.name, adapter_shape=info.shape))
     unprefixed = [t for t in ctx.adapter.tensors if not t.prefixed]
@@ -778,10 +788,10 @@ def _not_a_copy(ctx: CheckContext, local: Path) -> str | None:
     for name, info in other.by_name.items():
         if name in mine and mine[name].shape != info.shape and not ctx.vocab.is_vocab(name):
             return f"{name} is {shape_str(info.shape)} there and {shape_str(mine[name].shape)} in BASE"
-    if set(other.by_name) != set(mine):
-        return f"its tensors are not BASE's ({len(other.by_name)} vs {len(mine)})"
+    if len(other.by_name) != len(mine):  # (the same count under other names: a re-save, still a copy)
+        return f"it has {len(other.by_name)} tensors and BASE {len(mine)}"
     for _, weight in ctx.lora_targets.values():
-        theirs = other.by_name[weight.name] if weight is not None else None
+        theirs = other.by_name.get(weight.name) if weight is not None else None
         if theirs is not None and theirs.dtype == weight.dtype and _peek(ctx.base, weight) != _peek(other, theirs):
             return f"{weight.name} holds other values there (a merged or further-trained model)"
     return None

@@ -580,6 +580,20 @@ def test_orphan_module(capsys, root: Path, llama: Built, lora_llama: Built) -> N
     )
 
 
+def test_orphans_of_one_pattern_are_one_finding(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    # The same missing module in every layer (a vision tower the base lacks, a renamed projection) is one
+    # cause: one LI401 per key pattern across layers, naming the first key and counting the rest.
+    adapter = edit_tensors(lora_llama.path, root / "orphans_all_layers", lambda t: {k.replace(".q_proj.", ".qq_proj."): v for k, v in t.items()})
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 1
+    assert [(r[0], r[3]) for r in rows(report) if r[0] == "LI401"] == [
+        ("LI401", f"{P}{attn(0, 'qq_proj')}.lora_A.weight"), ("LI401", f"{P}{attn(0, 'qq_proj')}.lora_B.weight")]
+    assert by_code(report, "LI401")[0]["message"] == (
+        f"{P}{attn(0, 'qq_proj')}.lora_A.weight and 1 more like it ({P}model.layers.*.self_attn.qq_proj.lora_A.weight) target modules the base "
+        f"does not have, such as {attn(0, 'qq_proj')}.weight: the adapter silently does nothing there."
+    )
+
+
 def test_orphan_full_tensor(capsys, root: Path, llama: Built, mts_norm: Built) -> None:
     adapter = edit_tensors(mts_norm.path, root / "orphan_norm", rename(f"{P}model.norm.weight", f"{P}model.final_norm.weight"))
     rc, report = check_json(capsys, llama.path, adapter)
@@ -1106,6 +1120,15 @@ def test_renamed_modules_llava(capsys, root: Path, targets) -> None:
     assert f"{P}model.language_model.layers.0.self_attn.q_proj.lora_A.weight" in keys and f"{P}lm_head.weight" in keys
     rc, report = check_json(capsys, base, adapter)
     assert (rc, rows(report)) == (0, [])
+    if isinstance(targets, list):  # q_proj / v_proj in the CLIP tower too: LoRA on model.vision_tower.encoder.*
+        assert f"{P}model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight" in keys
+        # Hub repos (saved before transformers 5) store the tower as vision_tower.vision_model.*; so do they resolve.
+        hub = edit_tensors(base, root / "llava_hub_names", lambda t: {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in t.items()},
+                           filename="model.safetensors")
+        rc, report = check_json(capsys, hub, adapter)
+        assert (rc, rows(report)) == (0, [])
+        ctx = run_check(str(hub), str(adapter)).context
+        assert ctx.lora_targets["model.vision_tower.encoder.layers.0.self_attn.q_proj"][1].name == "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
 
 
 @pytest.fixture(scope="module")
