@@ -60,6 +60,13 @@ _NAME_FAMILIES = {
 }
 
 
+# Name families whose models are built on another family's architecture: deepseek-coder/-llm are
+# Llamas (R1 distills Qwen or Llama), StarCoder is gpt_bigcode, and "bert" names span the encoder
+# family (hfl/chinese-roberta-wwm-ext is a BERT, ai4bharat/indic-bert an ALBERT).
+_ENCODERS = frozenset({"bert", "roberta", "albert", "electra", "deberta"})
+_ALSO = {"deepseek": frozenset({"llama", "qwen"}), "starcoder": frozenset({"gpt"}), **{f: _ENCODERS for f in _ENCODERS}}
+
+
 def _families(text: str) -> set[str]:
     """The families a repo name or model_type names, by its tokens (see _NAME_FAMILIES)."""
     out = set()
@@ -757,17 +764,18 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
 
 
 def _local_base(ctx: CheckContext) -> Path | None:
-    """base_model_name_or_path when it is a model directory on this machine (absolute, or relative to
-    the working or the adapter directory) other than BASE; None otherwise (a Hub id, another machine's path)."""
+    """base_model_name_or_path when it is a model directory on this machine other than BASE (as
+    from_pretrained reads it: absolute, or relative to the working directory); None otherwise (a Hub
+    id, another machine's path)."""
     name = ctx.config.base_model_name_or_path
     if not name:
         return None
-    for where in (Path(name), ctx.adapter.checkpoint.root / name):
-        try:
-            if (where / "config.json").is_file():
-                return None if where.resolve() == ctx.base.root.resolve() else where
-        except OSError:
-            return None
+    where = Path(name)
+    try:
+        if (where / "config.json").is_file():
+            return None if where.resolve() == ctx.base.root.resolve() else where
+    except (OSError, ValueError):
+        return None
     return None
 
 
@@ -787,12 +795,13 @@ def _not_a_copy(ctx: CheckContext, local: Path) -> str | None:
     mine = ctx.base.by_name
     for name, info in other.by_name.items():
         if name in mine and mine[name].shape != info.shape and not ctx.vocab.is_vocab(name):
-            return f"{name} is {shape_str(info.shape)} there and {shape_str(mine[name].shape)} in BASE"
+            return f"{name} has another shape there"  # (what that path holds is not reported: the path came from a file)
     if len(other.by_name) != len(mine):  # (the same count under other names: a re-save, still a copy)
         return f"it has {len(other.by_name)} tensors and BASE {len(mine)}"
     for _, weight in ctx.lora_targets.values():
         theirs = other.by_name.get(weight.name) if weight is not None else None
-        if theirs is not None and theirs.dtype == weight.dtype and _peek(ctx.base, weight) != _peek(other, theirs):
+        comparable = theirs is not None and theirs.dtype == weight.dtype and theirs.contiguous and weight.contiguous
+        if comparable and _peek(ctx.base, weight) != _peek(other, theirs):
             return f"{weight.name} holds other values there (a merged or further-trained model)"
     return None
 
@@ -821,7 +830,7 @@ def check_architecture(ctx: CheckContext) -> list[Finding]:
     if not name or not model_type:
         return []
     named, own = _families(name), _families(model_type)
-    if not named or not own or named & own:
+    if not named or not own or any(({f} | _ALSO.get(f, frozenset())) & own for f in named):
         return []
     others = sorted(named)
     return [Finding(Code.BASE_NAME, f"the adapter was trained on {ctx.config.base_model_name_or_path!r} ({' / '.join(others)}?) but the base's model_type is {model_type!r}.",

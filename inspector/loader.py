@@ -51,6 +51,7 @@ class TensorReader:
         self.root = Path(root)
         self._files: dict[str, object] = {}
         self._stamps: dict[str, tuple[int, int]] = {}
+        self._view: tuple[TensorInfo, object] | None = None  # the last strided view read, for its row blocks
 
     def _open(self, rel: str):
         fh = self._files.get(rel)
@@ -84,13 +85,17 @@ class TensorReader:
         """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""
         if not info.shape or (start == 0 and stop >= info.shape[0]):
             return self.read(info)
+        if info.stride is not None:
+            # A view's rows are spread over its storage (w.T: every block spans nearly all of it):
+            # read it whole once, then slice each block from that.
+            if self._view is None or self._view[0] != info:
+                self._view = (info, self.read(info))
+            return self._view[1][start:stop].clone()
         rows = info.shape[0]
         start, stop = max(0, start), max(start, min(stop, rows))
         row_bytes = info.nbytes // rows
-        # A row step is row_bytes in a block; in a strided view, stride[0] elements.
-        step = row_bytes if info.stride is None else info.stride[0] * (info.nbytes // info.numel)
-        begin = info.start + start * step
-        part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, begin, begin + (stop - start) * row_bytes, info.stride)
+        begin = info.start + start * row_bytes
+        part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, begin, begin + (stop - start) * row_bytes)
         return self.read(part)
 
     def close(self) -> None:
@@ -106,6 +111,7 @@ class TensorReader:
             if (now.st_size, now.st_mtime_ns) != self._stamps[rel] or (st.st_size, st.st_mtime_ns) != self._stamps[rel]:
                 raise InvalidInputError("Input changed while reading", path, "its size or modification time changed during the run", "Run the command again when nothing else writes to the checkpoint.")
         self._files.clear()
+        self._view = None
 
     def __enter__(self) -> TensorReader:
         return self

@@ -78,6 +78,16 @@ class MergePlan:
     def untied(self) -> bool:
         return self.head is not None
 
+    @property
+    def repaired(self) -> list:
+        """check's errors the merge repairs itself (it grows the vocabulary)."""
+        return [f for f in self.diagnosis.findings if f.severity == "error" and f.repair == "resize"]
+
+    @property
+    def accepted(self) -> list:
+        """check's errors merged over only because --init was given: what training saw there is lost."""
+        return [f for f in self.diagnosis.findings if f.severity == "error" and f.repair == "init"]
+
 
 @dataclass
 class MergeResult:
@@ -127,6 +137,12 @@ def _tied_head(diagnosis: Diagnosis) -> tuple[str, list[tuple[str, str]]]:
     if known is not None:
         head, own, tied = known
         return head, [(own, tied)] if own and tied else []
+    config = diagnosis.base.config
+    archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    if any(isinstance(a, str) and a.endswith("ForCausalLM") for a in archs) or "auto_map" in config:
+        # Causal LMs (Llama-3.2, Qwen2.5, Gemma, ...) call it lm_head; remote-code models are never
+        # built here (their config class is code from the checkpoint).
+        return "lm_head.weight", []
     return _head_from_transformers(diagnosis.base.root, frozenset(names)) or ("lm_head.weight", [])
 
 
@@ -143,10 +159,10 @@ def _head_from_transformers(root: Path, names: frozenset[str]) -> tuple[str, lis
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(root, local_files_only=True, trust_remote_code=False)
             cls = getattr(transformers, (getattr(config, "architectures", None) or [""])[0], None)
-            if cls is None:
-                return None
+            if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+                return None  # the name must be one of transformers' own model classes, nothing else it exports
             with torch.device("meta"):
                 model = cls(config)
         out = model.get_output_embeddings()

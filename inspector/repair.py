@@ -170,7 +170,7 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
     toks = []
     for directory in (old_dir, new_dir):
         try:
-            toks.append(AutoTokenizer.from_pretrained(str(directory)))
+            toks.append(AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False))  # never code from the files
         except Exception as exc:  # transformers raises anything from KeyError to OSError on broken files
             raise InvalidInputError("Cannot load tokenizer", directory, f"transformers could not load it ({type(exc).__name__}: {exc})",
                                     "Re-save it with tokenizer.save_pretrained(), or use --init mean (no tokenizer needed).") from exc

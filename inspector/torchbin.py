@@ -290,5 +290,9 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
             start = _member_data_offset(fh, member) + t.offset * item
             # A view saved as is (w.T, w[:, 1]) is no single byte span: its strides come along.
             stride = None if _contiguous(t.shape, t.stride) else tuple(t.stride)
+            if stride is not None and numel > sum((s - 1) * d for s, d in zip(t.shape, stride)) + 1:
+                # A view that repeats its storage (expand, overlapping strides): a few bytes on disk
+                # could stand for terabytes of values. A state dict has no such tensors.
+                raise _fail(path, f"tensor {name!r} is a view that repeats its storage elements (strides {list(t.stride)}, shape {list(t.shape)})")
             out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, stride))
         return out

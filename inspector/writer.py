@@ -191,7 +191,9 @@ def _linked_files(inp: Path) -> list[Path]:
         entries = list(os.scandir(inp)) if os.path.isdir(inp) else []
     except OSError:
         return []
-    return [_real(Path(e.path)) for e in entries if e.is_symlink()]
+    # Links to regular files only (what a checkpoint reads); a link to a directory (`base -> /models`)
+    # is not an input, and counting it would refuse every --out below it.
+    return [_real(Path(e.path)) for e in entries if e.is_symlink() and os.path.isfile(e.path)]
 
 
 def _example_out(inp: Path) -> Path:

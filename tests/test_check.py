@@ -459,8 +459,8 @@ def test_adapter_from_wider_model(capsys, root: Path, llama: Built, llama_wide: 
     # base_model_name_or_path is the wide model's directory, here on this machine: LI1004 says so.
     assert rows(report) == expect(*expected, ("LI1004", "warning", None, None, None, None))
     assert by_code(report, "LI1004")[0]["message"] == (
-        f"the adapter was trained on the local model '{llama_wide.path}', which is not BASE ('{llama.path}'): model.layers.0.input_layernorm.weight is [32] there "
-        "and [16] in BASE. Merging into BASE drops what that model added (a stage-1 merge, a resize, further training)."
+        f"the adapter was trained on the local model '{llama_wide.path}', which is not BASE ('{llama.path}'): model.layers.0.input_layernorm.weight has another shape "
+        "there. Merging into BASE drops what that model added (a stage-1 merge, a resize, further training)."
     )
 
 
@@ -841,6 +841,8 @@ def test_base_model_name_of_another_family(capsys, root: Path, llama: Built, lor
     ("microsoft/deberta-v3-base", "deberta-v2"), ("google/gemma-3-1b-it", "gemma3_text"), ("Qwen/Qwen3-30B-A3B", "qwen3_moe"),
     ("Qwen/Qwen1.5-MoE-A2.7B", "qwen2_moe"), ("tiiuae/Falcon3-7B-Base", "llama"), ("microsoft/codebert-base", "roberta"),
     ("EleutherAI/pythia-70m", "gpt_neox"), ("mistralai/Mistral-Small-3.1-24B-Base-2503", "mistral3"), ("/data/runs/stage1-merged", "llama"),
+    ("deepseek-ai/deepseek-coder-6.7b-base", "llama"), ("bigcode/starcoder", "gpt_bigcode"), ("hfl/chinese-roberta-wwm-ext", "bert"),
+    ("ai4bharat/indic-bert", "albert"),
 ])
 def test_base_model_name_of_the_same_family(capsys, root: Path, llama: Built, lora_llama: Built, name: str, model_type: str) -> None:
     # Names and model types spelled differently within one family: no LI1003 (which --fail-on warning would turn into a failure).

@@ -837,3 +837,12 @@ def test_terminal_escapes_in_tensor_names_are_never_printed_raw(capsys, tmp_path
     assert "\x1b" not in out and "\x07" not in out
     if fmt != "github":  # annotations summarize a scan; the tables name every tensor
         assert "evil\\x1b[2J" in out
+
+
+def test_a_link_to_a_directory_in_an_input_is_not_an_input(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    # `base -> /models/...` style links beside an adapter are common; only linked files count as inputs.
+    adapter = copy_dir(lora_llama.path, tmp_path / "adapter")
+    (adapter / "root").symlink_to("/")
+    (adapter / "up").symlink_to("..")
+    rc, out, err = merge(capsys, llama.path, adapter, tmp_path / "merged")
+    assert (rc, err) == (0, "") and (tmp_path / "merged" / "model.safetensors").is_file()

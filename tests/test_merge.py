@@ -363,7 +363,7 @@ def test_embedding_lora_on_uncarried_rows_needs_init(llama: Built, tmp_path: Pat
     assert_refused(rc, out, err, tmp_path / "merged", "LI501")
     assert "--init" in err.split("\nHint: ")[1]
     report = merge_json(capsys, llama.path, adapter, tmp_path / "merged", "--init", "mean")
-    assert [f["code"] for f in report["repaired"]] == ["LI501"]
+    assert ([f["code"] for f in report["accepted"]], report["repaired"]) == (["LI501"], [])
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
@@ -617,3 +617,38 @@ def test_legacy_bin_base_with_strided_views(llama: Built, lora_llama: Built, tmp
     torch.save({k: v.T.contiguous().T if v.dim() == 2 else v for k, v in state.items()}, base / "pytorch_model.bin")
     report = merge_json(capsys, base, lora_llama.path, tmp_path / "merged")
     check_against_peft(BY_ID["llama-qv"], llama.path, lora_llama.path, tmp_path / "merged", report)
+
+
+# ---- the tied head's name: never code from the checkpoint -------------------------------------------
+
+
+def test_tied_head_lookup_never_runs_checkpoint_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown model_type with auto_map would make transformers ask to run configuration_*.py from
+    the base directory (on stdout, with a 15 s timeout): the lookup must not even ask."""
+    from inspector.merge import _head_from_transformers
+
+    base = tmp_path / "evil"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "evil-lm", "architectures": ["EvilForMaskedLM"],
+                                                  "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (base / "configuration_evil.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\n")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\n"))  # a "yes" waiting on stdin is never read
+    assert _head_from_transformers(base, frozenset()) is None
+    assert not (tmp_path / "PWNED").exists()
+    # Only transformers' own model classes are built: not any other name it exports.
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["AutoConfig"]}))
+    assert _head_from_transformers(base, frozenset()) is None
+
+
+def test_tied_causal_lm_head_is_lm_head_without_asking_transformers(qwen2: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Llama-3.2, Qwen2.5, Gemma: the commonest tied layout needs no 2.5 s transformers import.
+    from types import SimpleNamespace
+
+    import inspector.merge as merge_module
+    from inspector.checkpoint import read_checkpoint
+
+    def forbidden(*args):
+        raise AssertionError("transformers was asked")
+
+    monkeypatch.setattr(merge_module, "_head_from_transformers", forbidden)
+    assert merge_module._tied_head(SimpleNamespace(base=read_checkpoint(qwen2.path))) == ("lm_head.weight", [])

@@ -312,13 +312,26 @@ def test_strided_views_are_read_through_their_strides(tmp_path: Path) -> None:
     from inspector.loader import TensorReader
 
     t = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    views = {"w": t.T, "v": t[:, 1], "s": t[1:, ::2], "e": t[0].expand(3, 6), "t": t}
+    views = {"w": t.T, "v": t[:, 1], "s": t[1:, ::2], "t": t}
     torch.save(views, tmp_path / "views.bin")
     infos = {i.name: i for i in read_torch_bin(tmp_path / "views.bin")}
     assert {n: i.shape for n, i in infos.items()} == {n: tuple(v.shape) for n, v in views.items()}
-    assert {n: i.contiguous for n, i in infos.items()} == {"w": False, "v": False, "s": False, "e": False, "t": True}
+    assert {n: i.contiguous for n, i in infos.items()} == {"w": False, "v": False, "s": False, "t": True}
     with TensorReader(tmp_path) as reader:
         for name, view in views.items():
             assert torch.equal(reader.read(infos[name]), view), name
             for r0 in range(view.shape[0]):
                 assert torch.equal(reader.read_rows(infos[name], r0, r0 + 2), view[r0:r0 + 2]), (name, r0)
+
+
+@pytest.mark.parametrize("view", ["expand", "overlap"])
+def test_views_that_repeat_their_storage_are_refused(tmp_path: Path, view: str) -> None:
+    """1.6 KB on disk must not stand for 400 M values (zeros(1).expand(20000, 20000)), nor overlap."""
+    import torch
+
+    from inspector.errors import InvalidInputError
+
+    t = torch.zeros(1).expand(20000, 20000) if view == "expand" else torch.arange(10.0).as_strided((4, 4), (1, 1))
+    torch.save({"x": t}, tmp_path / "bomb.bin")
+    with pytest.raises(InvalidInputError, match="is a view that repeats its storage elements"):
+        read_torch_bin(tmp_path / "bomb.bin")

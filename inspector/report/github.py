@@ -57,9 +57,11 @@ def resize(result) -> str:
 
 
 def merge(result) -> str:
-    # check's errors the merge repaired (notices) and the warnings it acted on, as in the JSON report
-    acted = [f for f in result.plan.diagnosis.findings if f.severity in ("error", "warning")]
-    lines = [annotation("warning" if f.severity == "warning" else "notice", f"{f.code.code} {f.code.slug}",
-                        f.message if f.severity == "warning" else f"repaired by the merge: {f.message}") for f in acted]
+    # As in the JSON report: check's errors the merge repaired (notices), those merged over with an
+    # explicit --init, and the warnings it acted on.
+    plan = result.plan
+    lines = [annotation("notice", f"{f.code.code} {f.code.slug}", f"repaired by the merge: {f.message}") for f in plan.repaired]
+    lines += [annotation("warning", f"{f.code.code} {f.code.slug}", f"merged with --init {plan.init}: {f.message}") for f in plan.accepted]
+    lines += [annotation("warning", f"{f.code.code} {f.code.slug}", f.message) for f in plan.diagnosis.findings if f.severity == "warning"]
     lines.append(annotation("notice", "merge", f"merged into {result.out}: {result.stats['tensors']} tensors, {result.stats['lora']} LoRA deltas"))
     return "\n".join(lines) + "\n"

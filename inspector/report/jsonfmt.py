@@ -133,8 +133,10 @@ def merge(result) -> str:
             "untied_head": plan.head,  # the head's weight name when untied (lm_head.weight, decoder.weight, ...)
             "stats": result.stats,
             "tokenizer_from": result.tokenizer_from,
-            # check's errors the merge repaired (by resizing), and the warnings it acted on
-            "repaired": [f.as_json() for f in plan.diagnosis.findings if f.severity == "error"],
+            # check's errors the merge repaired (by resizing), those it merged over with an explicit --init,
+            # and the warnings it acted on
+            "repaired": [f.as_json() for f in plan.repaired],
+            "accepted": [f.as_json() for f in plan.accepted],
             "warnings": [f.as_json() for f in plan.diagnosis.findings if f.severity == "warning"],
         }
     )

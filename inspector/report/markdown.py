@@ -101,8 +101,8 @@ def merge(result) -> str:
     rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
             ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
     out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]
-    acted = [f for f in plan.diagnosis.findings if f.severity in ("error", "warning")]
-    if acted:  # check's errors the merge repaired and the warnings it acted on, as in the JSON report
-        out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, "repaired" if f.severity == "error" else f.hint]
-                                                           for f in acted])]
+    done = [(f, "repaired") for f in plan.repaired] + [(f, f"merged with --init {plan.init}") for f in plan.accepted]
+    done += [(f, f.hint) for f in plan.diagnosis.findings if f.severity == "warning"]
+    if done:  # as in the JSON report: errors repaired or merged over with --init, warnings acted on
+        out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, how] for f, how in done])]
     return "\n".join(out) + "\n"

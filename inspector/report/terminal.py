@@ -214,9 +214,11 @@ def merge(result) -> RenderableType:
                  f"{st['tokens']} trainable-token sets, {st['grown']} grown, {st['copied']} copied through")
     if plan.untied:
         grid.add_row("tied", f"{printable(plan.head.removesuffix('.weight'))} untied from the embedding (tie_word_embeddings: false), as PEFT does")
-    repaired = Counter(f"{f.code.code} {f.code.slug}" for f in plan.diagnosis.findings if f.severity == "error")
-    if repaired:  # check's errors that the merge itself repaired (anything else would have refused it)
-        grid.add_row("repaired", ", ".join(f"{name} x{n}" if n > 1 else name for name, n in repaired.items()))
+    for label, found in (("repaired", plan.repaired), ("accepted", plan.accepted)):
+        names = Counter(f"{f.code.code} {f.code.slug}" for f in found)
+        if names:  # check's errors the merge repaired, or merged over with an explicit --init
+            note = f" (with --init {plan.init}: the rows training saw are lost)" if label == "accepted" else ""
+            grid.add_row(label, ", ".join(f"{name} x{n}" if n > 1 else name for name, n in names.items()) + note)
     for f in plan.diagnosis.findings:
         if f.severity == "warning":
             grid.add_row(Text(f.code.code, style="yellow"), printable(f.message))
