@@ -178,11 +178,11 @@ def _read_index(index: Path) -> tuple[list[TensorInfo], list[str], Format, list[
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise InvalidInputError("Cannot read sharded index", index, "weight_map is missing or not a map of tensor name -> shard file", "Re-create the index with save_pretrained().")
     root = index.parent
-    shards = list(dict.fromkeys(weight_map.values()))
+    shards = sorted(set(weight_map.values()))  # by file name: model-00001-of-N first, whatever the index lists first
     tensors: list[TensorInfo] = []
     fmt: Format = "safetensors"
-    for rel in shards:
-        shard = _inside(root, rel, index)
+    paths = {rel: _inside(root, rel, index) for rel in shards}  # every name checked before any file is read
+    for rel, shard in paths.items():
         if not shard.exists():
             raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} is listed but missing", "Download the missing shard, or re-save the checkpoint.")
         found, fmt = _read_file(shard, rel)

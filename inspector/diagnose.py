@@ -301,11 +301,14 @@ def check_vocabulary(ctx: CheckContext) -> list[Finding]:
         vocab_tensor = ctx.vocab.is_vocab(name)
         rows_only = len(a_shape) == len(b_shape) and (a_shape[1:] == b_shape[1:] if name not in ctx.vocab.biases else a_shape[:-1] == b_shape[:-1])
         if vocab_tensor and rows_only:
+            a_rows, b_rows = (a_shape[-1], b_shape[-1]) if name in ctx.vocab.biases else (a_shape[0], b_shape[0])
+            # Fewer rows: usually resize_token_embeddings(len(tokenizer)) dropped padding rows (Qwen2 keeps ~270).
+            fewer = " (fewer rows: resized to the tokenizer's length, dropping padding rows?)" if a_rows < b_rows else ""
             out.append(Finding(
                 Code.VOCAB_ROWS,
-                f"{label}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}; "
+                f"{label}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}{fewer}; "
                 f"PEFT's merge fails here with 'size mismatch'.",
-                f"Run `{ctx.merge_cmd}` (resizes to the adapter's rows), or `{ctx.resize_like_cmd}` first.",
+                f"Run `{ctx.merge_cmd}` ({'shrinks' if a_rows < b_rows else 'grows'} the model to the adapter's {a_rows} rows), or `{ctx.resize_like_cmd}` first.",
                 **common,
                 repair="resize",
             ))

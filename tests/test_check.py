@@ -216,7 +216,7 @@ def seed_findings(seed_dir: Path) -> list[dict]:
     """The two LI101 findings of the seed case, field by field (the JSON golden)."""
     base, adapter = seed_dir / "base", seed_dir / "adapter"
     hint = (
-        f"Run `lora-inspector merge {base} {adapter} --out merged` (resizes to the adapter's rows), "
+        f"Run `lora-inspector merge {base} {adapter} --out merged` (grows the model to the adapter's 70840 rows), "
         f"or `lora-inspector resize {base} --like {adapter} --out base-resized` first."
     )
     return [
@@ -746,6 +746,16 @@ def test_trainable_token_indices_beyond_base(capsys, root: Path, llama: Built, t
         ("LI502", "warning", HEAD, None, (71, 16), (64, 16)),
     )
     assert "reach token 70 but the base has 64 rows: the merged model needs 71 rows" in by_code(report, "LI601")[0]["message"]
+
+
+def test_adapter_with_fewer_rows_says_the_merge_shrinks(capsys, root: Path, llama: Built) -> None:
+    # resize_token_embeddings(len(tokenizer)) on a base with padding rows: the adapter has fewer rows.
+    adapter = make_lora_adapter(llama.path, root / "shrunk", vocab=60, r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"])
+    rc, report = check_json(capsys, llama.path, adapter.path)
+    li101 = by_code(report, "LI101")
+    assert rc == 1 and report["vocab"]["merged_rows"] == 60 and len(li101) == 2
+    assert "the base has [64, 16] (fewer rows: resized to the tokenizer's length, dropping padding rows?)" in li101[0]["message"]
+    assert "(shrinks the model to the adapter's 60 rows)" in li101[0]["hint"]
 
 
 def test_tokenizer_larger_than_trainable_indices_sets_the_size(capsys, root: Path, llama: Built, tokens_llama: Built) -> None:

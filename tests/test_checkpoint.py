@@ -183,6 +183,13 @@ def _edit_index(directory: Path, edit) -> Path:
     return index
 
 
+def test_shards_listed_by_file_name(sharded_copy: Path) -> None:
+    # Hub indexes sort weight_map by tensor name, so lm_head (last shard) often comes first: files are listed by name.
+    _edit_index(sharded_copy, lambda data: data.update(weight_map=dict(reversed(list(data["weight_map"].items())))))
+    files = read_checkpoint(sharded_copy).files
+    assert files[0] == "model.safetensors.index.json" and list(files[1:]) == sorted(files[1:]) and len(files) > 2
+
+
 def test_total_size_disagreement_is_a_warning(sharded_copy: Path) -> None:
     _edit_index(sharded_copy, lambda d: d["metadata"].update(total_size=12345))
     ckpt = read_checkpoint(sharded_copy)
