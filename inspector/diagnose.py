@@ -760,10 +760,22 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
     if not (quant or keys or packed):
         return []
     method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else None
+    if not (keys or packed):
+        # Full-precision weights under a config that still says quantized (saved after dequantizing).
+        return [Finding(Code.QUANTIZED_BASE, f"config.json carries a quantization_config ({method}) but every weight is full precision "
+                        "(no packed tensors, no quant-state keys): a leftover of an earlier save.",
+                        "Nothing blocks the merge, which leaves quantization_config out of the merged config.json; remove it from BASE's too, "
+                        "or transformers tries to quantize the model when it loads it.", severity="warning")]
     evidence = f"quantization_config ({method})" if quant else f"quantized tensors such as {(keys or packed)[0]}"
-    return [Finding(Code.QUANTIZED_BASE, f"the base is quantized ({evidence}); merging into packed weights would corrupt them.",
+    return [Finding(Code.QUANTIZED_BASE, f"the base is quantized ({evidence}); merging into packed weights would corrupt them "
+                    "(LoRA shapes and targets are not checked against packed weights).",
                     "Merge into the original full-precision base model (the one the quantized copy was made from).",
                     tensor=(keys or packed or [None])[0])]
+
+
+# What a quantized base's packed tensors (U8 [n/2, 1], GPTQ qweight) make meaningless to compare.
+_PACKED_NOISE = frozenset({"LORA_A_SHAPE", "LORA_B_SHAPE", "LORA_RANK", "DORA_MAGNITUDE", "EMBEDDING_LORA", "LORA_BIAS",
+                           "ORPHAN", "TARGET_UNMATCHED", "NOT_TARGETED", "HIDDEN_SIZE", "FULL_SHAPE", "BASE_PATH"})
 
 
 def _local_base(ctx: CheckContext) -> Path | None:
@@ -952,6 +964,8 @@ def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | Non
         findings = check_unsupported(ctx) + check_empty(ctx)
     else:
         findings = [f for check in CHECKS for f in check(ctx)]
+        if any(f.code is Code.QUANTIZED_BASE and f.severity == "error" for f in findings):
+            findings = [f for f in findings if f.code.name not in _PACKED_NOISE]  # LI901 says it all
     order = {code: i for i, code in enumerate(Code)}
     findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.tensor or "", f.adapter_key or ""))
     return Diagnosis(base, adapter, tokenizer, ctx.plan, tuple(findings), ctx)

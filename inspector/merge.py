@@ -22,6 +22,7 @@ from inspector.adapter import is_transposed
 from inspector.base import known_tied_head
 from inspector.check import run_check
 from inspector.diagnose import Diagnosis
+from inspector.findings import Code
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, initializer_range
@@ -104,7 +105,7 @@ def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
     if not blocking:
         return
     codes = sorted({f.code.code for f in blocking}, key=lambda c: int(c[2:]))
-    first = blocking[0]
+    first = next((f for f in blocking if f.code is Code.QUANTIZED_BASE), blocking[0])  # the cause, not its symptoms
     hint = (
         "What training saw for those rows is lost; merge anyway with an explicit --init (e.g. --init mean)."
         if all(f.repair == "init" for f in blocking)
@@ -318,6 +319,8 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
     ordered += new_heads
     _check_dtypes(ordered, diagnosis)
     config = updated_config(diagnosis.base.config, plan.rows) if grows else dict(diagnosis.base.config)
+    if any(f.code is Code.QUANTIZED_BASE for f in diagnosis.findings):  # a leftover (a real one refused above)
+        config.pop("quantization_config", None)
     if head is not None:
         config["tie_word_embeddings"] = False  # as PEFT's merge_and_unload does once the sides differ
         if isinstance(config.get("text_config"), dict) and "tie_word_embeddings" in config["text_config"]:

@@ -832,11 +832,33 @@ def test_adapter_without_tensors(capsys, root: Path, llama: Built, lora_llama: B
 
 
 def test_quantized_base(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
-    base = edit_json(llama.path, root / "llama_bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    # As unsloth's -bnb-4bit repos store it: U8-packed [n/2, 1] weights and quant-state keys. One cause,
+    # one finding: no LoRA shape errors read out of the packed shapes ("expected [4, 1]").
+    def pack(tensors):
+        for key in [k for k in tensors if k.endswith("_proj.weight")]:
+            tensors[key] = torch.zeros(tensors[key].numel() // 2, 1, dtype=torch.uint8)
+            tensors[key.removesuffix("weight") + "weight.absmax"] = torch.ones(4)
+        return tensors
+
+    packed = edit_tensors(llama.path, root / "llama_bnb_raw", pack, filename="model.safetensors")
+    base = edit_json(packed, root / "llama_bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
     rc, report = check_json(capsys, base, lora_llama.path)
     assert rc == 1
-    assert rows(report) == [("LI901", "error", None, None, None, None)]
-    assert "quantization_config (bitsandbytes)" in report["findings"][0]["message"]
+    assert rows(report) == [("LI901", "error", "model.layers.0.mlp.down_proj.weight.absmax", None, None, None)]
+    assert report["findings"][0]["message"].startswith("the base is quantized (quantization_config (bitsandbytes)); merging into packed weights")
+    rc = main(["merge", str(base), str(lora_llama.path), "--out", str(root / "merged_bnb"), "--device", "cpu"])
+    assert rc == 1 and "Merge refused" in capsys.readouterr().err and not (root / "merged_bnb").exists()
+
+
+def test_leftover_quantization_config_is_a_warning(capsys, root: Path, llama: Built, lora_llama: Built, tmp_path: Path) -> None:
+    # Full-precision weights under a config that still says bitsandbytes (saved after dequantizing):
+    # the merge goes ahead and leaves the stale quantization_config out of the merged config.
+    base = edit_json(llama.path, root / "llama_bnb_leftover", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    rc, report = check_json(capsys, base, lora_llama.path)
+    assert rc == 0 and rows(report) == [("LI901", "warning", None, None, None, None)]
+    assert report["findings"][0]["message"].startswith("config.json carries a quantization_config (bitsandbytes) but every weight is full precision")
+    assert main(["merge", str(base), str(lora_llama.path), "--out", str(tmp_path / "merged"), "--device", "cpu", "--quiet"]) == 0
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
 
 
 def test_base_model_name_of_another_family(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
