@@ -39,6 +39,12 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes FloatRange (every comparison with it is false) and would let any difference through
+        raise click.BadParameter("nan is not a tolerance", ctx=ctx, param=param)
+    return value
+
+
 def output_options(func):
     """Global options, accepted before the command name and after it alike (``scan X --format json``)."""
     options = [
@@ -153,7 +159,8 @@ def scan(ctx, paths, tensors, match, **opts) -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--values", is_flag=True, help="Also stream both and report per-tensor max-abs and relative differences.")
-@click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True, help="With --values: differences up to this max-abs count as equal.")
+@click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_not_nan,
+              help="With --values: differences up to this max-abs count as equal.")
 @output_options
 @click.pass_context
 def diff(ctx, a, b, values, atol, **opts) -> None:

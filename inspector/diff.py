@@ -49,7 +49,8 @@ class ValueDiff:
     name: str
     max_abs: float  # max |a - b|, computed in fp32
     rel: float  # ||a - b|| / ||b|| (Frobenius); 0 when both are zero
-    nonfinite: bool  # NaN or Inf on either side
+    nonfinite: bool  # NaN or Inf on one side where the other holds something else
+    shared_nonfinite: int = 0  # elements that are the same NaN / Inf on both sides (equal, but worth knowing)
 
 
 def _adapter_view(adapter: Checkpoint, model: Checkpoint) -> dict[str, TensorInfo]:
@@ -106,19 +107,26 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
             rows = c.a.shape[0] if c.a.shape else 1
             row_numel = max(1, c.a.numel // rows) if rows else 1
             step = max(1, block_bytes // (4 * row_numel))
-            max_abs, diff_sq, ref_sq, nonfinite = 0.0, 0.0, 0.0, False
+            max_abs, diff_sq, ref_sq, nonfinite, shared = 0.0, 0.0, 0.0, False, 0
             for r0 in range(0, rows, step):
                 x = ra.read_rows(c.a, r0, r0 + step).to(torch.float32)
                 y = rb.read_rows(c.b, r0, r0 + step).to(torch.float32)
                 if x.numel() == 0:
                     continue
-                nonfinite |= not bool(torch.isfinite(x).all() and torch.isfinite(y).all())
+                odd = ~(torch.isfinite(x) & torch.isfinite(y))
+                if bool(odd.any()):
+                    # NaN against NaN and Inf against the same Inf are equal (a file diffed with itself
+                    # must be identical); any other pairing with a non-finite value differs.
+                    same = (torch.isnan(x) & torch.isnan(y)) | (x == y)
+                    nonfinite |= bool((odd & ~same).any())
+                    shared += int((odd & same).sum())
+                    x, y = x.masked_fill(odd, 0.0), y.masked_fill(odd, 0.0)
                 d = (x - y).abs()
                 max_abs = max(max_abs, float(d.max()))
                 diff_sq += float(d.double().square().sum())
                 ref_sq += float(y.double().square().sum())
             rel = math.sqrt(diff_sq / ref_sq) if ref_sq else (0.0 if diff_sq == 0 else math.inf)
-            out.append(ValueDiff(c.name, max_abs, rel, nonfinite))
+            out.append(ValueDiff(c.name, max_abs, rel, nonfinite, shared))
             if progress:
                 progress(c.a.nbytes + c.b.nbytes, total)
     return dataclasses.replace(result, values=tuple(out), atol=atol)

@@ -69,6 +69,31 @@ def test_nan_is_reported_as_nonfinite(capsys, tmp_path: Path, llama: Built) -> N
     assert nan["nonfinite"] is True
 
 
+def test_the_same_nan_on_both_sides_is_equal(capsys, tmp_path: Path, llama: Built) -> None:
+    # A checkpoint holding NaN / Inf diffed with itself (or a copy) is identical, exit 0; the report still
+    # counts those values. A NaN against a number, or +Inf against -Inf, differs.
+    name = "model.norm.weight"
+
+    def poison(t):
+        t[name][0], t[name][1] = math.nan, math.inf
+
+    _copy_with(llama.path, tmp_path / "a", poison)
+    _copy_with(llama.path, tmp_path / "b", poison)
+    rc, report = _json(capsys, tmp_path / "a", tmp_path / "b")
+    entry = next(v for v in report["values"]["tensors"] if v["name"] == name)
+    assert rc == 0 and report["values"]["differ"] == 0
+    assert (entry["nonfinite"], entry["shared_nonfinite"], entry["max_abs"]) == (False, 2, 0.0)
+    _copy_with(llama.path, tmp_path / "c", lambda t: t[name].__setitem__(1, -math.inf))
+    rc, report = _json(capsys, tmp_path / "a", tmp_path / "c")
+    assert rc == 1 and next(v for v in report["values"]["tensors"] if v["name"] == name)["nonfinite"] is True
+
+
+def test_atol_nan_is_refused(capsys, llama: Built) -> None:
+    rc = main(["diff", str(llama.path), str(llama.path), "--values", "--atol", "nan"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("Error: Invalid value for '--atol': nan is not a tolerance")
+
+
 def test_row_blocks_give_the_same_numbers_as_one_block(tmp_path: Path, llama: Built) -> None:
     # Tiny blocks force many row blocks per tensor: the streamed sums must equal the one-shot ones.
     _copy_with(llama.path, tmp_path / "noisy", lambda t: [v.add_(0.01 * torch.randn_like(v)) for k, v in t.items() if v.is_floating_point()])

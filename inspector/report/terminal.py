@@ -77,9 +77,12 @@ def _values(result: DiffResult, shown: int = 20) -> list[RenderableType]:
     worst = sorted(result.values, key=lambda v: (not v.nonfinite, -v.max_abs))
     differ = [v for v in worst if v.nonfinite or v.max_abs > result.atol]
     title = f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"
+    shared = [v for v in result.values if v.shared_nonfinite]
+    note = [Text(f"NaN/Inf at the same places on both sides (equal, but present): {', '.join(printable(v.name) for v in shared[:5])}"
+                 + (f" and {len(shared) - 5} more" if len(shared) > 5 else ""), style="yellow")] if shared else []
     if not differ:
         top = max((v.max_abs for v in worst), default=0.0)
-        return [Text(f"{title}; largest max-abs difference {top:.3g}", style="green")]
+        return [Text(f"{title}; largest max-abs difference {top:.3g}", style="green"), *note]
     worst = differ
     table = Table(title=title, title_justify="left")
     table.add_column("tensor", overflow="fold")
@@ -88,7 +91,7 @@ def _values(result: DiffResult, shown: int = 20) -> list[RenderableType]:
     for v in worst[:shown]:
         style = "red" if v.nonfinite or v.max_abs > result.atol else "green"
         table.add_row(printable(v.name), Text("NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", style=style), f"{v.rel:.3g}")
-    parts: list[RenderableType] = [table]
+    parts: list[RenderableType] = [table, *note]
     if len(worst) > shown:
         parts.append(Text(f"... {len(worst) - shown} more (all of them: --format json)", style="dim"))
     return parts
