@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 def printable(text: str) -> str:
-    """Names and values from files, safe for a terminal or CI log: control characters (ESC starts
-    terminal escape sequences) shown as \\xNN; newlines and tabs are left to each format."""
-    return "".join(c if c in "\n\r\t" or (c.isprintable() or c == " ") else f"\\x{ord(c):02x}" for c in text)
+    """Names and values from files, safe for a terminal or CI log: control characters shown as \\xNN,
+    newlines included (ESC starts terminal escape sequences; a newline in a tensor name would draw a
+    row of its own in a table)."""
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
 
 
 def human_bytes(n: int) -> str:

@@ -839,6 +839,15 @@ def test_terminal_escapes_in_tensor_names_are_never_printed_raw(capsys, tmp_path
         assert "evil\\x1b[2J" in out
 
 
+def test_a_newline_in_a_tensor_name_draws_no_row_of_its_own(capsys, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"a\nlm_head.weight": torch.zeros(1), "b": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
+    rc, out, err = cli(capsys, "scan", tmp_path / "x.safetensors", "--tensors")
+    assert (rc, err) == (0, "") and "a\\x0alm_head.weight" in out
+    assert not any(line.strip("│ ").startswith("lm_head.weight") for line in out.splitlines())
+
+
 def test_a_link_to_a_directory_in_an_input_is_not_an_input(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
     # `base -> /models/...` style links beside an adapter are common; only linked files count as inputs.
     adapter = copy_dir(lora_llama.path, tmp_path / "adapter")
