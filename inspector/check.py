@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inspector.adapter import read_adapter
-from inspector.checkpoint import Checkpoint, read_checkpoint
+from inspector.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
 from inspector.paths import locate
@@ -25,9 +25,9 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     if base.kind != "model":
         raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
     if (base.root / "params.json").is_file() and not (base.root / "config.json").is_file():
-        raise UsageError("Not a Hugging Face model", base.path, "it is Mistral's native format (params.json, consolidated.safetensors), whose tensor names PEFT adapters do not use",
-                         "Pass the Hugging Face layout of the same model (config.json + model*.safetensors; Mistral repos ship both), "
-                         "or convert it with transformers' convert_mistral_weights_to_hf.py.")
+        owner = "Mistral's" if any(f.endswith(".safetensors") for f in base.files) else "Meta's original Llama"
+        raise UsageError("Not a Hugging Face model", base.path, f"it is {owner} native format (params.json, {', '.join(base.files)}), "
+                         "whose tensor names PEFT adapters do not use", NATIVE_FORMAT_HINT)
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
     if tokenizer_dir is not None:

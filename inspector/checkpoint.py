@@ -223,6 +223,46 @@ def _checkpoint_subdirs(root: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (int(m.group(1)) if (m := re.search(r"(\d+)$", d.name)) else -1, d.name))
 
 
+# Meta's original Llama (consolidated.NN.pth) and Mistral's (consolidated.safetensors) releases: other
+# tensor names than transformers', so no PEFT adapter matches them.
+NATIVE_FORMAT_HINT = ("Use the Hugging Face layout of the same model (config.json + model*.safetensors; Mistral repositories ship both), "
+                      "or convert it with transformers' convert_llama_weights_to_hf.py (Meta) / convert_mistral_weights_to_hf.py (Mistral).")
+
+# Weight files lora-inspector does not read, by name: what they are, and where to go instead.
+_OTHER_FORMATS = (
+    (".gguf", "a GGUF file (llama.cpp)", "Use the Hugging Face (safetensors) repository it was converted from."),
+    (".h5", "TensorFlow weights", "Use the PyTorch / safetensors weights of the same model (most repositories ship both)."),
+    (".msgpack", "Flax weights", "Use the PyTorch / safetensors weights of the same model (transformers converts with from_flax=True)."),
+)
+
+
+def _other_format(name: str) -> tuple[str, str] | None:
+    return next(((what, hint) for suffix, what, hint in _OTHER_FORMATS if name.endswith(suffix)), None)
+
+
+def _nothing_readable(root: Path, names: tuple[str, ...]) -> InvalidInputError:
+    """Why a directory holds no checkpoint lora-inspector reads, as precisely as its files tell."""
+    files = sorted(p.name for p in root.iterdir() if p.is_file())
+    loose = [n for n in files if n.endswith(".safetensors")]
+    if loose:  # several: a sharded model whose index is missing (one would have been read)
+        shown = ", ".join(loose[:4]) + (", ..." if len(loose) > 4 else "")
+        return _input_error(root, f"{len(loose)} .safetensors files ({shown}) but no model.safetensors.index.json",
+                            "Download the index too (it says which tensor is in which shard), or point at one file to read it alone.")
+    if "params.json" in files and any(n.startswith("consolidated.") for n in files):
+        return _input_error(root, "it is in a native format (params.json + consolidated.* weights), not the Hugging Face layout PEFT adapters use",
+                            NATIVE_FORMAT_HINT)
+    other = next(((n, *_other_format(n)) for n in files if _other_format(n)), None)
+    if other:
+        return _input_error(root, f"it holds {other[1]} ({other[0]}), not safetensors or PyTorch weights", other[2])
+    if "config.json" in files and not any(n.endswith((".bin", ".pt", ".pth")) for n in files):
+        return _input_error(root, "it has a config.json but no weight files (not downloaded yet?)",
+                            "Download the weights too, e.g. `hf download REPO --include '*.safetensors' '*.json'`.")
+    inside = _checkpoint_subdirs(root)
+    hint = (f"It holds checkpoints in subdirectories ({', '.join(d.name for d in inside[:5])}{', ...' if len(inside) > 5 else ''}): "
+            f"pass one, e.g. '{inside[-1]}'." if inside else "Point at a directory written by save_pretrained(), or at a .safetensors file.")
+    return _input_error(root, f"no checkpoint files found (looked for {', '.join(names)})", hint)
+
+
 def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpoint:
     """Resolve ``path`` (directory, file, or index) into a ``Checkpoint``; headers only."""
     given = str(path)
@@ -238,17 +278,16 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
             if len(st_files) == 1:
                 found = st_files[0]
             else:
-                expected = ", ".join(names)
-                inside = _checkpoint_subdirs(root)
-                hint = (f"It holds checkpoints in subdirectories ({', '.join(d.name for d in inside[:5])}{', ...' if len(inside) > 5 else ''}): "
-                        f"pass one, e.g. '{inside[-1]}'." if inside else "Point at a directory written by save_pretrained(), or at a .safetensors file.")
-                raise _input_error(root, f"no checkpoint files found (looked for {expected})", hint)
+                raise _nothing_readable(root, names)
         entry = _own_file(root, root / found)
     else:
         if not stat.S_ISREG(path.stat().st_mode):
             raise _input_error(path, "not a regular file", "Point at a checkpoint directory or a .safetensors file.")
         root, entry, found = path.parent, path, path.name
         if not (found.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json"))):
+            other = _other_format(found)
+            if other:
+                raise _input_error(path, f"it is {other[0]}, not safetensors or PyTorch weights", other[1])
             raise _input_error(path, "unknown file type", "Give a .safetensors, .bin or *.index.json file, or a checkpoint directory.")
 
     warnings: list[str] = []

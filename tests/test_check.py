@@ -983,7 +983,16 @@ def test_mistral_native_format_is_named(capsys, root: Path, llama: Built, lora_l
     rc, out, err = run(capsys, native, lora_llama.path)
     assert rc == 2 and out == ""
     assert err.startswith(f"Error: Not a Hugging Face model for '{native}': it is Mistral's native format (params.json, consolidated.safetensors)")
-    assert "\nHint: Pass the Hugging Face layout of the same model" in err
+    assert "\nHint: Use the Hugging Face layout of the same model" in err
+    # Meta's original release: consolidated.00.pth (a plain state dict) + params.json.
+    meta = root / "meta_native"
+    meta.mkdir()
+    torch.save({"tok_embeddings.weight": torch.zeros(64, 16)}, meta / "consolidated.00.pth")
+    (meta / "params.json").write_text('{"dim": 16}')
+    rc, out, err = run(capsys, meta / "consolidated.00.pth", lora_llama.path)
+    assert rc == 2 and err.startswith(f"Error: Not a Hugging Face model for '{meta / 'consolidated.00.pth'}': it is Meta's original Llama native format")
+    rc, out, err = run(capsys, meta, lora_llama.path)  # the directory: nothing it reads by name, and why
+    assert rc == 2 and "it is in a native format (params.json + consolidated.* weights)" in err and "convert_llama_weights_to_hf.py" in err
 
 
 def test_missing_tokenizer_dir_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:

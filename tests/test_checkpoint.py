@@ -471,6 +471,26 @@ def test_path_errors(tmp_path: Path) -> None:
         read_checkpoint(fifo)
 
 
+def test_directories_without_readable_weights_say_what_they_hold(tmp_path: Path, llama_sharded: Built, llama: Built) -> None:
+    shards = copy_checkpoint(llama_sharded.path, tmp_path / "no_index")
+    (shards / "model.safetensors.index.json").unlink()
+    with pytest.raises(InvalidInputError, match=r"\d+ \.safetensors files \(model-00001-of-\d+\.safetensors, .*\) but no model.safetensors.index.json") as exc:
+        read_checkpoint(shards)
+    assert exc.value.hint.startswith("Download the index too")
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model-q4_k_m.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(InvalidInputError, match=r"it holds a GGUF file \(llama.cpp\) \(model-q4_k_m.gguf\)"):
+        read_checkpoint(gguf)
+    with pytest.raises(InvalidInputError, match=r"it is a GGUF file \(llama.cpp\), not safetensors or PyTorch weights"):
+        read_checkpoint(gguf / "model-q4_k_m.gguf")
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(llama.path / "config.json", config_only / "config.json")
+    with pytest.raises(InvalidInputError, match="it has a config.json but no weight files"):
+        read_checkpoint(config_only)
+
+
 def test_trainer_output_dir_names_its_checkpoints(tmp_path: Path, lora_llama: Built) -> None:
     # Trainer's output_dir holds checkpoint-<step>/ folders: say so, and name the latest step.
     for step in (500, 1000, 1500):
