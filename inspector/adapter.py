@@ -407,9 +407,30 @@ class Adapter:
     unknown: tuple[AdapterTensor, ...]
 
 
+# LoRA files of other tools, by their keys: kohya-ss and diffusers (Stable Diffusion, Flux) and mlx-lm.
+_KOHYA_KEY = re.compile(r"^lora_(unet|te\d?)_|\.lora_(down|up)\.weight$|\.lora\.(down|up)\.weight$")
+_DIFFUSERS_KEY = re.compile(r"^(unet|text_encoder(_\d)?|transformer)\..*\.lora_[AB]\.weight$")
+_MLX_KEY = re.compile(r"\.lora_[ab]$")
+
+
+def foreign_lora(ckpt: Checkpoint) -> tuple[str, str] | None:
+    """(what it is, what to do) when ``ckpt`` is another tool's LoRA file rather than a PEFT adapter."""
+    names = [t.name for t in ckpt.tensors]
+    if "lora_parameters" in ckpt.config or (names and all(_MLX_KEY.search(n) for n in names)):
+        return ("an mlx-lm adapter (lora_a / lora_b keys, stored transposed to PEFT's lora_A / lora_B)",
+                "Fuse it with mlx-lm (`mlx_lm.fuse`); lora-inspector checks and merges PEFT adapters.")
+    if not ckpt.config and names and (any(_KOHYA_KEY.search(n) for n in names) or all(_DIFFUSERS_KEY.search(n) for n in names)):
+        return ("a kohya-ss / diffusers LoRA for a diffusion model (lora_unet_*, lora_down / lora_up or unet.* keys), not a PEFT adapter of a language model",
+                "Load it with diffusers (pipe.load_lora_weights); lora-inspector checks and merges PEFT adapters of transformers models.")
+    return None
+
+
 def read_adapter(ckpt: Checkpoint) -> Adapter:
     """Interpret an adapter checkpoint's config and keys (headers only)."""
     path = str(ckpt.root / "adapter_config.json")
+    foreign = foreign_lora(ckpt)
+    if foreign is not None:
+        raise InvalidInputError("Not a PEFT adapter", ckpt.path, f"it is {foreign[0]}", foreign[1])
     if not ckpt.config:
         raise InvalidInputError(
             "Cannot read adapter",

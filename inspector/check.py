@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inspector.adapter import read_adapter
+from inspector.adapter import foreign_lora, read_adapter
 from inspector.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
@@ -20,6 +20,10 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     base = base_path if isinstance(base_path, Checkpoint) else read_checkpoint(base_path)
     adapter = read_checkpoint(adapter_path)
     label = "--like ADAPTER" if command == "resize" else "ADAPTER"
+    for ckpt, role in ((base, "BASE"), (adapter, label)):
+        foreign = foreign_lora(ckpt)
+        if foreign is not None:
+            raise UsageError("Not a PEFT checkpoint", ckpt.path, f"{role} is {foreign[0]}", foreign[1])
     if base.kind == "adapter" and adapter.kind == "model" and command != "resize":
         raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{'' if command == 'check' else ' --out DIR'}`.")
     if base.kind != "model":

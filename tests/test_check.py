@@ -995,6 +995,28 @@ def test_mistral_native_format_is_named(capsys, root: Path, llama: Built, lora_l
     assert rc == 2 and "it is in a native format (params.json + consolidated.* weights)" in err and "convert_llama_weights_to_hf.py" in err
 
 
+@pytest.mark.parametrize("tool", ["kohya", "diffusers", "mlx"])
+def test_lora_files_of_other_tools_are_named(capsys, root: Path, llama: Built, tool: str) -> None:
+    from safetensors.torch import save_file
+
+    where = root / f"foreign_{tool}"
+    where.mkdir(exist_ok=True)
+    if tool == "kohya":
+        save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8), "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.ones(())},
+                  str(where / "lora.safetensors"))
+        adapter, what = where / "lora.safetensors", "a kohya-ss / diffusers LoRA for a diffusion model"
+    elif tool == "diffusers":
+        save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 8)}, str(where / "pytorch_lora_weights.safetensors"))
+        adapter, what = where, "a kohya-ss / diffusers LoRA for a diffusion model"
+    else:
+        save_file({"model.layers.0.self_attn.q_proj.lora_a": torch.zeros(16, 4), "model.layers.0.self_attn.q_proj.lora_b": torch.zeros(4, 16)},
+                  str(where / "adapters.safetensors"))
+        (where / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "lora_parameters": {"rank": 4, "scale": 20.0}}))
+        adapter, what = where, "an mlx-lm adapter"
+    rc, out, err = run(capsys, llama.path, adapter)
+    assert rc == 2 and out == "" and err.startswith(f"Error: Not a PEFT checkpoint for '{adapter}': ADAPTER is {what}")
+
+
 def test_missing_tokenizer_dir_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
     rc, out, err = run(capsys, llama.path, lora_llama.path, "--tokenizer", root / "no-such-dir")
     assert rc == 2 and out == ""
