@@ -28,6 +28,8 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
         raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{'' if command == 'check' else ' --out DIR'}`.")
     if base.kind != "model":
         raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
+    if not base.tensors:
+        raise UsageError("Not a base model", base.path, f"BASE holds no tensors ({', '.join(base.files)})", "Point at the model's weights, as save_pretrained() wrote them.")
     if (base.root / "params.json").is_file() and not (base.root / "config.json").is_file():
         owner = "Mistral's" if any(f.endswith(".safetensors") for f in base.files) else "Meta's original Llama"
         raise UsageError("Not a Hugging Face model", base.path, f"it is {owner} native format (params.json, {', '.join(base.files)}), "

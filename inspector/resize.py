@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inspector.checkpoint import Checkpoint, read_checkpoint
-from inspector.errors import UsageError
+from inspector.errors import RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.paths import locate, resolves_inside
 from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
+from inspector.tensor import FLOAT_DTYPES
 from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES, read_tokenizer
 from inspector.writer import CheckpointWriter, OutputTensor
 
@@ -135,12 +136,17 @@ def resize_checkpoint(
     base = read_checkpoint(base_path)
     if base.kind != "model":
         raise UsageError("Not a base model", base_path, "this is a PEFT adapter", "Pass the base model directory; use --like ADAPTER to take the size from the adapter.")
+
     rows, reason = _target_rows(base, vocab, tokenizer, like)
     old_tok_known = base.tokenizer is not None
     chosen = init or ("subword_mean" if tokenizer is not None and old_tok_known else "mean")
     if chosen == "subword_mean" and not (tokenizer is not None and old_tok_known):
         raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR)", "Pass --tokenizer DIR, or choose --init mean.")
     plan = plan_resize(base, rows, reason, chosen, pad_to)
+    packed = [n for n in plan.matrices + plan.biases if base.by_name[n].dtype not in FLOAT_DTYPES]
+    if packed:  # new rows need arithmetic on the old ones; packed or FP8 values (with their scales) have none
+        raise RefusedError("Resize refused", base_path, f"{packed[0]} is {base.by_name[packed[0]].dtype}, a quantized vocabulary matrix",
+                           "Resize the full-precision base the quantized copy was made from.")
     new_tok = locate(tokenizer) if tokenizer else None
     if new_tok is not None and base.tokenizer is not None and base.tokenizer.size < min(plan.old_rows, plan.requested):
         # Padding rows past the old tokenizer (Qwen2 keeps ~270) that new tokens now take: never

@@ -8,6 +8,7 @@ Each test asserts the exact findings: code, severity, base tensor, adapter key a
 from __future__ import annotations
 
 import io
+import shutil
 import json
 import subprocess
 import sys
@@ -769,8 +770,6 @@ def test_tokenizer_larger_than_trainable_indices_sets_the_size(capsys, root: Pat
 
 def test_adapter_without_its_extended_tokenizer(capsys, root: Path, seed_dir: Path) -> None:
     # The seed adapter grows 32,000 -> 70,840 rows; without its tokenizer only the base's (32,000) is found.
-    import shutil
-
     adapter = root / "seed_adapter_no_tokenizer"
     shutil.copytree(seed_dir / "adapter", adapter, ignore=shutil.ignore_patterns("tokenizer*"))
     rc, report = check_json(capsys, seed_dir / "base", adapter)
@@ -1015,6 +1014,17 @@ def test_lora_files_of_other_tools_are_named(capsys, root: Path, llama: Built, t
         adapter, what = where, "an mlx-lm adapter"
     rc, out, err = run(capsys, llama.path, adapter)
     assert rc == 2 and out == "" and err.startswith(f"Error: Not a PEFT checkpoint for '{adapter}': ADAPTER is {what}")
+
+
+def test_base_without_tensors_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:
+    from safetensors.torch import save_file
+
+    empty = root / "empty_base"
+    empty.mkdir()
+    shutil.copy(llama.path / "config.json", empty / "config.json")
+    save_file({}, str(empty / "model.safetensors"))
+    rc, out, err = run(capsys, empty, lora_llama.path)
+    assert rc == 2 and err.startswith(f"Error: Not a base model for '{empty}': BASE holds no tensors (model.safetensors).")
 
 
 def test_missing_tokenizer_dir_exit_2(capsys, root: Path, llama: Built, lora_llama: Built) -> None:

@@ -525,6 +525,16 @@ def test_normal_rows_are_drawn_per_matrix(world: World) -> None:
     assert not torch.equal(new["model.embed_tokens.weight"][rows], new["lm_head.weight"][rows])
 
 
+def test_quantized_vocabulary_matrix_is_refused(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An FP8 lm_head (with its weight_scale_inv) has no values to average: refuse, write nothing.
+    base = world.bases["llama"]
+    fp8 = edit_tensors(base.path, tmp_path / "fp8", lambda t: {**t, "lm_head.weight": t["lm_head.weight"].to(torch.float8_e4m3fn),
+                                                                  "lm_head.weight_scale_inv": torch.ones(1, 1)}, filename="model.safetensors")
+    rc, out, err = run(capsys, "resize", fp8, "--vocab", base.tok.old_len + 8, "--out", tmp_path / "out")
+    assert rc == 1 and out == "" and not (tmp_path / "out").exists()
+    assert err.startswith(f"Error: Resize refused for '{fp8}': lm_head.weight is F8_E4M3, a quantized vocabulary matrix.")
+
+
 def test_vocab_defaults_to_mean(world: World) -> None:
     base = world.bases["qwen2"]
     rows = base.tok.old_len + 5
