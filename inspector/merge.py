@@ -22,8 +22,8 @@ from inspector.adapter import is_transposed
 from inspector.base import known_tied_head
 from inspector.check import run_check
 from inspector.diagnose import Diagnosis
-from inspector.findings import Code
 from inspector.errors import InvalidInputError, RefusedError, UsageError
+from inspector.findings import Code
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, initializer_range
 from inspector.resize import grow, output_side_files, tokenizer_from, updated_config
