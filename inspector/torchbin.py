@@ -219,6 +219,11 @@ def walk_pickle(path: Path, data: bytes) -> dict[str, _Tensor]:
         raise _fail(path, "the pickle does not hold a state dict")
     result = {}
     for key, value in stack[0].items():
+        if isinstance(value, dict) and value and all(isinstance(v, _Tensor) for v in value.values()):
+            # A training checkpoint ({"model": state_dict, "optimizer": ...}): readable, but not a model.
+            raise InvalidInputError("Cannot read a training checkpoint as a model", path,
+                                    f"its tensors are nested under {key!r} ({len(value)} of them), not at the top level",
+                                    f"Save the {key!r} entry by itself (torch.load in a trusted environment, then safetensors' save_file or save_pretrained).")
         if not isinstance(value, _Tensor):
             raise _fail(path, f"entry {key!r} is a {type(value).__name__}, not a tensor")
         result[key] = value

@@ -335,3 +335,14 @@ def test_views_that_repeat_their_storage_are_refused(tmp_path: Path, view: str) 
     torch.save({"x": t}, tmp_path / "bomb.bin")
     with pytest.raises(InvalidInputError, match="is a view that repeats its storage elements"):
         read_torch_bin(tmp_path / "bomb.bin")
+
+
+def test_training_checkpoint_names_the_nested_state_dict(tmp_path: Path) -> None:
+    import torch
+
+    from inspector.errors import InvalidInputError
+
+    torch.save({"model": {"w": torch.zeros(2), "b": torch.zeros(1)}, "step": 500}, tmp_path / "checkpoint.pt")
+    with pytest.raises(InvalidInputError, match=r"its tensors are nested under 'model' \(2 of them\), not at the top level") as exc:
+        read_torch_bin(tmp_path / "checkpoint.pt")
+    assert exc.value.hint.startswith("Save the 'model' entry by itself")
