@@ -756,10 +756,13 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
     """Family 9: a quantized base cannot be merged into without dequantizing."""
     quant = ctx.base.config.get("quantization_config")
     keys = [t.name for t in ctx.base.tensors if _QUANT_KEYS.search(t.name)]
-    packed = [t.name for t in ctx.base.tensors if t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in ("U8", "I8", "F8_E4M3", "F8_E5M2", "F4", "I32")]
+    packed = [t.name for t in ctx.base.tensors if t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in _QUANT_DTYPES]
     if not (quant or keys or packed):
         return []
-    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else None
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+    # With a quantization_config, any tensor of a packed dtype counts (MXFP4 *_blocks, quanto ._data,
+    # HQQ W_q are no 2-D ".weight"); only a base with none at all is full precision under a stale config.
+    packed = packed or [t.name for t in ctx.base.tensors if t.dtype in _QUANT_DTYPES] if quant else packed
     if not (keys or packed):
         # Full-precision weights under a config that still says quantized (saved after dequantizing).
         return [Finding(Code.QUANTIZED_BASE, f"config.json carries a quantization_config ({method}) but every weight is full precision "
@@ -773,9 +776,11 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
                     tensor=(keys or packed or [None])[0])]
 
 
+# Dtypes quantized weights are stored in (packed nibbles, int8, FP8/FP4/FP6, GPTQ's int32 words).
+_QUANT_DTYPES = frozenset({"U8", "I8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
 # What a quantized base's packed tensors (U8 [n/2, 1], GPTQ qweight) make meaningless to compare.
 _PACKED_NOISE = frozenset({"LORA_A_SHAPE", "LORA_B_SHAPE", "LORA_RANK", "DORA_MAGNITUDE", "EMBEDDING_LORA", "LORA_BIAS",
-                           "ORPHAN", "TARGET_UNMATCHED", "NOT_TARGETED", "HIDDEN_SIZE", "FULL_SHAPE", "BASE_PATH"})
+                           "ORPHAN", "TARGET_UNMATCHED", "NOT_TARGETED", "HIDDEN_SIZE", "FULL_SHAPE"})
 
 
 def _local_base(ctx: CheckContext) -> Path | None:

@@ -843,10 +843,34 @@ def test_quantized_base(capsys, root: Path, llama: Built, lora_llama: Built) -> 
     base = edit_json(packed, root / "llama_bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
     rc, report = check_json(capsys, base, lora_llama.path)
     assert rc == 1
-    assert rows(report) == [("LI901", "error", "model.layers.0.mlp.down_proj.weight.absmax", None, None, None)]
+    # LI1004 stays: it names the full-precision model the adapter was trained on, where LI901 says to merge.
+    assert rows(report) == expect(("LI901", "error", "model.layers.0.mlp.down_proj.weight.absmax", None, None, None),
+                                  ("LI1004", "warning", None, None, None, None))
     assert report["findings"][0]["message"].startswith("the base is quantized (quantization_config (bitsandbytes)); merging into packed weights")
+    assert f"trained on the local model '{llama.path}'" in by_code(report, "LI1004")[0]["message"]
     rc = main(["merge", str(base), str(lora_llama.path), "--out", str(root / "merged_bnb"), "--device", "cpu"])
     assert rc == 1 and "Merge refused" in capsys.readouterr().err and not (root / "merged_bnb").exists()
+
+
+@pytest.mark.parametrize("layout", ["mxfp4", "quanto"])
+def test_quantized_tensors_under_other_names_are_not_a_leftover(capsys, root: Path, llama: Built, lora_llama: Built, layout: str, tmp_path: Path) -> None:
+    # gpt-oss MXFP4 (3-D U8 *_blocks / *_scales) and optimum-quanto (.weight._data I8): no 2-D ".weight"
+    # of a packed dtype, yet quantized. Still LI901 error: merge refuses instead of writing a broken model.
+    def quantize(tensors):
+        if layout == "mxfp4":
+            tensors["model.layers.0.mlp.experts.gate_up_proj_blocks"] = torch.zeros(2, 8, 2, 16, dtype=torch.uint8)
+            tensors["model.layers.0.mlp.experts.gate_up_proj_scales"] = torch.zeros(2, 8, 2, dtype=torch.uint8)
+        else:
+            tensors["model.layers.0.mlp.up_proj.weight._data"] = torch.zeros(32, 16, dtype=torch.int8)
+        return tensors
+
+    raw = edit_tensors(llama.path, root / f"llama_{layout}_raw", quantize, filename="model.safetensors")
+    base = edit_json(raw, root / f"llama_{layout}", "config.json", quantization_config={"quant_method": layout})
+    rc, report = check_json(capsys, base, lora_llama.path)
+    assert rc == 1 and [(f["code"], f["severity"]) for f in report["findings"] if f["code"] == "LI901"] == [("LI901", "error")]
+    assert main(["merge", str(base), str(lora_llama.path), "--out", str(tmp_path / "merged"), "--device", "cpu"]) == 1
+    capsys.readouterr()
+    assert not (tmp_path / "merged").exists()
 
 
 def test_leftover_quantization_config_is_a_warning(capsys, root: Path, llama: Built, lora_llama: Built, tmp_path: Path) -> None:
