@@ -8,6 +8,7 @@ from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
 from inspector.paths import locate
 from inspector.tokenizer import read_tokenizer
+from inspector.units import printable
 
 
 def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str | None = None, *, command: str = "check") -> Diagnosis:
@@ -29,10 +30,10 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     if base.kind != "model":
         raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
     if not base.tensors:
-        raise UsageError("Not a base model", base.path, f"BASE holds no tensors ({', '.join(base.files)})", "Point at the model's weights, as save_pretrained() wrote them.")
+        raise UsageError("Not a base model", base.path, f"BASE holds no tensors ({printable(', '.join(base.files))})", "Point at the model's weights, as save_pretrained() wrote them.")
     if (base.root / "params.json").is_file() and not (base.root / "config.json").is_file():
         owner = "Mistral's" if any(f.endswith(".safetensors") for f in base.files) else "Meta's original Llama"
-        raise UsageError("Not a Hugging Face model", base.path, f"it is {owner} native format (params.json, {', '.join(base.files)}), "
+        raise UsageError("Not a Hugging Face model", base.path, f"it is {owner} native format (params.json, {printable(', '.join(base.files))}), "
                          "whose tensor names PEFT adapters do not use", NATIVE_FORMAT_HINT)
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")

@@ -22,6 +22,7 @@ from inspector.header import read_header
 from inspector.paths import locate, resolves_inside
 from inspector.tensor import TensorInfo
 from inspector.tokenizer import TokenizerFacts, read_tokenizer
+from inspector.units import printable
 from inspector.torchbin import read_torch_bin
 
 Kind = Literal["model", "adapter"]
@@ -31,7 +32,7 @@ MAX_JSON_BYTES = 64_000_000
 
 # Checkpoint layouts in a directory, in the order a loader prefers them: a safetensors twin always
 # wins over a pickle (HOSTILE.md 17).
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")  # the last: mlx-lm's, to name it
 # In transformers' from_pretrained order: a single file wins over an index beside it (re-saving a
 # sharded model unsharded deletes the old shards but leaves the index).
 MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -236,6 +237,9 @@ _OTHER_FORMATS = (
 )
 
 
+_SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
+
+
 def _other_format(name: str) -> tuple[str, str] | None:
     return next(((what, hint) for suffix, what, hint in _OTHER_FORMATS if name.endswith(suffix)), None)
 
@@ -244,16 +248,19 @@ def _nothing_readable(root: Path, names: tuple[str, ...]) -> InvalidInputError:
     """Why a directory holds no checkpoint lora-inspector reads, as precisely as its files tell."""
     files = sorted(p.name for p in root.iterdir() if p.is_file())
     loose = [n for n in files if n.endswith(".safetensors")]
-    if loose:  # several: a sharded model whose index is missing (one would have been read)
-        shown = ", ".join(loose[:4]) + (", ..." if len(loose) > 4 else "")
-        return _input_error(root, f"{len(loose)} .safetensors files ({shown}) but no model.safetensors.index.json",
-                            "Download the index too (it says which tensor is in which shard), or point at one file to read it alone.")
+    if loose:  # several (one would have been read)
+        shown = ", ".join(printable(n) for n in loose[:4]) + (", ..." if len(loose) > 4 else "")
+        if any(_SHARD_NAME.search(n) for n in loose):
+            return _input_error(root, f"{len(loose)} .safetensors files ({shown}) but no model.safetensors.index.json",
+                                "Download the index too (it says which tensor is in which shard), or point at one file to read it alone.")
+        return _input_error(root, f"{len(loose)} .safetensors files ({shown}) and none of the names a checkpoint directory has",
+                            "Point at the one file to read.")
     if "params.json" in files and any(n.startswith("consolidated.") for n in files):
         return _input_error(root, "it is in a native format (params.json + consolidated.* weights), not the Hugging Face layout PEFT adapters use",
                             NATIVE_FORMAT_HINT)
     other = next(((n, *_other_format(n)) for n in files if _other_format(n)), None)
     if other:
-        return _input_error(root, f"it holds {other[1]} ({other[0]}), not safetensors or PyTorch weights", other[2])
+        return _input_error(root, f"it holds {other[1]} ({printable(other[0])}), not safetensors or PyTorch weights", other[2])
     if "config.json" in files and not any(n.endswith((".bin", ".pt", ".pth")) for n in files):
         return _input_error(root, "it has a config.json but no weight files (not downloaded yet?)",
                             "Download the weights too, e.g. `hf download REPO --include '*.safetensors' '*.json'`.")

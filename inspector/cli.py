@@ -18,6 +18,7 @@ import click
 
 from inspector.errors import InspectorError, UsageError
 from inspector.repair import INITS  # no torch at import time
+from inspector.units import printable
 
 # click >= 8.2 raises this for a bare group; 8.1 printed the help itself and exits 0.
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -281,7 +282,8 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
 
 
 def _print_error(exc: InspectorError) -> None:
-    sys.stderr.write(f"Error: {exc.message}\nHint: {exc.hint}\n")
+    # Messages quote names from files; no control character of theirs reaches the terminal.
+    sys.stderr.write(f"Error: {printable(exc.message)}\nHint: {printable(exc.hint)}\n")
 
 
 class _Terminated(KeyboardInterrupt):

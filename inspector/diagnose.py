@@ -308,7 +308,8 @@ def check_vocabulary(ctx: CheckContext) -> list[Finding]:
                 Code.VOCAB_ROWS,
                 f"{label}: the adapter carries {shape_str(a_shape)}, the base has {shape_str(b_shape)}{fewer}; "
                 f"PEFT's merge fails here with 'size mismatch'.",
-                f"Run `{ctx.merge_cmd}` ({'shrinks' if a_rows < b_rows else 'grows'} the model to the adapter's {a_rows} rows), or `{ctx.resize_like_cmd}` first.",
+                f"Run `{ctx.merge_cmd}` ({'shrinks' if (ctx.plan.rows or a_rows) < b_rows else 'grows'} the model to the adapter's "
+                f"{ctx.plan.rows or a_rows} rows), or `{ctx.resize_like_cmd}` first.",
                 **common,
                 repair="resize",
             ))

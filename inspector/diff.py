@@ -108,9 +108,11 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
             row_numel = max(1, c.a.numel // rows) if rows else 1
             step = max(1, block_bytes // (4 * row_numel))
             max_abs, diff_sq, ref_sq, nonfinite, shared = 0.0, 0.0, 0.0, False, 0
+            # fp32 holds every narrower float; F64 is compared as F64 (1e300 and 2e300 are no "same Inf").
+            wide = torch.float64 if "F64" in (c.a.dtype, c.b.dtype) else torch.float32
             for r0 in range(0, rows, step):
-                x = ra.read_rows(c.a, r0, r0 + step).to(torch.float32)
-                y = rb.read_rows(c.b, r0, r0 + step).to(torch.float32)
+                x = ra.read_rows(c.a, r0, r0 + step).to(wide)
+                y = rb.read_rows(c.b, r0, r0 + step).to(wide)
                 if x.numel() == 0:
                     continue
                 odd = ~(torch.isfinite(x) & torch.isfinite(y))

@@ -218,7 +218,8 @@ def walk_pickle(path: Path, data: bytes) -> dict[str, _Tensor]:
     if len(stack) != 1 or not isinstance(stack[0], dict):
         raise _fail(path, "the pickle does not hold a state dict")
     result = {}
-    for key, value in stack[0].items():
+    nested = next(((k, v) for k, v in stack[0].items() if isinstance(v, dict) and v and all(isinstance(t, _Tensor) for t in v.values())), None)
+    for key, value in ([nested] if nested else []) + list(stack[0].items()):  # a nested state dict is named first
         if isinstance(value, dict) and value and all(isinstance(v, _Tensor) for v in value.values()):
             # A training checkpoint ({"model": state_dict, "optimizer": ...}): readable, but not a model.
             raise InvalidInputError("Cannot read a training checkpoint as a model", path,

@@ -1035,6 +1035,7 @@ def test_lora_files_of_other_tools_are_named(capsys, root: Path, llama: Built, t
         save_file({"model.layers.0.self_attn.q_proj.lora_a": torch.zeros(16, 4), "model.layers.0.self_attn.q_proj.lora_b": torch.zeros(4, 16)},
                   str(where / "adapters.safetensors"))
         (where / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "lora_parameters": {"rank": 4, "scale": 20.0}}))
+        shutil.copy(where / "adapters.safetensors", where / "0000100_adapters.safetensors")  # mlx-lm's periodic saves beside it
         adapter, what = where, "an mlx-lm adapter"
     rc, out, err = run(capsys, llama.path, adapter)
     assert rc == 2 and out == "" and err.startswith(f"Error: Not a PEFT checkpoint for '{adapter}': ADAPTER is {what}")

@@ -88,6 +88,16 @@ def test_the_same_nan_on_both_sides_is_equal(capsys, tmp_path: Path, llama: Buil
     assert rc == 1 and next(v for v in report["values"]["tensors"] if v["name"] == name)["nonfinite"] is True
 
 
+def test_f64_is_compared_in_f64(capsys, tmp_path: Path) -> None:
+    # 1e300 and 2e300 both overflow fp32 to +inf: compared in F64 they differ, and nothing is NaN/Inf.
+    for name, big in (("a", 1e300), ("b", 2e300)):
+        (tmp_path / name).mkdir()
+        save_file({"x": torch.tensor([big, 1.0], dtype=torch.float64)}, str(tmp_path / name / "model.safetensors"))
+    rc, report = _json(capsys, tmp_path / "a", tmp_path / "b")
+    (entry,) = report["values"]["tensors"]
+    assert rc == 1 and (entry["nonfinite"], entry["shared_nonfinite"], entry["max_abs"]) == (False, 0, 1e300)
+
+
 def test_atol_nan_is_refused(capsys, llama: Built) -> None:
     rc = main(["diff", str(llama.path), str(llama.path), "--values", "--atol", "nan"])
     err = capsys.readouterr().err

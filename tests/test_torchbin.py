@@ -342,7 +342,7 @@ def test_training_checkpoint_names_the_nested_state_dict(tmp_path: Path) -> None
 
     from inspector.errors import InvalidInputError
 
-    torch.save({"model": {"w": torch.zeros(2), "b": torch.zeros(1)}, "step": 500}, tmp_path / "checkpoint.pt")
+    torch.save({"epoch": 3, "global_step": 500, "model": {"w": torch.zeros(2), "b": torch.zeros(1)}}, tmp_path / "checkpoint.pt")  # Lightning puts it last
     with pytest.raises(InvalidInputError, match=r"its tensors are nested under 'model' \(2 of them\), not at the top level") as exc:
         read_torch_bin(tmp_path / "checkpoint.pt")
     assert exc.value.hint.startswith("Save the 'model' entry by itself")

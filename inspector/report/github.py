@@ -36,6 +36,9 @@ def diff(result: DiffResult) -> str:
     for v in result.values or ():
         if v.nonfinite or v.max_abs > result.atol:
             lines.append(annotation("warning", "values", f"{v.name}: max abs {v.max_abs:.3g}, relative {v.rel:.3g}" + (" (NaN/Inf)" if v.nonfinite else "")))
+    for v in result.values or ():
+        if v.shared_nonfinite:
+            lines.append(annotation("warning", "values", f"{v.name}: {v.shared_nonfinite} NaN/Inf values, at the same places on both sides"))
     if not lines:
         lines.append(annotation("notice", "diff", f"identical: {result.unchanged} tensors"))
     return "\n".join(lines) + "\n"

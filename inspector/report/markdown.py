@@ -59,6 +59,9 @@ def diff(result: DiffResult) -> str:
         out += ["", f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"]
         if differ:
             out += ["", *_table(["tensor", "max abs", "relative"], [[f"`{v.name}`", "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
+        shared = [v for v in result.values if v.shared_nonfinite]
+        if shared:
+            out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"`{_cell(v.name)}` ({v.shared_nonfinite})" for v in shared)]
     return "\n".join(out) + "\n"
 
 

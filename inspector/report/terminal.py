@@ -26,7 +26,7 @@ def _facts(ckpt: Checkpoint) -> Table:
     grid.add_column()
     grid.add_row("kind", f"{ckpt.kind} ({ckpt.format})")
     files = ckpt.files if len(ckpt.files) <= 4 else (*ckpt.files[:3], f"... {len(ckpt.files) - 3} more")
-    grid.add_row("files", "\n".join(files))
+    grid.add_row("files", "\n".join(printable(f) for f in files))
     grid.add_row("tensors", f"{ckpt.tensor_count:,}")
     grid.add_row("parameters", f"{ckpt.parameter_count:,} ({human_count(ckpt.parameter_count)})")
     grid.add_row("data", f"{ckpt.total_bytes:,} bytes ({human_bytes(ckpt.total_bytes)})")
@@ -39,7 +39,7 @@ def _facts(ckpt: Checkpoint) -> Table:
         tok = ckpt.tokenizer
         grid.add_row("tokenizer", f"{tok.length:,} tokens ({tok.source}, {tok.added} added)")
     for warning in ckpt.warnings:
-        grid.add_row(Text("warning", style="yellow bold"), Text(warning, style="yellow"))
+        grid.add_row(Text("warning", style="yellow bold"), Text(printable(warning), style="yellow"))
     return grid
 
 
