@@ -25,7 +25,7 @@ from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.findings import Code
 from inspector.loader import TensorReader
-from inspector.repair import ResizePlan, initializer_range
+from inspector.repair import ResizePlan, draw_rules, initializer_range
 from inspector.resize import grow, output_side_files, tokenizer_from, updated_config
 from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.writer import CheckpointWriter, OutputTensor
@@ -200,7 +200,8 @@ def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", d
     vocab, cfg = ctx.vocab, adapter.config
     grows = plan.grows
 
-    growth = ResizePlan(vocab.rows, plan.rows, plan.rows, plan.source, vocab.matrices, vocab.biases, init or "mean") if grows else None
+    growth = ResizePlan(vocab.rows, plan.rows, plan.rows, plan.source, vocab.matrices, vocab.biases, init or "mean",
+                        **draw_rules(vocab, diagnosis.base.config)) if grows else None
 
     def out_shape(info: TensorInfo) -> tuple[int, ...]:
         return growth.new_shape(info.shape, info.name) if growth and growth.touches(info.name) else info.shape

@@ -33,6 +33,12 @@ class ResizePlan:
     # Rows [fresh_from, old_rows) are padding rows (past the old tokenizer) that new tokens now use:
     # initialized like new rows. old_rows (the default): every existing row is kept.
     fresh_from: int | None = None
+    # Matrices whose random new rows are drawn apart from the embedding's (an untied head); every
+    # other matrix is a stored copy of the embedding (T5's shared / encoder / decoder) and must stay equal.
+    apart: tuple[str, ...] = ()
+    # Biases transformers pads with zeros whatever the init: a tied MLM head's (BERT cls.predictions.bias)
+    # and BART's final_logits_bias buffer.
+    zero_biases: tuple[str, ...] = ()
 
     @property
     def kept(self) -> int:
@@ -100,7 +106,15 @@ def plan_resize(base: Checkpoint, rows: int, reason: str, init: str, pad_to: int
         raise UsageError("Cannot resize", base.path, f"the target vocabulary size {rows} is not positive", "Pass --vocab N with N > 0.")
     if pad_to is not None and pad_to <= 0:
         raise UsageError("Invalid --pad-to-multiple-of", None, f"{pad_to} is not a positive integer", "Pass e.g. --pad-to-multiple-of 64.")
-    return ResizePlan(layout.rows, padded(rows, pad_to), rows, reason, layout.matrices, layout.biases, init)
+    return ResizePlan(layout.rows, padded(rows, pad_to), rows, reason, layout.matrices, layout.biases, init, **draw_rules(layout, base.config))
+
+
+def draw_rules(layout: VocabLayout, config: dict) -> dict:
+    """ResizePlan's ``apart`` and ``zero_biases`` for a base, as transformers' resize_token_embeddings
+    treats it: heads are sampled apart only when the config unties them; a tied head's bias pads with 0."""
+    untied = config_value(config, "tie_word_embeddings") is False
+    return {"apart": layout.heads if untied else (),
+            "zero_biases": tuple(b for b in layout.biases if b.endswith("final_logits_bias") or layout.tied)}
 
 
 # -- new-row initializers ------------------------------------------------------------------------

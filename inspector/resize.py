@@ -76,16 +76,16 @@ def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subw
     import torch
 
     kept = plan.kept
-    # Each matrix draws its own random rows (transformers samples embedding and head apart).
-    seed = seed + zlib.crc32(name.encode())
+    # An untied head draws its own random rows, as transformers samples it apart from the embedding;
+    # stored copies of one tied weight (T5's shared / encoder / decoder embed_tokens) draw the same.
+    seed = seed + zlib.crc32(name.encode()) if name in plan.apart else seed
     bias = name in plan.biases
     if bias:
         flat = old.reshape(-1)
         if plan.rows <= kept:
             return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
-        # BART-style final_logits_bias is a buffer transformers pads with zeros on resize (never
-        # trained): zeros reproduce what the model saw, whatever --init says.
-        zero = name.endswith("final_logits_bias")
+        # Zeros where transformers pads with zeros whatever --init says (zero_biases).
+        zero = name in plan.zero_biases
         base = flat[:kept]
         added = new_rows(base, max(0, plan.requested - kept), "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
         pad = new_rows(base, plan.rows - max(plan.requested, kept), "zero" if zero else "mean", bias=True)
@@ -173,7 +173,7 @@ def resize_checkpoint(
                 tensor = reader.read(info)
                 if plan.touches(info.name):
                     tensor = grow(tensor, plan, info.name, seed=seed, init_range=init_range, subword=subword)
-                    result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), chosen))
+                    result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), "zero" if info.name in plan.zero_biases else chosen))
                 writer.write(info.name, tensor)
                 if progress:
                     progress(info.nbytes, base.total_bytes)

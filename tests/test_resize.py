@@ -286,7 +286,9 @@ def assert_new_rows(base: Base, init: str, name: str, old: torch.Tensor, new: to
     old32 = old.float()
     mean = old32.mean(dim=0)
     is_bias = name == base.bias
-    if init in ("mean", "zero", "subword_mean"):
+    if is_bias and base.tied:  # a tied MLM head's bias: transformers pads it with zeros, whatever the init
+        assert torch.equal(added, torch.zeros_like(added))
+    elif init in ("mean", "zero", "subword_mean"):
         subword = expected_subword(base.tok)[0] if init == "subword_mean" else None
         want = expected_rows(old, count, init, subword=subword).to(old.dtype)
         torch.testing.assert_close(added.float(), want.float(), atol=1e-5, rtol=0)
@@ -323,7 +325,8 @@ def test_resize_to_extended_tokenizer(world: World, name: str, init: str) -> Non
     assert (report["old_rows"], report["rows"], report["requested_rows"], report["init"]) == (tok.old_len, rows, rows, init)
     assert report["tokenizer_from"] == str(tok.new)
     assert {m["name"]: (m["old_shape"], m["new_shape"], m["init"]) for m in report["matrices"]} == {
-        n: (list(world.state(base.path)[n].shape), [rows, *world.state(base.path)[n].shape[1:]], init) for n in base.vocab_tensors()
+        n: (list(world.state(base.path)[n].shape), [rows, *world.state(base.path)[n].shape[1:]], "zero" if n == base.bias and base.tied else init)
+        for n in base.vocab_tensors()
     }
     if init == "subword_mean":
         _, fallbacks, byte_only = expected_subword(tok)
@@ -431,12 +434,13 @@ def test_hf_mvn_equals_transformers_in_distribution(world: World, tmp_path: Path
 
 
 def test_hf_mvn_bias_and_bf16(world: World) -> None:
-    """Output bias: mean + 1e-9 * std noise (transformers' _init_added_lm_head_bias_with_mean); bf16: the mean, rounded."""
+    """A tied MLM head's bias: zeros, as transformers 5 pads it even with mean_resizing (checked against
+    BertForMaskedLM.resize_token_embeddings); bf16 matrices: the mean, rounded."""
     bert = world.bases["bert"]
     out, _ = world.resize(bert, "--tokenizer", bert.tok.new, "--init", "hf_mvn")
     old = world.state(bert.path)["cls.predictions.bias"]
     added = world.state(out)["cls.predictions.bias"][old.shape[0]:]
-    torch.testing.assert_close(added, old.mean().expand_as(added), atol=1e-7, rtol=0)
+    assert old.abs().sum() > 0 and torch.equal(added, torch.zeros_like(added))
     llama = world.bases["llama_bf16"]
     out, _ = world.resize(llama, "--tokenizer", llama.tok.new, "--init", "hf_mvn")
     for name in llama.vocab_tensors():
@@ -472,6 +476,9 @@ def test_pad_to_multiple_of(world: World, name: str) -> None:
     subword = expected_subword(base.tok)[0]
     for tensor_name in base.vocab_tensors():
         o, n = old[tensor_name], new[tensor_name]
+        if tensor_name == base.bias and base.tied:  # transformers pads a tied MLM head's bias with zeros
+            assert torch.equal(n[o.shape[0]:], torch.zeros_like(n[o.shape[0]:]))
+            continue
         torch.testing.assert_close(n[o.shape[0]:requested].float(), expected_rows(o, len(ADDED), "subword_mean", subword=subword), atol=1e-5, rtol=0)
         pad = n[requested:]
         torch.testing.assert_close(pad.float(), o.float().mean(dim=0).expand_as(pad), atol=1e-5, rtol=0)
@@ -765,3 +772,17 @@ def test_refuses_adapter_as_base(sandbox: Path, llama_adapter: Path, capsys: pyt
     err = assert_refused(capsys, sandbox, llama_adapter, "--out", sandbox / "out", "--vocab", 500)
     assert "adapter" in err
     assert snapshot(llama_adapter) == before
+
+
+def test_random_rows_keep_stored_copies_of_a_tied_weight_equal(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A tied model saved with both matrices (a legacy torch.save of state_dict()): one weight, one set of
+    # new rows, or transformers loads it untied. An untied head (Llama) draws its own.
+    base = world.bases["qwen2"]
+    state = load_file(str(base.path / "model.safetensors"))
+    both = tmp_path / "qwen2_both"
+    shutil.copytree(base.path, both)
+    save_file({**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}, str(both / "model.safetensors"), metadata={"format": "pt"})
+    rc, _, err = run(capsys, "resize", both, "--vocab", base.tok.old_len + 8, "--init", "normal", "--out", tmp_path / "out")
+    assert rc == 0, err
+    new = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert torch.equal(new["model.embed_tokens.weight"], new["lm_head.weight"])
