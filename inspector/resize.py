@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inspector.checkpoint import Checkpoint, read_checkpoint
-from inspector.errors import RefusedError, UsageError
+from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.paths import locate, resolves_inside
-from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, plan_resize, subword_pieces
+from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, padded, plan_resize, subword_pieces
 from inspector.tensor import FLOAT_DTYPES
 from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES, read_tokenizer
 from inspector.writer import CheckpointWriter, OutputTensor
@@ -138,29 +138,46 @@ def resize_checkpoint(
         raise UsageError("Not a base model", base_path, "this is a PEFT adapter", "Pass the base model directory; use --like ADAPTER to take the size from the adapter.")
 
     rows, reason = _target_rows(base, vocab, tokenizer, like)
-    old_tok_known = base.tokenizer is not None
-    chosen = init or ("subword_mean" if tokenizer is not None and old_tok_known else "mean")
-    if chosen == "subword_mean" and not (tokenizer is not None and old_tok_known):
-        raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR)", "Pass --tokenizer DIR, or choose --init mean.")
+    if like is not None and pad_to is not None and padded(rows, pad_to) != rows:
+        raise UsageError("Invalid options", None, f"--pad-to-multiple-of {pad_to} would make {padded(rows, pad_to)} rows, but the adapter needs exactly {rows}",
+                         "Leave --pad-to-multiple-of out with --like: PEFT loads the adapter only onto its own row count.")
+    like_dir = locate(like) if like else None
+    # The new tokenizer: --tokenizer, or the extended one training saved beside the adapter (--like).
+    new_tok = locate(tokenizer) if tokenizer else (like_dir if like_dir and read_tokenizer(like_dir) else None)
+    both_known = new_tok is not None and base.tokenizer is not None
+    chosen = init or ("subword_mean" if both_known else "mean")
+    if chosen == "subword_mean" and not both_known:
+        raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR, or in the --like adapter)",
+                         "Pass --tokenizer DIR, or choose --init mean.")
     plan = plan_resize(base, rows, reason, chosen, pad_to)
     packed = [n for n in plan.matrices + plan.biases if base.by_name[n].dtype not in FLOAT_DTYPES]
     if packed:  # new rows need arithmetic on the old ones; packed or FP8 values (with their scales) have none
         raise RefusedError("Resize refused", base_path, f"{packed[0]} is {base.by_name[packed[0]].dtype}, a quantized vocabulary matrix",
                            "Resize the full-precision base the quantized copy was made from.")
-    new_tok = locate(tokenizer) if tokenizer else None
-    if new_tok is not None and base.tokenizer is not None and base.tokenizer.size < min(plan.old_rows, plan.requested):
+    if both_known and base.tokenizer.size < min(plan.old_rows, plan.requested):
         # Padding rows past the old tokenizer (Qwen2 keeps ~270) that new tokens now take: never
         # trained as tokens, so they are initialized like new rows instead of kept.
         plan = dataclasses.replace(plan, fresh_from=base.tokenizer.size)
-    subword = subword_pieces(base.root, new_tok, plan.kept, plan.rows) if chosen == "subword_mean" and plan.requested > plan.kept else None
+    notes: list[str] = []
+    subword = None
+    if chosen == "subword_mean" and plan.requested > plan.kept:
+        try:
+            subword = subword_pieces(base.root, new_tok, plan.kept, plan.rows)
+        except InvalidInputError as exc:
+            if init is not None:  # asked for: the user hears why it cannot be done
+                raise
+            # The default only: transformers could not load a tokenizer (a sentencepiece model
+            # without protobuf, ...); the mean needs none.
+            chosen = "mean"
+            plan = dataclasses.replace(plan, init=chosen)
+            notes.append(f"subword_mean (the default here) fell back to mean: {exc.message}")
 
     # Tokenizer files travel with the result: the new tokenizer if given, else the adapter's
     # (--like: the one training used), else the base's own.
-    like_dir = locate(like) if like else None
-    tok_source = new_tok or (like_dir if like_dir and read_tokenizer(like_dir) else base.root)
+    tok_source = new_tok or base.root
     inputs = [base.root] + [p for p in (new_tok, like_dir) if p]
     extras = output_side_files(base.root, tok_source)
-    result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source))
+    result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source), warnings=notes)
     written = read_tokenizer(tok_source) if result.tokenizer_from else None
     if written is not None and written.size > plan.rows:
         result.warnings.append(f"the tokenizer written with the model ({written.length} tokens, from {tok_source}) needs {written.size} rows but the model "

@@ -577,7 +577,10 @@ def test_like_seed_adapter(tmp_path: Path, seed_dir: Path, capsys: pytest.Captur
     rc, stdout, err = run(capsys, "resize", base, "--out", out, "--like", adapter, "--format", "json")
     assert (rc, err) == (0, "")
     report = json.loads(stdout)
-    assert (report["old_rows"], report["rows"], report["init"]) == (32000, 70840, "mean")
+    # Both tokenizers known (the base's, and the extended one beside the adapter): subword_mean by default.
+    # The seed's added tokens are synthetic, so every one falls back to the mean.
+    assert (report["old_rows"], report["rows"], report["init"]) == (32000, 70840, "subword_mean")
+    assert (report["subword"]["tokens"], report["subword"]["fallbacks"]) == (38840, 38840)
     old, new = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert new[name].shape == (70840, 8) and new[name].dtype == torch.bfloat16
@@ -599,12 +602,39 @@ def llama_adapter(world: World) -> Path:
     return path
 
 
+def test_like_with_padding_is_refused(tmp_path: Path, seed_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 70,840 padded to 70,848 rows: PEFT could no longer load the adapter's 70,840-row matrices.
+    rc, out, err = run(capsys, "resize", seed_dir / "base", "--like", seed_dir / "adapter", "--pad-to-multiple-of", 64, "--out", tmp_path / "out")
+    assert (rc, out) == (2, "") and not (tmp_path / "out").exists()
+    assert err.startswith("Error: Invalid options: --pad-to-multiple-of 64 would make 70848 rows, but the adapter needs exactly 70840.")
+
+
+def test_default_subword_mean_falls_back_when_transformers_cannot_load_a_tokenizer(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # transformers cannot load a tokenizer (a lone tokenizer.model without protobuf, ...): the default
+    # init says so and uses the mean; an explicit --init subword_mean fails with the reason.
+    import inspector.resize as resize_module
+    from inspector.errors import InvalidInputError
+
+    def cannot(old_dir, new_dir, *args):
+        raise InvalidInputError("Cannot load tokenizer", new_dir, "transformers could not load it (ImportError: protobuf)", "Use --init mean.")
+
+    monkeypatch.setattr(resize_module, "subword_pieces", cannot)
+    base = world.bases["llama"]
+    broken = base.tok.new
+    rc, out, err = run(capsys, "resize", base.path, "--tokenizer", broken, "--out", tmp_path / "out", "--format", "json")
+    report = json.loads(out)
+    assert rc == 0 and report["init"] == "mean" and report["warnings"][0].startswith("subword_mean (the default here) fell back to mean: Cannot load tokenizer")
+    rc, out, err = run(capsys, "resize", base.path, "--tokenizer", broken, "--init", "subword_mean", "--out", tmp_path / "out2")
+    assert rc == 2 and err.startswith("Error: Cannot load tokenizer")
+
+
 def test_like_peft_adapter_then_check_is_clean(world: World, llama_adapter: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = world.bases["llama"]
     rc, report = check_json(capsys, base.path, llama_adapter)
     assert rc == 1 and report["summary"]["error"] > 0  # the size mismatch PEFT dies on
     out, report = world.resize(base, "--like", llama_adapter)
-    assert (report["rows"], report["init"]) == (base.tok.new_len, "mean")
+    assert (report["rows"], report["init"]) == (base.tok.new_len, "subword_mean")  # the adapter dir has the extended tokenizer
     assert_rest_unchanged(world, base, out, base.tok.new_len)
     assert_loads(base, out, base.tok.new_len)
     rc, report = check_json(capsys, out, llama_adapter)
