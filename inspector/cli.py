@@ -364,4 +364,10 @@ def _main(argv: list[str]) -> int:
 
 
 def main_exit() -> None:
-    sys.exit(main())
+    code = main()
+    # Done and reported: a signal during the interpreter's teardown (torch's takes a moment) must not
+    # turn the exit status into a death by signal.
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)

@@ -22,7 +22,6 @@ _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msg
 # Configs of other weight formats, which the output does not have: Mistral's params.json describes
 # consolidated.safetensors (and would keep the old vocab_size).
 _OTHER_FORMAT_CONFIGS = ("params.json",)
-MAX_SIDE_FILE = 100_000_000
 
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
@@ -36,7 +35,9 @@ def side_files(directory: Path) -> list[Path]:
             continue
         # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
         # one that leads out is never copied into the output (HOSTILE 21).
-        if path.is_file() and resolves_inside(directory, path) and path.stat().st_size <= MAX_SIDE_FILE:
+        # Any size: a 120 MB tokenizer.json left out would leave a model whose tokenizer does not load
+        # (the free-space check counts these bytes too).
+        if path.is_file() and resolves_inside(directory, path):
             out.append(path)
     return out
 

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import stat
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -646,8 +647,16 @@ class CheckpointWriter:
                 raise
             self._staging = None
             shutil.rmtree(aside, ignore_errors=True)
+            if os.path.lexists(aside):  # read-only parts of the old output: the new one is in place, say what is left
+                sys.stderr.write(f"Warning: the old output could not be fully removed; what is left of it is in '{aside}'. Delete it by hand.\n")
         else:
-            os.rename(staging, target)  # atomic; also replaces an empty existing directory
+            try:
+                os.rename(staging, target)  # atomic; also replaces an empty existing directory
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another run published there meanwhile
+                    raise self._refuse("the directory exists and is not empty (another run wrote it meanwhile)",
+                                       "Choose a new or empty --out directory, or pass --force to replace it.") from exc
+                raise
             self._staging = None
         self._created = []
         _fsync_dir(target.parent)

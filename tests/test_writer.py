@@ -684,3 +684,28 @@ def test_interrupt_while_publishing_completes_the_swap_and_says_so(tmp_path: Pat
 @pytest.fixture
 def llama_path_and_adapter(llama, lora_llama) -> tuple[Path, Path]:
     return llama.path, lora_llama.path
+
+
+def test_old_output_that_cannot_be_removed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # --force over an old output with read-only parts: the new output is in place; what is left is said.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    monkeypatch.setattr(writer_mod.shutil, "rmtree", lambda path, ignore_errors=False: None)  # nothing can be deleted
+    write_all(out, {"x": torch.zeros(2)}, force=True)
+    err = capsys.readouterr().err
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
+    assert len(left) == 1 and (left[0] / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert err == f"Warning: the old output could not be fully removed; what is left of it is in '{left[0]}'. Delete it by hand.\n"
+
+
+def test_a_run_that_published_first_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two runs into one new --out: the second one's rename finds it taken, and says so (no --force).
+    out = tmp_path / "out"
+    writer = CheckpointWriter(out, inputs=[], tensors=[OutputTensor("x", "F32", (2,))])
+    writer.write("x", torch.zeros(2))
+    out.mkdir()
+    (out / "first.txt").write_text("the other run")
+    with pytest.raises(UsageError, match=r"the directory exists and is not empty \(another run wrote it meanwhile\)"):
+        writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "first.txt").exists()
