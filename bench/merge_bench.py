@@ -42,6 +42,9 @@ from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sparse_checkpoint import cli_path, cpu_model  # noqa: E402  (bench/ is no package: this script's own folder)
+
 CACHE = HERE / "out"
 NEW_VOCAB = 70_840
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -177,14 +180,6 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     return {"wall": wall, "cpu": cpu, "rss": rss, "tree": sampled[0], "rc": proc.returncode, "stdout": out_chunks["out"].decode(errors="replace"), "stderr": stderr}
 
 
-def cli_path() -> list[str]:
-    beside = Path(sys.executable).with_name("lora-inspector")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("lora-inspector")
-    return [found] if found else [sys.executable, "-m", "inspector"]
-
-
 # ----------------------------------------------------------------------------------------- verify
 
 
@@ -250,9 +245,6 @@ def compare(ours: Path, peft: Path, base: Path) -> dict:
 
 
 def machine(device: str) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sparse_checkpoint import cpu_model
-
     model = cpu_model()
     try:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024

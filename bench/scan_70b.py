@@ -34,18 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from sparse_checkpoint import cpu_model, disk_usage, make_adapter70840, make_llama70b  # noqa: E402
+from sparse_checkpoint import cli_path, cpu_model, disk_usage, make_adapter70840, make_llama70b  # noqa: E402
 
 TARGET_S = 1.0
-
-
-def cli_path() -> list[str]:
-    """The lora-inspector console script of this interpreter's environment (else `python -m inspector`)."""
-    beside = Path(sys.executable).with_name("lora-inspector")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("lora-inspector")
-    return [found] if found else [sys.executable, "-m", "inspector"]
 
 
 def time_cmd(cmd: list[str], runs: int, ok_codes=(0,)) -> tuple[list[float], subprocess.CompletedProcess]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 import sys
 from dataclasses import dataclass
@@ -271,6 +272,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def cli_path() -> list[str]:
+    """The lora-inspector console script of this interpreter's environment (else `python -m inspector`)."""
+    beside = Path(sys.executable).with_name("lora-inspector")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("lora-inspector")
+    return [found] if found else [sys.executable, "-m", "inspector"]
 
 
 if __name__ == "__main__":

@@ -780,8 +780,8 @@ def check_quantized(ctx: CheckContext) -> list[Finding]:
 # Dtypes quantized weights are stored in (packed nibbles, int8, FP8/FP4/FP6, GPTQ's int32 words).
 _QUANT_DTYPES = frozenset({"U8", "I8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
 # What a quantized base's packed tensors (U8 [n/2, 1], GPTQ qweight) make meaningless to compare.
-_PACKED_NOISE = frozenset({"LORA_A_SHAPE", "LORA_B_SHAPE", "LORA_RANK", "DORA_MAGNITUDE", "EMBEDDING_LORA", "LORA_BIAS",
-                           "ORPHAN", "TARGET_UNMATCHED", "NOT_TARGETED", "HIDDEN_SIZE", "FULL_SHAPE"})
+_PACKED_NOISE = frozenset({Code.LORA_A_SHAPE, Code.LORA_B_SHAPE, Code.LORA_RANK, Code.DORA_MAGNITUDE, Code.EMBEDDING_LORA, Code.LORA_BIAS,
+                           Code.ORPHAN, Code.TARGET_UNMATCHED, Code.NOT_TARGETED, Code.HIDDEN_SIZE, Code.FULL_SHAPE})
 
 
 def _local_base(ctx: CheckContext) -> Path | None:
@@ -971,7 +971,7 @@ def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | Non
     else:
         findings = [f for check in CHECKS for f in check(ctx)]
         if any(f.code is Code.QUANTIZED_BASE and f.severity == "error" for f in findings):
-            findings = [f for f in findings if f.code.name not in _PACKED_NOISE]  # LI901 says it all
+            findings = [f for f in findings if f.code not in _PACKED_NOISE]  # LI901 says it all
     order = {code: i for i, code in enumerate(Code)}
     findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.tensor or "", f.adapter_key or ""))
     return Diagnosis(base, adapter, tokenizer, ctx.plan, tuple(findings), ctx)
