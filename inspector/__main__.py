@@ -1,4 +1,3 @@
-
-from inspector.cli import main_exit
+from inspector.entry import main_exit
 
 main_exit()

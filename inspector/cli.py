@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import sys
 import tempfile
-import threading
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from inspector import interrupts
 from inspector.errors import InspectorError, UsageError
 from inspector.repair import INITS  # no torch at import time
 from inspector.units import printable
@@ -286,48 +285,26 @@ def _print_error(exc: InspectorError) -> None:
     sys.stderr.write(f"Error: {printable(exc.message)}\nHint: {printable(exc.hint)}\n")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so the writer's cleanup runs for it too (HOSTILE 23)."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-    raise _Terminated
-
-
 def _interrupted(exc: KeyboardInterrupt | None) -> int:
-    from inspector.writer import PUBLISHED
-
-    if PUBLISHED:  # the interrupt came after the output was complete and in place
-        out = PUBLISHED[-1]
-        sys.stderr.write(f"Error: interrupted after '{out}' was written.\n"
-                         f"Hint: the output is complete and verified; only the report was not printed (`lora-inspector scan {out}` shows it).\n")
-    else:
-        sys.stderr.write("Error: interrupted.\nHint: nothing was written; run the command again.\n")
-    return 143 if isinstance(exc, _Terminated) else 130  # 128 + the signal number, as a shell reports it
+    sys.stderr.write(interrupts.message(exc))
+    return interrupts.exit_code(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code."""
+    """Run one command; returns the exit code (the console script is ``inspector.entry``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # SIGTERM (kill, a CI timeout, docker stop) would end the process without unwinding, leaving a
-    # half-written staging directory; raising instead runs the same cleanup as Ctrl-C. Only the main
-    # thread may install handlers (tests and embedders may call main from another thread), and a
-    # SIGTERM the caller chose to ignore stays ignored.
-    previous = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM would end the process without unwinding, leaving a half-written staging directory;
+    # raising instead runs the same cleanup as Ctrl-C (already installed by inspector.entry; here
+    # for callers of main()).
+    previous = interrupts.install()
     try:
         return _main(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.restore(previous)
 
 
 def _main(argv: list[str]) -> int:
-    from inspector.writer import PUBLISHED
-
-    PUBLISHED.clear()
+    interrupts.PUBLISHED.clear()
     debug = "--debug" in argv
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising it.
@@ -356,18 +333,12 @@ def _main(argv: list[str]) -> int:
         # `lora-inspector scan X | head`: the reader left; that is not an error.
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the system refused something no reader turned into a message of its own
+        where = os.fsdecode(exc.filename) if exc.filename is not None else None
+        _print_error(InspectorError("Cannot access", where, exc.strerror or str(exc), "Check the path, its permissions and the disk, then run again."))
+        return 2
     except Exception as exc:  # a bug of ours: say so without a traceback unless --debug
         if debug:
             raise
         _print_error(InspectorError("Internal error", None, f"{type(exc).__name__}: {exc}", "Rerun with --debug and report the traceback."))
         return 2
-
-
-def main_exit() -> None:
-    code = main()
-    # Done and reported: a signal during the interpreter's teardown (torch's takes a moment) must not
-    # turn the exit status into a death by signal.
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-    sys.exit(code)

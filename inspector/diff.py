@@ -96,13 +96,14 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
     import dataclasses
     import math
 
-    import torch
-
+    from inspector.interrupts import heavy_import
     from inspector.loader import TensorReader
+
+    torch = heavy_import("torch")  # stop signals held while it loads (see inspector/interrupts.py)
 
     out = []
     total = sum(c.a.nbytes + c.b.nbytes for c in result.same_shape)
-    with TensorReader(result.a.root) as ra, TensorReader(result.b.root) as rb:
+    with TensorReader(result.a.root, result.a.stamps) as ra, TensorReader(result.b.root, result.b.stamps) as rb:
         for c in result.same_shape:
             rows = c.a.shape[0] if c.a.shape else 1
             row_numel = max(1, c.a.numel // rows) if rows else 1

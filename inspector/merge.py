@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inspector import interrupts
 from inspector.adapter import is_transposed
 from inspector.base import known_tied_head
 from inspector.check import run_check
@@ -155,10 +156,12 @@ def _head_from_transformers(root: Path, names: frozenset[str]) -> tuple[str, lis
     import warnings
 
     try:
-        import torch
-        import transformers
+        # Held: transformers imports the architecture's modules lazily, here; a stop raised inside
+        # an import can be swallowed by it (the run would go on) or break the module for good.
+        with interrupts.held(), warnings.catch_warnings():
+            import torch
+            import transformers
 
-        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = transformers.AutoConfig.from_pretrained(root, local_files_only=True, trust_remote_code=False)
             cls = getattr(transformers, (getattr(config, "architectures", None) or [""])[0], None)
@@ -474,9 +477,10 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     biases = plan.diagnosis.context.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
     inputs = [base_root, adapter_root] + ([tok_source] if tok_source not in (base_root, adapter_root) else [])
+    stamps = diagnosis.base.stamps + diagnosis.adapter.checkpoint.stamps
     with CheckpointWriter(out, inputs=inputs, tensors=planned, max_shard_size=max_shard_size, force=force,
-                          extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
-        with TensorReader(base_root) as base, TensorReader(adapter_root) as adapter:
+                          extra_bytes=sum(p.stat().st_size for p in extras), stamps=stamps) as writer:
+        with TensorReader(base_root, diagnosis.base.stamps) as base, TensorReader(adapter_root, diagnosis.adapter.checkpoint.stamps) as adapter:
             for job in plan.jobs:
                 stats["lora"] += len(job.deltas)
                 stats["replaced"] += job.replace is not None
@@ -515,6 +519,7 @@ def merge_adapter(base_path: str, adapter_path: str, out: str, *, device: str = 
                   progress: Progress | None = None) -> MergeResult:
     """check -> plan -> stream. Refuses (exit 1, nothing written) what the merge cannot repair."""
     _sleeping_omp_waiters()
+    interrupts.heavy_import("torch")  # stop signals held while it loads (see inspector/interrupts.py)
     if dtype not in ("auto", *DTYPES):
         raise UsageError("Invalid --dtype", None, f"{dtype!r} is not auto, bf16, fp16 or fp32", "Use --dtype auto|bf16|fp16|fp32.")
     if init == "subword_mean":  # needs two tokenizers and the pieces' rows: resize's job, not the merge's

@@ -177,14 +177,18 @@ def new_rows(old, count: int, init: str, *, seed: int = 0, initializer_range: fl
 
 def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) -> SubwordPlan:
     """Split each new token's text with the old tokenizer (no special tokens, unknown pieces dropped)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from inspector.interrupts import held
 
-    hf_logging.set_verbosity_error()
     toks = []
     for directory in (old_dir, new_dir):
         try:
-            toks.append(AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False))  # never code from the files
+            # Held: transformers imports the tokenizer's modules lazily, here (see inspector/interrupts.py).
+            with held():
+                from transformers import AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_error()
+                toks.append(AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False))  # never code from the files
         except Exception as exc:  # transformers raises anything from KeyError to OSError on broken files
             raise InvalidInputError("Cannot load tokenizer", directory, f"transformers could not load it ({type(exc).__name__}: {exc})",
                                     "Re-save it with tokenizer.save_pretrained(), or use --init mean (no tokenizer needed).") from exc

@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from inspector import interrupts
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
@@ -134,6 +135,7 @@ def resize_checkpoint(
     progress: Progress | None = None,
 ) -> ResizeResult:
     """Write BASE with its vocabulary matrices resized into OUT (safe writer: staging, verify, rename)."""
+    interrupts.heavy_import("torch")  # stop signals held while it loads (see inspector/interrupts.py)
     base = read_checkpoint(base_path)
     if base.kind != "model":
         raise UsageError("Not a base model", base_path, "this is a PEFT adapter", "Pass the base model directory; use --like ADAPTER to take the size from the adapter.")
@@ -185,8 +187,8 @@ def resize_checkpoint(
                                f"has {plan.rows}: token ids {plan.rows}..{written.size - 1} are out of range (check reports LI201)")
     init_range = initializer_range(base.config)
     with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
-                          extra_bytes=sum(p.stat().st_size for p in extras)) as writer:
-        with TensorReader(base.root) as reader:  # closing checks the inputs did not change meanwhile
+                          extra_bytes=sum(p.stat().st_size for p in extras), stamps=base.stamps) as writer:
+        with TensorReader(base.root, base.stamps) as reader:  # refuses files changed since their headers were read
             for info in base.tensors:
                 tensor = reader.read(info)
                 if plan.touches(info.name):
