@@ -20,6 +20,7 @@ from typing import Literal
 from inspector.errors import InvalidInputError
 from inspector.header import read_header
 from inspector.paths import locate, resolves_inside
+from inspector.stamp import FileStamp, changed
 from inspector.tensor import TensorInfo
 from inspector.tokenizer import TokenizerFacts, read_tokenizer
 from inspector.units import printable
@@ -29,6 +30,7 @@ Kind = Literal["model", "adapter"]
 Format = Literal["safetensors", "pytorch-bin"]
 
 MAX_JSON_BYTES = 64_000_000
+_MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows filesystems
 
 # Checkpoint layouts in a directory, in the order a loader prefers them: a safetensors twin always
 # wins over a pickle (HOSTILE.md 17).
@@ -78,6 +80,9 @@ class Checkpoint:
     config: dict = field(default_factory=dict)  # config.json, or adapter_config.json for adapters
     tokenizer: TokenizerFacts | None = None
     warnings: tuple[str, ...] = ()
+    # Every file read for this checkpoint as it was then (data files, index, config): readers of tensor
+    # data and the writer compare against these, so a file changed meanwhile is never mixed in.
+    stamps: tuple[FileStamp, ...] = ()
 
     @cached_property
     def by_name(self) -> dict[str, TensorInfo]:
@@ -122,16 +127,22 @@ def _input_error(path: Path, why: str, hint: str) -> InvalidInputError:
     return InvalidInputError("Cannot read checkpoint", path, why, hint)
 
 
-def read_json(path: Path, what: str = "JSON file") -> dict:
-    """Read a small JSON object (configs, indexes) with one clear error per failure."""
+def read_json(path: Path, what: str = "JSON file", *, stamps: dict[Path, FileStamp] | None = None) -> dict:
+    """Read a small JSON object (configs, indexes) with one clear error per failure; ``stamps``
+    receives the identity of the file read."""
     hint = f"Fix or re-create the {what}; it must be a JSON object."
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidInputError(f"Cannot read {what}", path, "not a regular file", hint)
-        if st.st_size > MAX_JSON_BYTES:
-            raise InvalidInputError(f"Cannot read {what}", path, f"file is larger than {MAX_JSON_BYTES} bytes", hint)
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size > MAX_JSON_BYTES:
+                raise InvalidInputError(f"Cannot read {what}", path, f"file is larger than {MAX_JSON_BYTES} bytes", hint)
+            raw = fh.read(MAX_JSON_BYTES + 1)
+        if stamps is not None:
+            stamps[Path(path)] = FileStamp.of(path, st)
+        data = json.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise InvalidInputError(f"Cannot read {what}", path, exc.strerror or str(exc), hint) from exc
     # ValueError covers UnicodeDecodeError, JSONDecodeError and integer literals past the 4,300-digit limit.
@@ -150,8 +161,13 @@ def read_json(path: Path, what: str = "JSON file") -> dict:
 def _inside(root: Path, rel: str, index: Path) -> Path:
     """Resolve a shard name from an index, refusing anything that escapes the checkpoint directory."""
     hint = "The index must name shard files inside the checkpoint directory."
+    shown = printable(repr(rel if len(rel) <= 80 else rel[:77] + "..."))
+    if "\0" in rel:
+        raise InvalidInputError("Cannot read sharded index", index, f"shard name {shown} contains a NUL byte", hint)
+    if any(len(os.fsencode(part)) > _MAX_NAME_BYTES for part in Path(rel).parts):
+        raise InvalidInputError("Cannot read sharded index", index, f"shard name {shown} is longer than {_MAX_NAME_BYTES} bytes, which no filesystem stores", hint)
     if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or ":" in rel or "\\" in rel:
-        raise InvalidInputError("Cannot read sharded index", index, f"shard name {rel!r} points outside the checkpoint", hint)
+        raise InvalidInputError("Cannot read sharded index", index, f"shard name {shown} points outside the checkpoint", hint)
     target = root / rel
     if not resolves_inside(root, target):
         raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} resolves outside the checkpoint (symlink?)", hint)
@@ -166,15 +182,24 @@ def _own_file(root: Path, path: Path) -> Path:
     return path
 
 
-def _read_file(path: Path, rel: str) -> tuple[list[TensorInfo], Format]:
+def _read_file(path: Path, rel: str, stamps: dict[Path, FileStamp]) -> tuple[list[TensorInfo], Format]:
     if path.suffix == ".safetensors":
-        tensors, _ = read_header(path, rel)
+        tensors, _ = read_header(path, rel, stamps=stamps)
         return tensors, "safetensors"
-    return read_torch_bin(path, rel), "pytorch-bin"
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise _input_error(path, exc.strerror or str(exc), "Check that the file exists and is readable.") from exc
+    tensors = read_torch_bin(path, rel)
+    stamps[path] = FileStamp.of(path, before)
+    error = changed(stamps[path])  # the zip's directory and data.pkl are read in several steps
+    if error is not None:
+        raise error
+    return tensors, "pytorch-bin"
 
 
-def _read_index(index: Path) -> tuple[list[TensorInfo], list[str], Format, list[str]]:
-    data = read_json(index, "sharded index")
+def _read_index(index: Path, stamps: dict[Path, FileStamp]) -> tuple[list[TensorInfo], list[str], Format, list[str]]:
+    data = read_json(index, "sharded index", stamps=stamps)
     weight_map = data.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise InvalidInputError("Cannot read sharded index", index, "weight_map is missing or not a map of tensor name -> shard file", "Re-create the index with save_pretrained().")
@@ -186,7 +211,7 @@ def _read_index(index: Path) -> tuple[list[TensorInfo], list[str], Format, list[
     for rel, shard in paths.items():
         if not shard.exists():
             raise InvalidInputError("Cannot read sharded index", index, f"shard {rel!r} is listed but missing", "Download the missing shard, or re-save the checkpoint.")
-        found, fmt = _read_file(shard, rel)
+        found, fmt = _read_file(shard, rel, stamps)
         listed = {k for k, v in weight_map.items() if v == rel}
         present = {t.name for t in found}
         if listed - present:
@@ -272,6 +297,15 @@ def _nothing_readable(root: Path, names: tuple[str, ...]) -> InvalidInputError:
 
 def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpoint:
     """Resolve ``path`` (directory, file, or index) into a ``Checkpoint``; headers only."""
+    try:
+        return _read_checkpoint(path, with_tokenizer)
+    except OSError as exc:  # a directory without read/execute permission, a name the OS refuses, ...
+        where = exc.filename if exc.filename is not None else path
+        raise _input_error(Path(os.fsdecode(where)), exc.strerror or str(exc),
+                           "Check that the path exists and that you may read it (directories need read and execute permission).") from exc
+
+
+def _read_checkpoint(path: str | Path, with_tokenizer: bool) -> Checkpoint:
     given = str(path)
     path = locate(path)  # a Hub id ("org/name") resolves to its snapshot in the local cache
     if not path.exists():
@@ -298,13 +332,14 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
             raise _input_error(path, "unknown file type", "Give a .safetensors, .bin or *.index.json file, or a checkpoint directory.")
 
     warnings: list[str] = []
+    stamps: dict[Path, FileStamp] = {}
     if path.is_dir() and found in ("model.safetensors", "pytorch_model.bin") and (root / f"{found}.index.json").exists():
         warnings.append(f"{found}.index.json is ignored: transformers loads {found} when both are present (a stale index of an older sharded save?)")
     if found.endswith(".index.json"):
-        tensors, files, fmt, warnings = _read_index(entry)
+        tensors, files, fmt, warnings = _read_index(entry, stamps)
         files = [found, *files]
     else:
-        tensors, fmt = _read_file(entry, found)
+        tensors, fmt = _read_file(entry, found, stamps)
         files = [found]
 
     # adapter_config.json speaks for the directory's adapter files only; a loose file is judged by its keys.
@@ -314,6 +349,6 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
     config: dict = {}
     config_name = "adapter_config.json" if kind == "adapter" else "config.json"
     if canonical and (root / config_name).is_file():
-        config = read_json(_own_file(root, root / config_name), config_name)
+        config = read_json(_own_file(root, root / config_name), config_name, stamps=stamps)
     tokenizer = read_tokenizer(root) if with_tokenizer and canonical else None
-    return Checkpoint(given, root, kind, fmt, tuple(files), tuple(tensors), config, tokenizer, tuple(warnings))
+    return Checkpoint(given, root, kind, fmt, tuple(files), tuple(tensors), config, tokenizer, tuple(warnings), tuple(stamps.values()))

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
+from inspector.stamp import FileStamp
 from inspector.tensor import DTYPE_BITS, TensorInfo, data_bytes
 
 MAX_HEADER_BYTES = 100_000_000  # the Rust crate's limit; checked before allocating
@@ -73,10 +74,11 @@ def read_metadata(path: Path, raw: object) -> dict[str, str]:
     return dict(raw)
 
 
-def read_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], dict[str, str]]:
+def read_header(path: Path, rel: str | None = None, *, stamps: dict[Path, FileStamp] | None = None) -> tuple[list[TensorInfo], dict[str, str]]:
     """Parse and validate ``path``'s header; return its tensors (in data order) and ``__metadata__``.
 
-    ``rel`` is the name recorded in ``TensorInfo.file`` (defaults to the file name).
+    ``rel`` is the name recorded in ``TensorInfo.file`` (defaults to the file name). ``stamps``
+    receives the identity of the file whose header this is, for later data reads to compare against.
     """
     path = Path(path)
     rel = rel or path.name
@@ -84,10 +86,14 @@ def read_header(path: Path, rel: str | None = None) -> tuple[list[TensorInfo], d
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise _fail(path, "not a regular file", "Point lora-inspector at a file or a checkpoint directory.")
-        size = st.st_size
-        if size < 8:
-            raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
         with open(path, "rb") as fh:
+            # The open file is what the header describes (the path may be replaced meanwhile).
+            st = os.fstat(fh.fileno())
+            if stamps is not None:
+                stamps[path] = FileStamp.of(path, st)
+            size = st.st_size
+            if size < 8:
+                raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
             (n,) = struct.unpack("<Q", fh.read(8))
             if n > MAX_HEADER_BYTES:
                 raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")

@@ -8,9 +8,11 @@ in the process's resident set, so mapping a 10 GB model and touching every tenso
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
+from inspector.stamp import FileStamp, changed
 from inspector.tensor import TensorInfo
 
 # safetensors dtype -> torch attribute name; the writer inverts it.
@@ -45,12 +47,17 @@ def torch_dtype(st_dtype: str):
 
 
 class TensorReader:
-    """Open files of one checkpoint lazily and read tensors by their header facts."""
+    """Open files of one checkpoint lazily and read tensors by their header facts.
 
-    def __init__(self, root: Path) -> None:
+    ``stamps`` (``Checkpoint.stamps``) say which version of each file the headers came from: a file
+    that differs when its data is first read, or when the reader closes, is refused.
+    """
+
+    def __init__(self, root: Path, stamps: Iterable[FileStamp] = ()) -> None:
         self.root = Path(root)
         self._files: dict[str, object] = {}
-        self._stamps: dict[str, tuple[int, int]] = {}
+        self._header_stamps = {s.path: s for s in stamps}
+        self._stamps: dict[str, FileStamp] = {}
         self._view: tuple[TensorInfo, object] | None = None  # the last strided view read, for its row blocks
 
     def _open(self, rel: str):
@@ -59,7 +66,12 @@ class TensorReader:
             path = self.root / rel
             fh = open(path, "rb")  # noqa: SIM115 - closed in close()
             st = os.fstat(fh.fileno())
-            self._files[rel], self._stamps[rel] = fh, (st.st_size, st.st_mtime_ns)
+            stamp = self._header_stamps.get(path)
+            error = changed(stamp, st) if stamp is not None else None
+            if error is not None:
+                fh.close()
+                raise error
+            self._files[rel], self._stamps[rel] = fh, stamp or FileStamp.of(path, st)
         return fh
 
     def read(self, info: TensorInfo):
@@ -99,19 +111,18 @@ class TensorReader:
         return self.read(part)
 
     def close(self) -> None:
-        """Close every file, refusing results when a file changed while it was read (HOSTILE 24)."""
-        for rel, fh in self._files.items():
+        """Close every file, refusing results when a file changed while it was read (the open file
+        rewritten, or the path replaced by another file)."""
+        files, self._files = self._files, {}
+        self._view = None
+        errors = []
+        for rel, fh in files.items():
             st = os.fstat(fh.fileno())
             fh.close()
-            path = self.root / rel
-            try:
-                now = os.stat(path)
-            except OSError:
-                now = st
-            if (now.st_size, now.st_mtime_ns) != self._stamps[rel] or (st.st_size, st.st_mtime_ns) != self._stamps[rel]:
-                raise InvalidInputError("Input changed while reading", path, "its size or modification time changed during the run", "Run the command again when nothing else writes to the checkpoint.")
-        self._files.clear()
-        self._view = None
+            errors += [changed(self._stamps[rel], st), changed(self._stamps[rel])]
+        error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise error
 
     def __enter__(self) -> TensorReader:
         return self

@@ -784,7 +784,7 @@ def test_input_changing_while_read(capsys, work: Path, monkeypatch: pytest.Monke
         rc, stdout, err = merge(capsys, work / "base", work / "adapter", out)
     else:
         rc, stdout, err = cli(capsys, "resize", work / "base", "--out", out, "--vocab", "80")
-    why = "its size or modification time changed during the run" if change == "mtime" else "ends early"
+    why = "it was rewritten (its modification time changed) after its header was read" if change == "mtime" else "ends early"
     assert_error(rc, stdout, err, touched[0], why)
     assert not out.exists()
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
