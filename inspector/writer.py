@@ -17,12 +17,9 @@ import functools
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import stat
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +27,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError, UsageError
 from inspector.header import read_header
+from inspector.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, removal_problem, swap
+from inspector.stamp import FileStamp, ensure_unchanged
 from inspector.tensor import DTYPE_BITS, data_bytes
 from inspector.units import human_bytes
 
@@ -253,21 +253,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dir_beside(target: Path, tag: str) -> Path:
-    """Create an empty hidden directory next to ``target`` (same filesystem, so renames are atomic).
-
-    ``os.mkdir`` rather than ``mkdtemp``: the umask applies, so the published directory gets the
-    permissions any other new directory would, not mkdtemp's 0700.
-    """
-    while True:
-        path = target.parent / f".{target.name}.{tag}-{secrets.token_hex(4)}"
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-
-
 @functools.cache
 def _torch_dtypes() -> dict[Any, str]:
     """torch dtype -> safetensors dtype string: the loader's table, inverted."""
@@ -297,33 +282,9 @@ def _raw_bytes(tensor: torch.Tensor, planned: OutputTensor) -> np.ndarray:
     return flat.numpy()
 
 
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM while cleaning up: a signal that comes meanwhile is re-sent right after.
-
-    Python runs signal handlers in the main thread whatever thread the kernel picked, so the Python
-    handlers are swapped (blocking the signal in one thread would not stop torch's threads taking it).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(held):
-            os.kill(os.getpid(), sig)  # now the caller's own handler (KeyboardInterrupt, the CLI's SIGTERM) runs
-
-
 # ---------------------------------------------------------------------------------------- writer
 
 State = Literal["open", "committed", "aborted"]
-# Outputs this process has published, so that an interrupt after the last rename is not reported as
-# "nothing was written" (the CLI clears it per command and reads it when interrupted).
-PUBLISHED: list[Path] = []
 
 
 class CheckpointWriter:
@@ -345,9 +306,11 @@ class CheckpointWriter:
         force: bool = False,
         metadata: dict[str, str] | None = None,
         extra_bytes: int = 0,
+        stamps: Sequence[FileStamp] = (),
     ) -> None:
         self.out_dir = Path(out_dir)
         self.force = force
+        self.stamps = tuple(stamps)  # the input files as they were read; re-checked before publishing
         self.tensors: tuple[OutputTensor, ...] = tuple(tensors)
         if type(max_shard_size) is not int or max_shard_size <= 0:
             raise UsageError("Invalid size", None, f"max shard size {max_shard_size!r} is not a positive number of bytes",
@@ -375,10 +338,13 @@ class CheckpointWriter:
 
         # The real path: symlinked --out writes where the link points, and staging sits beside that.
         self._target = _real(self.out_dir)
-        self._validate_paths([Path(p) for p in inputs], extra_bytes)
+        self._inputs = [Path(p) for p in inputs]
+        self._validate_paths(self._inputs, extra_bytes)
+        self._warn_leftovers()
 
         self._state: State = "open"
         self._staging: Path | None = None
+        self._staging_fd: int | None = None  # holds a lock on the staging directory while this run lives
         self._created: list[Path] = []  # parent directories we made, removed again on abort
         self._fh: Any = None
         self._next = 0  # index into the plan of the next tensor to write
@@ -413,6 +379,11 @@ class CheckpointWriter:
                 if non_empty:
                     raise self._refuse("the directory exists and is not empty",
                                        "Choose a new or empty --out directory, or pass --force to replace it.")  # fmt: skip
+            else:
+                problem = removal_problem(target, inputs)
+                if problem is not None:  # --force would delete it after the merge: refuse now, before anything is written
+                    raise self._refuse(f"--force would remove the old output, but {problem}",
+                                       "Unmount it or remove the old output by hand (inputs are never deleted), or choose another --out.")  # fmt: skip
 
         probe = _nearest_existing(target.parent)
         if not os.access(probe, os.W_OK | os.X_OK):
@@ -474,7 +445,8 @@ class CheckpointWriter:
             for p in reversed(missing):  # outermost first
                 os.mkdir(p)
                 self._created.append(p)
-            self._staging = _make_dir_beside(self._target, "staging")
+            self._staging = make_dir_beside(self._target, "staging")
+            self._staging_fd = hold(self._staging)
         return self._staging
 
     def _check_name(self, name: str) -> None:
@@ -627,29 +599,24 @@ class CheckpointWriter:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _publish(self, staging: Path) -> None:
+    def _warn_leftovers(self) -> None:
+        # Hidden directories of runs that were killed (SIGKILL, power loss) are named, never removed:
+        # an ".old-" one may hold the only copy of an output that a --force run was replacing.
+        found = leftovers(self._target)
+        if found:
+            names = ", ".join(f"'{p}'" for p in found)
+            missing = "" if os.path.lexists(self._target) else f" '{self._target}' itself is missing: the '.old-' one holds the previous output."
+            sys.stderr.write(f"Warning: an earlier run writing here was stopped and left {names}.{missing} "
+                             "Delete what you do not need; lora-inspector never removes them.\n")  # fmt: skip
+
+    def _publish(self, staging: Path) -> Path | None:
+        """Rename ``staging`` to ``--out`` (exchanging it with an old output under --force); return
+        where the old output now is, or None. After this, nothing can undo the publish."""
         target = self._target
         if self.force and os.path.lexists(target):
-            # Two renames: old output aside, new one in; only then delete the old one.
-            aside = _make_dir_beside(target, "old")
-            try:
-                os.rename(target, aside)  # replaces the empty placeholder
-            except BaseException:
-                os.rmdir(aside)
-                raise
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                if os.path.lexists(staging):  # the swap did not happen: put the old output back
-                    os.rename(aside, target)
-                else:
-                    shutil.rmtree(aside, ignore_errors=True)
-                raise
-            self._staging = None
-            shutil.rmtree(aside, ignore_errors=True)
-            if os.path.lexists(aside):  # read-only parts of the old output: the new one is in place, say what is left
-                sys.stderr.write(f"Warning: the old output could not be fully removed; what is left of it is in '{aside}'. Delete it by hand.\n")
+            old = swap(staging, target)
         else:
+            old = None
             try:
                 os.rename(staging, target)  # atomic; also replaces an empty existing directory
             except OSError as exc:
@@ -657,9 +624,32 @@ class CheckpointWriter:
                     raise self._refuse("the directory exists and is not empty (another run wrote it meanwhile)",
                                        "Choose a new or empty --out directory, or pass --force to replace it.") from exc
                 raise
-            self._staging = None
+        self._staging = None
         self._created = []
-        _fsync_dir(target.parent)
+        self._state = "committed"
+        interrupts.PUBLISHED.append(self.out_dir)
+        return old
+
+    def _after_publish(self, old: Path | None) -> None:
+        """Make the publish durable, then remove the old output. Errors here must not say "nothing
+        was written": the new output is in place, and the message says exactly what is on disk."""
+        try:
+            _fsync_dir(self._target.parent)
+        except OSError as exc:
+            kept = f" The previous output is kept in '{old}'." if old is not None else ""
+            raise InspectorError("Output written but not confirmed on disk", self.out_dir,
+                                 f"the new output is in place, but syncing its directory failed ({exc.strerror or exc})",
+                                 f"The disk reported an error: check it, then verify the output (`lora-inspector scan {self.out_dir}`).{kept}") from exc  # fmt: skip
+        if old is None:
+            return
+        fd = hold(old)  # so that a concurrent run does not name it as abandoned while it goes
+        try:
+            complete = remove_tree(old, input_identities(self._inputs))
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if not complete:  # read-only parts of the old output, or something mounted into it meanwhile
+            sys.stderr.write(f"Warning: the old output could not be fully removed; what is left of it is in '{old}'. Delete it by hand.\n")
 
     def commit(self) -> Path:
         """Verify every shard, write the index (several shards only), fsync and publish; return ``out_dir``."""
@@ -676,20 +666,28 @@ class CheckpointWriter:
             if len(self._shards) > 1:
                 self._write_index(staging)
             _fsync_dir(staging)
-            # Held: the swap and the removal of an old output (--force) run to the end; a Ctrl-C
-            # meanwhile arrives once the output is in place, and PUBLISHED says so.
-            with _signals_held():
-                self._publish(staging)
-                self._state = "committed"
-                PUBLISHED.append(self.out_dir)
+            # Held: the last input check, the swap and the removal of an old output (--force) run to
+            # the end; a Ctrl-C meanwhile arrives once the output is in place, and PUBLISHED says so.
+            with interrupts.held(), publish_lock(self._target.parent):
+                ensure_unchanged(self.stamps)  # an input re-saved during the run: its bytes may be mixed in
+                old = self._publish(staging)
+        with interrupts.held():
+            self._close_staging_fd()
+            self._after_publish(old)
         return self.out_dir
 
     def abort(self) -> None:
         """Remove the staging directory (and parents this writer created); the target is untouched."""
-        with _signals_held():  # a second Ctrl-C must not leave half a staging directory behind
+        with interrupts.held():  # a second Ctrl-C must not leave half a staging directory behind
             self._abort()
 
+    def _close_staging_fd(self) -> None:
+        fd, self._staging_fd = self._staging_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def _abort(self) -> None:
+        self._close_staging_fd()
         fh, self._fh = self._fh, None
         if fh is not None:
             try:

@@ -318,7 +318,10 @@ def test_force_replaces_existing_output(tmp_path: Path, old_out: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # neither staging nor the old one left
 
 
-def test_failed_swap_restores_the_old_output(tmp_path: Path, old_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_failed_swap_restores_the_old_output(tmp_path: Path, old_out: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    import inspector.publish as publish_mod
+
     before = tree(tmp_path)
     real_rename = os.rename
 
@@ -327,7 +330,14 @@ def test_failed_swap_restores_the_old_output(tmp_path: Path, old_out: Path, monk
             raise OSError(errno.EIO, "Input/output error")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(os, "rename", rename)
+    def failed_exchange(a, b):
+        raise OSError(errno.EIO, "Input/output error")
+
+    if exchange:
+        monkeypatch.setattr(publish_mod, "exchange", failed_exchange)
+    else:  # a filesystem without RENAME_EXCHANGE
+        monkeypatch.setattr(publish_mod, "exchange", lambda a, b: False)
+        monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(InspectorError) as info:
         write_all(old_out, {"x": torch.ones(2)}, force=True)
     assert info.value.exit_code == 2 and info.value.what == "Cannot write checkpoint"
@@ -663,7 +673,7 @@ def test_interrupt_while_publishing_completes_the_swap_and_says_so(tmp_path: Pat
         out.mkdir()
         for i in range(50):
             (out / f"old-{i}.txt").write_text("old")
-    rename, rmtree = writer_mod.os.rename, writer_mod.shutil.rmtree
+    rename, remove_tree = writer_mod.os.rename, writer_mod.remove_tree
 
     def interrupted(fn):
         def wrapper(*args, **kwargs):
@@ -671,7 +681,7 @@ def test_interrupt_while_publishing_completes_the_swap_and_says_so(tmp_path: Pat
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(writer_mod.shutil, "rmtree", interrupted(rmtree)) if force else monkeypatch.setattr(writer_mod.os, "rename", interrupted(rename))
+    monkeypatch.setattr(writer_mod, "remove_tree", interrupted(remove_tree)) if force else monkeypatch.setattr(writer_mod.os, "rename", interrupted(rename))
     rc = main(["merge", str(base), str(adapter), "--out", str(out), "--device", "cpu", *(["--force"] if force else [])])
     stdout, err = capsys.readouterr()
     assert rc == 130 and stdout == ""
@@ -691,7 +701,7 @@ def test_old_output_that_cannot_be_removed_is_named(tmp_path: Path, monkeypatch:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    monkeypatch.setattr(writer_mod.shutil, "rmtree", lambda path, ignore_errors=False: None)  # nothing can be deleted
+    monkeypatch.setattr(writer_mod, "remove_tree", lambda path, forbidden: False)  # nothing can be deleted
     write_all(out, {"x": torch.zeros(2)}, force=True)
     err = capsys.readouterr().err
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
