@@ -33,7 +33,7 @@ MAX_JSON_BYTES = 64_000_000
 _MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows filesystems
 
 # Checkpoint layouts in a directory, in the order a loader prefers them: a safetensors twin always
-# wins over a pickle (HOSTILE.md 17).
+# wins over a pickle (docs/threat-model.md #17).
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")  # the last: mlx-lm's, to name it
 # In transformers' from_pretrained order: a single file wins over an index beside it (re-saving a
 # sharded model unsharded deletes the old shards but leaves the index).
@@ -175,7 +175,7 @@ def _inside(root: Path, rel: str, index: Path) -> Path:
 
 
 def _own_file(root: Path, path: Path) -> Path:
-    """``path``, a file found in checkpoint directory ``root``, unless it links outside it (HOSTILE 21)."""
+    """``path``, a file found in checkpoint directory ``root``, unless it links outside it (docs/threat-model.md #21)."""
     if not resolves_inside(root, path):
         raise _input_error(path, f"it is a symlink to '{path.resolve()}', outside the checkpoint directory",
                            "Copy the file into the checkpoint directory if you trust it, or give its path directly.")  # fmt: skip

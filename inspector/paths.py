@@ -1,4 +1,4 @@
-"""Where a checkpoint's files may really live (HOSTILE.md 13, 21).
+"""Where a checkpoint's files may really live (docs/threat-model.md #13, #21).
 
 A directory from a stranger can hold a ``model.safetensors`` that is a symlink to
 ``~/.ssh/id_rsa``: scan would read it and merge would copy its bytes into the output. A file found

@@ -35,7 +35,7 @@ def side_files(directory: Path) -> list[Path]:
         if name.startswith(".") or name == "config.json" or name in _OTHER_FORMAT_CONFIGS or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
             continue
         # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
-        # one that leads out is never copied into the output (HOSTILE 21).
+        # one that leads out is never copied into the output (docs/threat-model.md #21).
         # Any size: a 120 MB tokenizer.json left out would leave a model whose tokenizer does not load
         # (the free-space check counts these bytes too).
         if path.is_file() and resolves_inside(directory, path):

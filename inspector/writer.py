@@ -3,9 +3,9 @@
 Every output tensor is planned up front (name, dtype, shape), so each shard's header is known before
 any data exists: a shard is written header first, then filled one tensor at a time as ``write`` is
 called, which keeps peak memory at one tensor. Everything goes into a hidden staging directory beside
-the target; ``commit`` re-reads every shard header, writes the index, fsyncs and renames the staging
-directory into place (SPEC "Output safety"). Any failure, Ctrl-C included, removes the staging
-directory and leaves the target as it was.
+the target; ``commit`` re-reads every shard header, writes the index, fsyncs, checks that no input
+changed, and has ``publish`` put the staging directory in place (docs/safety.md). Any failure before
+that, Ctrl-C included, removes the staging directory and leaves the target as it was.
 
 Importing this module does not import torch (``scan``/``check`` never do); ``write`` imports it.
 """
