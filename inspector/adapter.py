@@ -15,6 +15,7 @@ from typing import Literal
 
 from inspector.checkpoint import Checkpoint
 from inspector.errors import InvalidInputError
+from inspector.patterns import Matcher, PatternRefused, parse, refusal
 from inspector.tensor import TensorInfo
 
 PREFIX = "base_model.model."
@@ -112,6 +113,9 @@ class AdapterConfig:
     layer_replication: tuple[tuple[int, int], ...] | None = None
     # PEFT ties the LoRA of a tied embedding and its lm_head: one delta, trained on both sides.
     ensure_weight_tying: bool = False
+    source: str | None = field(default=None, compare=False)  # the adapter_config.json read, for errors
+    # Matches the config's regexes with one time budget for them all (patterns are untrusted input).
+    matcher: Matcher = field(default_factory=Matcher, compare=False, repr=False)
 
     @property
     def mutating_init(self) -> str | None:
@@ -128,12 +132,26 @@ class AdapterConfig:
         return any(m.split(".") == parts[i : i + len(m.split("."))] for m in self.modules_to_save for i in range(len(parts)))
 
     def rank_for(self, module: str) -> int:
-        key = _pattern_key(self.rank_pattern, module)
+        key = self._pattern_key("rank_pattern key", self.rank_pattern, module)
         return self.rank_pattern.get(key, self.r) if key is not None else self.r
 
     def alpha_for(self, module: str) -> float:
-        key = _pattern_key(self.alpha_pattern, module)
+        key = self._pattern_key("alpha_pattern key", self.alpha_pattern, module)
         return self.alpha_pattern.get(key, self.lora_alpha) if key is not None else self.lora_alpha
+
+    def regex_matches(self, name: str, pattern: str, module: str) -> bool:
+        """PEFT's ``re.fullmatch(pattern, module)`` for the regex field ``name``, with bounded work."""
+        try:
+            return self.matcher.fullmatch(name, pattern, module)
+        except PatternRefused as exc:
+            raise _pattern_error(self.source, exc) from None
+
+    def _pattern_key(self, name: str, patterns: dict, module: str) -> str | None:
+        # PEFT's get_pattern_key: the first key that matches the end of the module name on a dot boundary.
+        try:
+            return next((key for key in patterns if self.matcher.peft_key(name, key, module)), None)
+        except PatternRefused as exc:
+            raise _pattern_error(self.source, exc) from None
 
     def scale_for(self, module: str) -> float:
         """PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA, per-module r and alpha from the patterns."""
@@ -141,63 +159,28 @@ class AdapterConfig:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def _pattern_key(patterns: dict, module: str) -> str | None:
-    # PEFT's get_pattern_key: the first key that matches the end of the module name on a dot boundary.
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key
-    return None
+def _config_error(path: str | None, why: str, hint: str = "Fix the field in adapter_config.json (PEFT writes it with LoraConfig.save_pretrained).") -> InvalidInputError:
+    return InvalidInputError("Invalid adapter_config.json", path, why, hint)
 
 
-def _config_error(path: str, why: str) -> InvalidInputError:
-    return InvalidInputError("Invalid adapter_config.json", path, why, "Fix the field in adapter_config.json (PEFT writes it with LoraConfig.save_pretrained).")
+_PATTERN_HINT = ("Use a simpler regex, e.g. '.*\\.(q_proj|v_proj)$', or a list of module names; "
+                 "PEFT matches it with Python's re, which has no time limit.")
 
 
-try:  # the parser behind re.compile: public as sre_parse until 3.11, re._parser since
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_parse as _sre_parse
-
-_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
-
-
-def _nested_repeat(items) -> bool:
-    """Does a parsed pattern hold a repeat (max > 1) around another repeat or an alternation?
-    Those are the shapes that backtrack exponentially, e.g. (a+)+$, (a*)*, (a|aa)*."""
-
-    def walk(seq, inside: bool) -> bool:
-        for op, arg in seq:
-            name = str(op)
-            if name in _REPEATS:
-                low, high, sub = arg
-                unbounded = high is _sre_parse.MAXREPEAT or high > 1
-                if inside and unbounded:
-                    return True
-                if walk(sub, inside or unbounded):
-                    return True
-            elif name == "BRANCH":
-                if inside or any(walk(b, inside) for b in arg[1]):
-                    return True
-            elif name == "SUBPATTERN":
-                if walk(arg[-1], inside):
-                    return True
-            elif name in ("ASSERT", "ASSERT_NOT"):
-                if walk(arg[1], inside):
-                    return True
-        return False
-
-    return walk(items, False)
+def _pattern_error(path: str | None, exc: PatternRefused) -> InvalidInputError:
+    return _config_error(path, f"{exc.field} {exc.pattern!r} {exc.why}", _PATTERN_HINT)
 
 
 def _regex(path: str, name: str, pattern: str) -> str:
+    # Refused here, before any module name is matched: the shapes PEFT's re would hang on (see patterns.refusal).
     if len(pattern) > MAX_PATTERN:
         raise _config_error(path, f"{name} is a regular expression longer than {MAX_PATTERN} characters")
     try:
-        parsed = _sre_parse.parse(pattern)
+        why = refusal(pattern)
     except re.error as exc:
         raise _config_error(path, f"{name} {pattern!r} is not a valid regular expression ({exc})") from exc
-    if _nested_repeat(parsed):
-        raise _config_error(path, f"{name} {pattern!r} nests a repeat inside a repeat, which can take exponential time to match")
+    if why is not None:
+        raise _pattern_error(path, PatternRefused(name, pattern, why))
     return pattern
 
 
@@ -233,8 +216,18 @@ def _number_map(path: str, raw: dict, name: str, kind: type) -> dict:
         ok = type(v) is int if kind is int else (type(v) in (int, float) and math.isfinite(v))
         if not ok or v <= 0:
             raise _config_error(path, f"{name}[{key!r}] is {v!r}; expected a positive {'integer' if kind is int else 'number'}")
-        out[_regex(path, f"{name} key", key)] = v
+        out[_peft_key(path, f"{name} key", key)] = v
     return out
+
+
+def _peft_key(path: str, name: str, key: str) -> str:
+    # PEFT matches a key inside (.*\.)?(KEY)$: a key that breaks that regex (a global "(?i)") makes PEFT raise re.error.
+    _regex(path, name, key)
+    try:
+        parse(rf"(.*\.)?({key})$")
+    except re.error as exc:
+        raise _config_error(path, f"{name} {key!r} is not valid inside the regex PEFT builds from it, (.*\\.)?(KEY)$ ({exc})") from exc
+    return key
 
 
 def _token_indices(path: str, raw: dict) -> dict[str | None, tuple[int, ...]]:
@@ -332,6 +325,7 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
         alora_invocation_tokens=_optional_ints(path, raw, "alora_invocation_tokens"),
         layer_replication=_layer_replication(path, raw),
         ensure_weight_tying=_bool(path, raw, "ensure_weight_tying"),
+        source=path,
     )
 
 
@@ -478,7 +472,7 @@ def matches_target(config: AdapterConfig, module: str) -> bool:
     if config.saves(module):
         return False
     excl = config.exclude_modules
-    if isinstance(excl, str) and re.fullmatch(excl, module):
+    if isinstance(excl, str) and config.regex_matches("exclude_modules", excl, module):
         return False
     if isinstance(excl, tuple) and (module in excl or any(module.endswith("." + e) for e in excl)):
         return False
@@ -492,7 +486,7 @@ def matches_target(config: AdapterConfig, module: str) -> bool:
     if targets is None:
         return False
     if isinstance(targets, str):
-        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+        return targets == "all-linear" or config.regex_matches("target_modules", targets, module)
     return module in targets or any(module.endswith("." + t) for t in targets)
 
 

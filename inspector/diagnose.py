@@ -583,7 +583,7 @@ def check_orphans(ctx: CheckContext) -> list[Finding]:
                                    f"Use {memory!r} instead; the entry has no effect." if memory else
                                    "Check the spelling against `lora-inspector scan BASE --tensors`; the entry has no effect."))
     elif isinstance(targets, str) and targets != "all-linear":
-        if not any(re.fullmatch(targets, m) for m in modules):
+        if not any(ctx.config.regex_matches("target_modules", targets, m) for m in modules):
             out.append(Finding(Code.TARGET_UNMATCHED, f"target_modules regex {targets!r} matches no module of the base.",
                                "Check the pattern against `lora-inspector scan BASE --tensors`."))
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import UsageError
+from inspector.patterns import Matcher, PatternRefused, compile_bounded
 from inspector.tensor import TensorInfo
 
 MAX_PATTERN = 1000
@@ -25,25 +27,37 @@ class ScanResult:
     match: str | None
 
 
-def compile_match(pattern: str | None) -> re.Pattern | None:
+def compile_match(pattern: str | None) -> Callable[[str], bool] | None:
+    """``re.search`` with ``pattern``, with bounded work: tensor names come from untrusted files."""
     if pattern is None:
         return None
     if len(pattern) > MAX_PATTERN:
         raise UsageError("Invalid --match", None, f"the pattern is longer than {MAX_PATTERN} characters", "Use a shorter regular expression.")
     try:
-        return re.compile(pattern)
+        compile_bounded(pattern)
     except re.error as exc:
         raise UsageError("Invalid --match", None, f"{pattern!r} is not a regular expression ({exc})", "Quote the pattern, e.g. --match 'embed|lm_head'.") from exc
+    except ValueError as exc:
+        raise UsageError("Invalid --match", None, f"{pattern!r} {exc}", "Use a simpler regular expression, e.g. --match 'embed|lm_head'.") from exc
+    matcher = Matcher()
+
+    def search(name: str) -> bool:
+        try:
+            return matcher.search("--match", pattern, name)
+        except PatternRefused as exc:
+            raise UsageError("Invalid --match", None, f"{pattern!r} {exc.why}", "Use a simpler regular expression, e.g. --match 'embed|lm_head'.") from None
+
+    return search
 
 
 def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = None) -> ScanResult:
     """Read each path's headers; with ``tensors`` or ``match`` keep the tensor list (filtered by ``match``)."""
-    regex = compile_match(match)
+    matches = compile_match(match)
     out = []
     for path in paths:
         ckpt = read_checkpoint(path)
         shown = None
-        if tensors or regex is not None:
-            shown = tuple(t for t in ckpt.tensors if regex is None or regex.search(t.name))
+        if tensors or matches is not None:
+            shown = tuple(t for t in ckpt.tensors if matches is None or matches(t.name))
         out.append(ScannedCheckpoint(ckpt, shown))
     return ScanResult(tuple(out), match)
