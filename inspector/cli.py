@@ -337,8 +337,15 @@ def _main(argv: list[str]) -> int:
         where = os.fsdecode(exc.filename) if exc.filename is not None else None
         _print_error(InspectorError("Cannot access", where, exc.strerror or str(exc), "Check the path, its permissions and the disk, then run again."))
         return 2
+    except MemoryError:
+        if debug:
+            raise
+        # Reported below: inside this clause the traceback still holds what used the memory up.
     except Exception as exc:  # a bug of ours: say so without a traceback unless --debug
         if debug:
             raise
         _print_error(InspectorError("Internal error", None, f"{type(exc).__name__}: {exc}", "Rerun with --debug and report the traceback."))
         return 2
+    _print_error(InspectorError("Out of memory", None, "the input needed more memory than this process may use",
+                                "Free memory or raise the limit (ulimit -v), or check the input: a hostile file can ask for any amount."))
+    return 2
