@@ -1,7 +1,8 @@
 """Finding codes (stable, never renumbered) and the Finding record every check returns.
 
-The hundreds digit is the family in SPEC.md's "What check must find" (LI1xx vocabulary, ...,
-LI14xx unsupported). The README documents every code with its causes and fix.
+The hundreds digit is the family (LI1xx vocabulary, ..., LI14xx unsupported; docs/design.md lists
+the families). docs/findings.md documents every code with its causes and fix; each code is raised by
+exactly one registered check in inspector/checks/.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ class Code(Enum):
 
 
 @dataclass(frozen=True)
+class Hit:
+    """What one check found, before the registry stamps the check's code on it (inspector/checks/)."""
+
+    message: str
+    hint: str
+    severity: str = ""  # the code's default severity unless a check says otherwise
+    tensor: str | None = None
+    adapter_key: str | None = None
+    adapter_shape: tuple[int, ...] | None = None
+    base_shape: tuple[int, ...] | None = None
+    repair: str | None = None
+
+
+@dataclass(frozen=True)
 class Finding:
     code: Code
     message: str
@@ -89,6 +104,10 @@ class Finding:
     def __post_init__(self) -> None:
         if not self.severity:
             object.__setattr__(self, "severity", self.code.severity)
+
+    @classmethod
+    def of(cls, code: Code, hit: Hit) -> Finding:
+        return cls(code, hit.message, hit.hint, hit.severity, hit.tensor, hit.adapter_key, hit.adapter_shape, hit.base_shape, hit.repair)
 
     def as_json(self) -> dict:
         return {

@@ -199,7 +199,7 @@ def _check_dtypes(jobs: list[Job], diagnosis: Diagnosis) -> None:
 def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", device: str = "cpu") -> MergePlan:
     """Turn a diagnosis into one job per output tensor; refuses (exit 1) what it cannot repair."""
     _refuse_unrepairable(diagnosis, init is not None)
-    ctx, plan, adapter = diagnosis.context, diagnosis.plan, diagnosis.adapter
+    ctx, plan, adapter = diagnosis.binding, diagnosis.target, diagnosis.adapter
     vocab, cfg = ctx.vocab, adapter.config
     grows = plan.grows
 
@@ -474,7 +474,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     tok_source = Path(diagnosis.tokenizer.directory) if diagnosis.tokenizer else base_root  # --tokenizer, else adapter's, else base's
     extras = output_side_files(base_root, tok_source)
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
-    biases = plan.diagnosis.context.vocab.biases
+    biases = plan.diagnosis.binding.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
     inputs = [base_root, adapter_root] + ([tok_source] if tok_source not in (base_root, adapter_root) else [])
     stamps = diagnosis.base.stamps + diagnosis.adapter.checkpoint.stamps

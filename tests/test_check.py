@@ -1169,8 +1169,8 @@ def test_renamed_module_gpt_neox_lm_head(capsys, neox: Path, neox_head_lora: Pat
     rc, report = check_json(capsys, neox, neox_head_lora)
     assert (rc, rows(report)) == (0, [])
     diagnosis = run_check(str(neox), str(neox_head_lora))
-    assert diagnosis.context.resolve("lm_head.weight") == "embed_out.weight"
-    assert diagnosis.context.lora_targets["lm_head"][1].name == "embed_out.weight"
+    assert diagnosis.binding.resolve("lm_head.weight") == "embed_out.weight"
+    assert diagnosis.binding.lora_targets["lm_head"][1].name == "embed_out.weight"
 
 
 def test_legacy_embed_out_keys_are_dropped_by_peft(capsys, root: Path, neox: Path, neox_head_lora: Path) -> None:
@@ -1200,7 +1200,7 @@ def test_renamed_module_mixtral_router(capsys, root: Path) -> None:
     rc, report = check_json(capsys, base, adapter)
     # PEFT turns the router into target_parameters: unsupported (LI1403), but nothing is an orphan.
     assert rows(report) == [("LI1403", "error", None, None, None, None)]
-    ctx = run_check(str(base), str(adapter)).context
+    ctx = run_check(str(base), str(adapter)).binding
     assert ctx.lora_targets["model.layers.1.mlp.gate"][1].name == "model.layers.1.block_sparse_moe.gate.weight"
 
 
@@ -1227,7 +1227,7 @@ def test_renamed_modules_llava(capsys, root: Path, targets) -> None:
                            filename="model.safetensors")
         rc, report = check_json(capsys, hub, adapter)
         assert (rc, rows(report)) == (0, [])
-        ctx = run_check(str(hub), str(adapter)).context
+        ctx = run_check(str(hub), str(adapter)).binding
         assert ctx.lora_targets["model.vision_tower.encoder.layers.0.self_attn.q_proj"][1].name == "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
 
 
@@ -1282,7 +1282,7 @@ def test_t5_embed_tokens_are_the_shared_embedding(capsys, root: Path, t5: Path) 
     assert rc == 0
     assert rows(report) == [("LI701", "warning", "shared.weight", f"{P}decoder.embed_tokens.weight", (64, 16), (64, 16))]
     assert report["findings"][0]["message"].startswith("the base ties decoder.embed_tokens.weight and encoder.embed_tokens.weight to shared.weight")
-    assert run_check(str(t5), str(adapter)).context.resolve("encoder.embed_tokens.weight") == "shared.weight"
+    assert run_check(str(t5), str(adapter)).binding.resolve("encoder.embed_tokens.weight") == "shared.weight"
 
 
 @pytest.mark.parametrize(("arch", "head"), [("distilbert", "vocab_projector"), ("electra", "generator_lm_head")])
