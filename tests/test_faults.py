@@ -75,8 +75,12 @@ def _mount_bind(src: Path, dst: Path) -> None:
         pytest.skip(f"mount --bind is not permitted here: {proc.stderr.strip()}")
 
 
-def _umount(path: Path) -> None:
+def _umount(path: Path, root: Path) -> None:
+    """Unmount ``path``, and anything else mounted below ``root`` (a run that moved the mount aside)."""
     subprocess.run(["umount", str(path)], capture_output=True)
+    for mounted in sorted(publish_mod.mount_points(), reverse=True):
+        if mounted.startswith(str(root) + os.sep):
+            subprocess.run(["umount", mounted], capture_output=True)
 
 
 # ---- 1: --force never removes an input reached through the old output ---------------------------------------
@@ -93,7 +97,7 @@ def test_force_refuses_an_old_output_holding_a_bind_mount_of_the_base(capsys, wo
         assert (old_out / "old.txt").exists() and (mounted / "model.safetensors").exists()
         assert not [p for p in work.iterdir() if p.name.startswith(".")]  # nothing staged
     finally:
-        _umount(mounted)
+        _umount(mounted, work)
     assert (work / "base" / "model.safetensors").exists()
 
 
@@ -112,7 +116,7 @@ def test_removal_never_crosses_a_mount_made_after_the_check(work: Path, old_out:
         assert publish_mod.remove_tree(old_out, set()) is False
         assert (mounted / "model.safetensors").exists() and not (old_out / "old.txt").exists()
     finally:
-        _umount(mounted)
+        _umount(mounted, work)
     assert (work / "base" / "model.safetensors").exists()
 
 
