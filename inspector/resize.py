@@ -6,7 +6,8 @@ import dataclasses
 import json
 import zlib
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from inspector import interrupts
 from inspector.checkpoint import Checkpoint, read_checkpoint
@@ -16,7 +17,7 @@ from inspector.paths import locate, resolves_inside
 from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, padded, plan_resize, subword_pieces
 from inspector.tensor import FLOAT_DTYPES
 from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES, read_tokenizer
-from inspector.writer import CheckpointWriter, OutputTensor
+from inspector.writer import CheckpointWriter, OutputTensor, tree_bytes
 
 # Files of a model directory that are not tensors or the config: copied through as they are.
 _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
@@ -24,15 +25,37 @@ _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msg
 # consolidated.safetensors (and would keep the old vocab_size).
 _OTHER_FORMAT_CONFIGS = ("params.json",)
 
+# Folders a tokenizer's or processor's save_pretrained writes beside its files (transformers'
+# CHAT_TEMPLATE_DIR: named chat templates): they travel with the tokenizer files.
+TOKENIZER_FOLDERS = ("additional_chat_templates",)
+# sentence-transformers' list of a model's modules; each module but the transformer (path "", the
+# model directory itself) loads from the folder its "path" names: 1_Pooling, 2_Normalize, 2_Dense, ...
+ST_MODULES = "modules.json"
+MAX_MODULES_BYTES = 1_000_000  # a real modules.json is a few hundred bytes
+
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
+
+
+@dataclass(frozen=True)
+class SideFolder:
+    """A folder the output carries as it is (CheckpointWriter.copy_tree)."""
+
+    path: Path  # the folder in an input directory
+    name: str  # its path in the output, relative ("1_Pooling")
+    root: Path  # that input directory: links in the folder must stay inside it
+
+
+def _copied(name: str) -> bool:
+    """Is an entry of a model directory called ``name`` copied through? Not the tensors, the config
+    (written anew), the index, other formats' configs, or hidden entries."""
+    return not (name.startswith(".") or name == "config.json" or name in _OTHER_FORMAT_CONFIGS or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"))
 
 
 def side_files(directory: Path) -> list[Path]:
     """Small non-tensor files of a checkpoint dir (generation config, tokenizer, chat template, ...)."""
     out = []
     for path in sorted(directory.iterdir()):
-        name = path.name
-        if name.startswith(".") or name == "config.json" or name in _OTHER_FORMAT_CONFIGS or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"):
+        if not _copied(path.name):
             continue
         # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
         # one that leads out is never copied into the output (docs/threat-model.md #21).
@@ -51,6 +74,55 @@ def output_side_files(base_root: Path, tokenizer_dir: Path) -> list[Path]:
     if tokenizer_dir != base_root:
         files += [tokenizer_dir / n for n in tokenizer if (tokenizer_dir / n).is_file()]
     return files
+
+
+def module_folders(directory: Path) -> list[str]:
+    """The folders sentence-transformers' modules.json names, as relative paths: SentenceTransformer(DIR)
+    loads each module from its folder. The file is input like any other: only paths that stay inside
+    ``directory`` (no "..", not absolute, not the directory itself) and are folders there count."""
+    path = directory / ST_MODULES
+    try:
+        if not path.is_file() or not resolves_inside(directory, path) or path.stat().st_size > MAX_MODULES_BYTES:
+            return []
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable or not JSON: sentence-transformers could not load it either
+        return []
+    names: list[str] = []
+    for module in modules if isinstance(modules, list) else []:
+        given = module.get("path") if isinstance(module, dict) else None
+        parts = PurePosixPath(given).parts if isinstance(given, str) and "\\" not in given and "\0" not in given else ()
+        if not parts or parts[0].startswith("/") or ".." in parts or not _copied(parts[0]):
+            continue  # "" (the transformer: the model directory itself), or a path leading out
+        folder = directory.joinpath(*parts)
+        if folder.is_dir() and resolves_inside(directory, folder) and "/".join(parts) not in names:
+            names.append("/".join(parts))
+    # A folder inside another listed one travels with it.
+    return [n for n in names if not any(n.startswith(other + "/") for other in names)]
+
+
+def output_side_folders(base_root: Path, tokenizer_dir: Path) -> list[SideFolder]:
+    """The folders a written model carries: the base's sentence-transformers module folders, and
+    the tokenizer's folders from ``tokenizer_dir`` (the base unless another tokenizer is written)."""
+    folders = {n: SideFolder(base_root / n, n, base_root) for n in module_folders(base_root)}
+    for name in TOKENIZER_FOLDERS:
+        folder = tokenizer_dir / name
+        if folder.is_dir() and resolves_inside(tokenizer_dir, folder):
+            folders[name] = SideFolder(folder, name, tokenizer_dir)
+        elif name in folders:  # the base's own chat templates do not belong to another tokenizer
+            del folders[name]
+    return list(folders.values())
+
+
+def side_bytes(files: list[Path], folders: list[SideFolder]) -> int:
+    """What the side files and folders add to the output (the writer's free-space check counts it)."""
+    return sum(p.stat().st_size for p in files) + sum(tree_bytes(f.path, f.root) for f in folders)
+
+
+def copy_side(writer: CheckpointWriter, files: list[Path], folders: list[SideFolder]) -> None:
+    for path in files:
+        writer.copy_file(path)
+    for folder in folders:
+        writer.copy_tree(folder.path, folder.name, root=folder.root)
 
 
 def tokenizer_from(extras: list[Path], tokenizer_dir: Path) -> str | None:
@@ -180,6 +252,7 @@ def resize_checkpoint(
     tok_source = new_tok or base.root
     inputs = [base.root] + [p for p in (new_tok, like_dir) if p]
     extras = output_side_files(base.root, tok_source)
+    folders = output_side_folders(base.root, tok_source)
     result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source), warnings=notes)
     written = read_tokenizer(tok_source) if result.tokenizer_from else None
     if written is not None and written.size > plan.rows:
@@ -187,7 +260,7 @@ def resize_checkpoint(
                                f"has {plan.rows}: token ids {plan.rows}..{written.size - 1} are out of range (check reports LI201)")
     init_range = initializer_range(base.config)
     with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
-                          extra_bytes=sum(p.stat().st_size for p in extras), stamps=base.stamps) as writer:
+                          extra_bytes=side_bytes(extras, folders), stamps=base.stamps) as writer:
         with TensorReader(base.root, base.stamps) as reader:  # refuses files changed since their headers were read
             for info in base.tensors:
                 tensor = reader.read(info)
@@ -199,7 +272,6 @@ def resize_checkpoint(
                     progress(info.nbytes, base.total_bytes)
                 del tensor
         writer.add_file("config.json", json.dumps(updated_config(base.config, plan.rows), indent=2) + "\n")
-        for path in extras:
-            writer.copy_file(path)
+        copy_side(writer, extras, folders)
         writer.commit()
     return result

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError, UsageError
 from inspector.header import read_header
+from inspector.paths import resolves_inside
 from inspector.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, removal_problem, swap
 from inspector.stamp import FileStamp, ensure_unchanged
 from inspector.tensor import DTYPE_BITS, data_bytes
@@ -253,6 +254,57 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def tree_entries(src: str | Path, root: str | Path) -> Iterator[tuple[tuple[str, ...], Path, bool]]:
+    """What ``copy_tree`` copies of folder ``src``: (path parts below ``src``, source, is a folder),
+    each folder before its contents. Regular files and folders only (no FIFOs, sockets, devices);
+    hidden entries (.git, .cache) are left out, as side_files leaves them out; a symlink counts only
+    where its real path stays inside ``root``, the input directory (docs/threat-model.md #21), and a
+    folder reached twice (a link back up the tree) is walked once."""
+    seen = {os.path.realpath(src)}
+    stack: list[tuple[tuple[str, ...], Path]] = [((), Path(src))]
+    while stack:
+        rel, folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise InvalidInputError("Cannot read", folder, exc.strerror or str(exc), "Check that the folder exists and is readable.") from exc
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".") or (entry.is_symlink() and not resolves_inside(Path(root), path)):
+                continue
+            try:
+                mode = os.stat(path).st_mode  # through links (those inside, as the Hub cache's blobs)
+            except OSError:
+                continue  # a dangling link: nothing to copy
+            if stat.S_ISDIR(mode):
+                real = os.path.realpath(path)
+                if real not in seen:
+                    seen.add(real)
+                    yield (*rel, entry.name), path, True
+                    stack.append(((*rel, entry.name), path))
+            elif stat.S_ISREG(mode):
+                yield (*rel, entry.name), path, False
+
+
+def _opened_inside(root: Path, src: Path, opened: os.stat_result) -> bool:
+    """Is the file just opened through ``src`` the one ``src`` names now, living inside ``root``?"""
+    try:
+        now = os.stat(os.path.realpath(src))
+    except OSError:
+        return False
+    return resolves_inside(root, src) and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def tree_bytes(src: str | Path, root: str | Path) -> int:
+    """The bytes ``copy_tree(src, ..., root=root)`` copies (for ``extra_bytes``)."""
+    return sum(os.stat(path).st_size for _, path, folder in tree_entries(src, root) if not folder)
+
+
 @functools.cache
 def _torch_dtypes() -> dict[Any, str]:
     """torch dtype -> safetensors dtype string: the loader's table, inverted."""
@@ -349,7 +401,8 @@ class CheckpointWriter:
         self._fh: Any = None
         self._next = 0  # index into the plan of the next tensor to write
         self._names: set[str] = {s.file for s in self._shards} | {INDEX_FILE, SINGLE_FILE}
-        self._extra: set[str] = set()
+        self._extra: set[str] = set()  # top-level names of added files and folders
+        self._folders: set[tuple[str, ...]] = set()  # copy_tree's folders, as path parts
 
     # ------------------------------------------------------------------------------ validation
 
@@ -450,8 +503,7 @@ class CheckpointWriter:
         return self._staging
 
     def _check_name(self, name: str) -> None:
-        plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-        if not plain:
+        if not _plain(name):
             raise ValueError(f"{name!r} is not a plain file name")
         if name in self._names or name in self._extra:
             raise ValueError(f"{name!r} is already part of the output")
@@ -538,33 +590,78 @@ class CheckpointWriter:
             name = src.name if name is None else name
             self._check_name(name)
             staging = self._ensure_staging()
-            hint = "Check that the file exists and is readable."
-            try:
-                fsrc = open(src, "rb")
-                before = os.fstat(fsrc.fileno())
-            except OSError as exc:
-                raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
-            with fsrc:
-                if not stat.S_ISREG(before.st_mode):
-                    raise InvalidInputError("Cannot copy", src, "not a regular file", "Pass a file, not a directory or device.")
-                copied = 0
-                with open(staging / name, "xb") as fdst:
-                    self._extra.add(name)
-                    while copied <= before.st_size:  # a file that keeps growing must not copy forever
-                        try:
-                            chunk = fsrc.read(_CHUNK)
-                        except OSError as exc:
-                            raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
-                        if not chunk:
-                            break
-                        _write_all(fdst, chunk)
-                        copied += len(chunk)
-                    fdst.flush()
-                    os.fsync(fdst.fileno())
-                after = os.fstat(fsrc.fileno())
-            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or copied != after.st_size:
-                raise InvalidInputError("Cannot copy", src, "the file changed while it was being copied",
-                                        "Wait until nothing is writing to it, then run again.")  # fmt: skip
+            self._extra.add(name)
+            self._copy_bytes(src, staging / name)
+
+    def copy_tree(self, src: str | Path, name: str, *, root: str | Path) -> None:
+        """Copy the folder ``src`` (a sentence-transformers module folder, ...) into the output as
+        ``name``, a relative path (``1_Pooling``), with what ``tree_entries`` picks of it: regular
+        files and folders, no hidden entries, symlinks only where they stay inside ``root`` (the
+        input directory). Each file is refused if it changes while it is copied, as ``copy_file``."""
+        with self._guard():
+            self._check_open()
+            parts = self._check_folder(name)
+            staging = self._ensure_staging()
+            dest = staging.joinpath(*parts)
+            parents = [p for p in dest.parents if p != staging and p.is_relative_to(staging) and not p.exists()]  # deepest first
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(dest)
+            self._extra.add(parts[0])
+            self._folders.add(parts)
+            made = [dest]
+            for rel, path, folder in tree_entries(src, root):
+                if folder:
+                    os.mkdir(dest.joinpath(*rel))
+                    made.append(dest.joinpath(*rel))
+                else:
+                    self._copy_bytes(path, dest.joinpath(*rel), root=Path(root))
+            for p in (*reversed(made), *parents):  # a folder's entries are durable once it is synced (commit syncs staging)
+                _fsync_dir(p)
+
+    def _check_folder(self, name: str) -> tuple[str, ...]:
+        parts = tuple(name.split("/")) if isinstance(name, str) else ()
+        if not parts or not all(_plain(p) for p in parts):
+            raise ValueError(f"{name!r} is not a relative folder path")
+        if parts[0] in self._names or (parts[0] in self._extra and all(f[0] != parts[0] for f in self._folders)):
+            raise ValueError(f"{name!r} is already part of the output")
+        if any(f[: len(parts)] == parts or parts[: len(f)] == f for f in self._folders):
+            raise ValueError(f"{name!r} overlaps a folder already in the output")
+        return parts
+
+    def _copy_bytes(self, src: Path, dst: Path, *, root: Path | None = None) -> None:
+        """Copy one file's bytes into the new file ``dst``. ``root``: ``src`` was found inside that
+        input directory, and the file opened must still be one that lives there (not a link swapped
+        to point elsewhere since the folder was listed)."""
+        hint = "Check that the file exists and is readable."
+        try:
+            # O_NONBLOCK: a FIFO put where a file was listed must not block the open (regular files ignore it).
+            fsrc = os.fdopen(os.open(src, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)), "rb")
+            before = os.fstat(fsrc.fileno())
+        except OSError as exc:
+            raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
+        with fsrc:
+            if not stat.S_ISREG(before.st_mode):
+                raise InvalidInputError("Cannot copy", src, "not a regular file", "Pass a file, not a directory or device.")
+            if root is not None and not _opened_inside(root, src, before):
+                raise InvalidInputError("Cannot copy", src, f"it resolves outside the input directory '{root}'",
+                                        "Replace the link with the file itself, or remove it.")  # fmt: skip
+            copied = 0
+            with open(dst, "xb") as fdst:
+                while copied <= before.st_size:  # a file that keeps growing must not copy forever
+                    try:
+                        chunk = fsrc.read(_CHUNK)
+                    except OSError as exc:
+                        raise InvalidInputError("Cannot read", src, exc.strerror or str(exc), hint) from exc
+                    if not chunk:
+                        break
+                    _write_all(fdst, chunk)
+                    copied += len(chunk)
+                fdst.flush()
+                os.fsync(fdst.fileno())
+            after = os.fstat(fsrc.fileno())
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or copied != after.st_size:
+            raise InvalidInputError("Cannot copy", src, "the file changed while it was being copied",
+                                    "Wait until nothing is writing to it, then run again.")  # fmt: skip
 
     # ---------------------------------------------------------------------------------- publish
 
