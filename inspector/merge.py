@@ -27,7 +27,7 @@ from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.findings import Code
 from inspector.loader import TensorReader
 from inspector.repair import ResizePlan, draw_rules, initializer_range
-from inspector.resize import grow, output_side_files, tokenizer_from, updated_config
+from inspector.resize import copy_side, grow, output_side_files, output_side_folders, side_bytes, tokenizer_from, updated_config
 from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 from inspector.writer import CheckpointWriter, OutputTensor
 
@@ -473,13 +473,14 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     base_root, adapter_root = diagnosis.base.root, diagnosis.adapter.checkpoint.root
     tok_source = Path(diagnosis.tokenizer.directory) if diagnosis.tokenizer else base_root  # --tokenizer, else adapter's, else base's
     extras = output_side_files(base_root, tok_source)
+    folders = output_side_folders(base_root, tok_source)  # sentence-transformers modules, chat templates
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
     biases = plan.diagnosis.binding.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
     inputs = [base_root, adapter_root] + ([tok_source] if tok_source not in (base_root, adapter_root) else [])
     stamps = diagnosis.base.stamps + diagnosis.adapter.checkpoint.stamps
     with CheckpointWriter(out, inputs=inputs, tensors=planned, max_shard_size=max_shard_size, force=force,
-                          extra_bytes=sum(p.stat().st_size for p in extras), stamps=stamps) as writer:
+                          extra_bytes=side_bytes(extras, folders), stamps=stamps) as writer:
         with TensorReader(base_root, diagnosis.base.stamps) as base, TensorReader(adapter_root, diagnosis.adapter.checkpoint.stamps) as adapter:
             for job in plan.jobs:
                 stats["lora"] += len(job.deltas)
@@ -495,8 +496,7 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
                 if progress:
                     progress(job.source.nbytes, diagnosis.base.total_bytes)
         writer.add_file("config.json", json.dumps(plan.config, indent=2) + "\n")
-        for path in extras:
-            writer.copy_file(path)
+        copy_side(writer, extras, folders)
         writer.commit()
     return MergeResult(Path(out), plan, stats, tokenizer_from(extras, tok_source))
 
