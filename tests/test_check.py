@@ -1380,13 +1380,36 @@ def test_modules_to_save_on_t5_shared_never_runs(capsys, root: Path, t5: Path) -
         "it looks tokens up through encoder.embed_tokens and decoder.embed_tokens (and lm_head), which share its weight")
 
 
-def test_readme_lists_every_finding_code() -> None:
-    # The README's "Findings" table is the user's reference: every code, its name and its severity.
+def test_findings_doc_lists_every_finding_code() -> None:
+    # docs/findings.md is the user's reference: one "### LIxxx name" section per code, whose first
+    # "**Severity:** ..." line is the code's default severity and which says what it means and the fix;
+    # no section for a code that does not exist.
+    import re
+
     from inspector.findings import Code
 
-    table = {}
-    for line in (REPO / "README.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("LI") and cells[0][2:].isdigit():
-            table[cells[0]] = (cells[1], cells[2])
-    assert table == {c.code: (c.slug, c.severity) for c in Code}
+    heading = re.compile(r"^#+ +(LI\d+)\b *(.*)$")
+    sections: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for line in (REPO / "docs" / "findings.md").read_text().splitlines():
+        if line.startswith("#"):
+            current = None
+            if m := heading.match(line):
+                assert line.startswith("### "), f"a finding's section is a ### heading: {line!r}"
+                assert m.group(1) not in sections, f"two sections for {m.group(1)}"
+                current = m.group(1)
+                sections[current] = (m.group(2).strip(), [])
+        elif current is not None:
+            sections[current][1].append(line)
+    found = {}
+    for code, (name, body) in sections.items():
+        severity = next((ln.removeprefix("**Severity:**").split()[0].rstrip(".,") for ln in body if ln.startswith("**Severity:**")), None)
+        found[code] = (name, severity)
+        text = "\n".join(body)
+        assert "**What it means.**" in text and "**Fix.**" in text, f"{code}: the section says what it means and the fix"
+    assert found == {c.code: (c.slug, c.severity) for c in Code}
+    # No page names a code that does not exist (a renamed or removed one).
+    codes = {c.code for c in Code}
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        unknown = set(re.findall(r"\bLI\d+\b", page.read_text())) - codes
+        assert not unknown, f"{page.name} names codes that do not exist: {sorted(unknown)}"
