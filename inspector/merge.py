@@ -1,94 +1,33 @@
 """``merge``: stream BASE + ADAPTER into a merged model equal to PEFT's ``merge_and_unload``.
 
-The plan comes from ``check`` (headers only): refuse what cannot be repaired, grow the vocabulary
-to the size the adapter implies, and turn every adapter tensor into work on one output tensor.
-Execution reads one row block at a time, computes in fp32 on the device, casts back, checks that
-the result is finite and hands it to the shared writer: peak memory is one tensor's block (the
-vocabulary growth statistics aside), never the model.
+The plan comes from ``check`` (headers only; inspector/merge_plan.py): refuse what cannot be
+repaired, grow the vocabulary to the size the adapter implies, and turn every adapter tensor into
+work on one output tensor. Execution, here, reads one row block at a time, computes in fp32 on the
+device, casts back, checks that the result is finite and hands it to the shared writer: peak
+memory is one tensor's block (the vocabulary growth statistics aside), never the model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from inspector import interrupts
-from inspector.adapter import is_transposed
-from inspector.base import known_tied_head
 from inspector.check import run_check
-from inspector.diagnose import Diagnosis
-from inspector.errors import InvalidInputError, RefusedError, UsageError
-from inspector.findings import Code
+from inspector.errors import InvalidInputError, UsageError
 from inspector.loader import TensorReader
-from inspector.repair import ResizePlan, draw_rules, initializer_range
-from inspector.resize import copy_side, grow, output_side_files, output_side_folders, side_bytes, tokenizer_from, updated_config
-from inspector.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
+from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
+from inspector.repair import MERGE_INITS, initializer_range
+from inspector.resize import copy_side, grow, output_side_files, output_side_folders, side_bytes, tokenizer_from
+from inspector.tensor import STREAM_BLOCK_BYTES
 from inspector.writer import CheckpointWriter, OutputTensor
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
-DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One LoRA contribution to a 2-D weight: W += scale * B @ A (transposed: (B @ A).T)."""
-
-    module: str
-    A: TensorInfo
-    B: TensorInfo
-    scale: float
-    transposed: bool  # Conv1D ([in, out] storage) and Embedding LoRA
-    magnitude: TensorInfo | None = None  # DoRA
-
-
-@dataclass
-class Job:
-    """What the merge does to one output tensor."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    source: TensorInfo  # the base tensor whose rows it starts from
-    replace: TensorInfo | None = None  # a full copy from the adapter (modules_to_save / base_layer)
-    deltas: list[Delta] = field(default_factory=list)
-    bias_deltas: list[tuple[TensorInfo, float]] = field(default_factory=list)  # lora_bias: b += s * lora_B.bias
-    tokens: list[tuple[tuple[int, ...], TensorInfo]] = field(default_factory=list)  # trainable tokens: rows replaced
-
-    @property
-    def unchanged(self) -> bool:
-        return not (self.replace or self.deltas or self.bias_deltas or self.tokens) and self.shape == self.source.shape and self.dtype == self.source.dtype
-
-
-@dataclass
-class MergePlan:
-    diagnosis: Diagnosis
-    jobs: list[Job]
-    config: dict
-    head: str | None  # the untied head's weight name (a tied base whose sides now differ)
-    init: str
-    device: str
-    vocab: ResizePlan | None  # the growth of vocabulary tensors nobody carries (resize's rules)
-
-    @property
-    def untied(self) -> bool:
-        return self.head is not None
-
-    @property
-    def repaired(self) -> list:
-        """check's errors the merge repairs itself (it grows the vocabulary)."""
-        return [f for f in self.diagnosis.findings if f.severity == "error" and f.repair == "resize"]
-
-    @property
-    def accepted(self) -> list:
-        """check's errors merged over only because --init was given: what training saw there is lost."""
-        return [f for f in self.diagnosis.findings if f.severity == "error" and f.repair == "init"]
 
 
 @dataclass
@@ -97,22 +36,6 @@ class MergeResult:
     plan: MergePlan
     stats: dict[str, int]
     tokenizer_from: str | None  # None: no input had tokenizer files
-
-
-def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
-    """Errors are repaired only where check says how (Finding.repair); the rest refuse the merge."""
-    repairs = {"resize", "init"} if init_explicit else {"resize"}
-    blocking = [f for f in diagnosis.findings if f.severity == "error" and f.repair not in repairs]
-    if not blocking:
-        return
-    codes = sorted({f.code.code for f in blocking}, key=lambda c: int(c[2:]))
-    first = next((f for f in blocking if f.code is Code.QUANTIZED_BASE), blocking[0])  # the cause, not its symptoms
-    hint = (
-        "What training saw for those rows is lost; merge anyway with an explicit --init (e.g. --init mean)."
-        if all(f.repair == "init" for f in blocking)
-        else f"Run `lora-inspector check {diagnosis.base.path} {diagnosis.adapter.checkpoint.path}` for every finding and its fix."
-    )
-    raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path, f"{len(blocking)} error finding(s) the merge cannot repair ({', '.join(codes)}): {first.message}", hint)
 
 
 def resolve_device(device: str) -> str:
@@ -128,212 +51,6 @@ def resolve_device(device: str) -> str:
     if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
         raise UsageError("Cannot use --device", None, f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "Use --device cuda:0 or auto.")
     return device
-
-
-def _tied_head(diagnosis: Diagnosis) -> tuple[str, list[tuple[str, str]]]:
-    """The name transformers gives the output layer that a tied base does not store, and the bias
-    pairs (own, tied-to) transformers ties along with it. Known layouts from TIED_HEADS; others from
-    transformers itself; ``lm_head`` when neither knows."""
-    names = diagnosis.base.by_name
-    known = known_tied_head(names)
-    if known is not None:
-        head, own, tied = known
-        return head, [(own, tied)] if own and tied else []
-    config = diagnosis.base.config
-    archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
-    if any(isinstance(a, str) and a.endswith("ForCausalLM") for a in archs) or "auto_map" in config:
-        # Causal LMs (Llama-3.2, Qwen2.5, Gemma, ...) call it lm_head; remote-code models are never
-        # built here (their config class is code from the checkpoint).
-        return "lm_head.weight", []
-    return _head_from_transformers(diagnosis.base.root, frozenset(names)) or ("lm_head.weight", [])
-
-
-@functools.lru_cache(maxsize=4)
-def _head_from_transformers(root: Path, names: frozenset[str]) -> tuple[str, list[tuple[str, str]]] | None:
-    """Ask transformers where the base's architecture keeps its output layer: the class its config
-    names, built on the meta device (no memory, no weights read). None when that fails (an
-    architecture this transformers does not have, remote code, a config it rejects)."""
-    import warnings
-
-    try:
-        # Held: transformers imports the architecture's modules lazily, here; a stop raised inside
-        # an import can be swallowed by it (the run would go on) or break the module for good.
-        with interrupts.held(), warnings.catch_warnings():
-            import torch
-            import transformers
-
-            warnings.simplefilter("ignore")
-            config = transformers.AutoConfig.from_pretrained(root, local_files_only=True, trust_remote_code=False)
-            cls = getattr(transformers, (getattr(config, "architectures", None) or [""])[0], None)
-            if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-                return None  # the name must be one of transformers' own model classes, nothing else it exports
-            with torch.device("meta"):
-                model = cls(config)
-        out = model.get_output_embeddings()
-        head = next((f"{name}.weight" for name, module in model.named_modules() if name and module is out), None)
-    except Exception:  # noqa: BLE001 - any failure means "unknown": the caller falls back
-        return None
-    if head is None:
-        return None
-    # transformers 5 lists what it ties as {target: source}; a bias tied along with the head is
-    # stored under its source name only.
-    tied = getattr(cls, "_tied_weights_keys", None)
-    biases = [(t, s) for t, s in tied.items() if t.endswith(".bias") and s in names] if isinstance(tied, dict) else []
-    return head, biases
-
-
-def _check_dtypes(jobs: list[Job], diagnosis: Diagnosis) -> None:
-    """Every tensor the merge will read must have a torch dtype: refuse while planning, naming the file."""
-    from inspector.loader import torch_dtype
-
-    for job in jobs:
-        for info, root in ((job.source, diagnosis.base.root), (job.replace, diagnosis.adapter.checkpoint.root)):
-            if info is None:
-                continue
-            try:
-                torch_dtype(info.dtype)
-            except InvalidInputError as exc:
-                raise InvalidInputError("Cannot load tensor", root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
-
-
-def plan_merge(diagnosis: Diagnosis, *, init: str | None, dtype: str = "auto", device: str = "cpu") -> MergePlan:
-    """Turn a diagnosis into one job per output tensor; refuses (exit 1) what it cannot repair."""
-    _refuse_unrepairable(diagnosis, init is not None)
-    ctx, plan, adapter = diagnosis.binding, diagnosis.target, diagnosis.adapter
-    vocab, cfg = ctx.vocab, adapter.config
-    grows = plan.grows
-
-    growth = ResizePlan(vocab.rows, plan.rows, plan.rows, plan.source, vocab.matrices, vocab.biases, init or "mean",
-                        **draw_rules(vocab, diagnosis.base.config)) if grows else None
-
-    def out_shape(info: TensorInfo) -> tuple[int, ...]:
-        return growth.new_shape(info.shape, info.name) if growth and growth.touches(info.name) else info.shape
-
-    def out_dtype(info: TensorInfo) -> str:
-        return DTYPES[dtype] if dtype != "auto" and info.dtype in FLOAT_DTYPES else info.dtype
-
-    jobs = {t.name: Job(t.name, out_shape(t), out_dtype(t), t) for t in diagnosis.base.tensors}
-    embed = vocab.embeddings[0] if vocab.embeddings else None
-    head: Job | None = None  # the untied head of a tied base, when the adapter makes the sides differ
-    def trained(full) -> bool:
-        """A modules_to_save replacement, as opposed to a copy of the base's own (possibly resized)
-        layer that PEFT saves beside a LoRA layer (``base_layer``) or as an embedding layer (plain)."""
-        module = full.target.rpartition(".")[0]
-        return full.chosen.copy == "modules_to_save" or (full.chosen.copy == "plain" and cfg.saves(module))
-
-    # The shared weight of a tied pair as PEFT saved it, grown rows included when the vocabulary was
-    # resized: a saved layer copy of either side, or the frozen ``original_module`` beside a
-    # modules_to_save copy. PEFT loads it into the shared parameter, so the side the adapter does
-    # not replace starts from it (not from the base plus --init rows).
-    shared: TensorInfo | None = None
-    if vocab.tied and embed:
-        pair = [f for f in adapter.full.values() if ctx.resolve(f.target) == embed]
-        layers = [f.chosen.info for f in pair if f.chosen.copy != "original_module" and not trained(f)]
-        frozen = [c.info for f in pair for c in f.copies if c.copy == "original_module"]
-        shared = (layers + frozen or [None])[0]
-
-    def head_job(target: str) -> Job:
-        nonlocal head
-        if head is None:
-            src = jobs[embed].source
-            head = Job(target, jobs[embed].shape, jobs[embed].dtype, src, replace=shared)
-        return head
-
-    aliases = [f.target for f in adapter.full.values() if f.chosen.copy in ("plain", "modules_to_save") and ctx.is_tied_alias(f.target) and trained(f)]
-    if aliases:
-        # T5 / BART: encoder/decoder.embed_tokens are loaded as ties of `shared`; separate trained
-        # copies cannot be written so that transformers keeps them apart.
-        raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path,
-                           f"the adapter trains {', '.join(sorted(aliases))}, which transformers ties to {ctx.resolve(aliases[0])} when it loads the model",
-                           "A merged checkpoint cannot keep them apart; use the adapter unmerged (PeftModel.from_pretrained).")
-    embed_trained = False  # a tied base's embedding replaced by a trained copy (modules_to_save)
-    new_heads = []
-    for full in adapter.full.values():
-        if full.chosen.copy == "original_module" or full.chosen.module in ctx.never_called:
-            continue  # the frozen copy; or a module the model never calls (T5's `shared`): no effect in training
-        name = ctx.resolve(full.target)
-        if name is None:
-            if full in ctx.new_heads:  # a SEQ_CLS adapter's score head: a new tensor of the merged model
-                info = full.chosen.info
-                new_heads.append(Job(full.target, info.shape, out_dtype(info), info, replace=info))
-            continue
-        tied_head = ctx.is_tied_head(full.target)
-        if tied_head and not trained(full):
-            continue  # the shared weight itself (``shared``): no reason to untie
-        job = head_job(full.target) if tied_head else jobs[name]
-        job.replace = full.chosen.info
-        embed_trained |= name == embed and not tied_head and trained(full)
-    if shared is not None and jobs[embed].replace is None:
-        jobs[embed].replace = shared  # e.g. a tied head's base_layer copy is the embedding too
-    tie_kept = cfg.ensure_weight_tying
-    tied_sides = set(ctx.tied_lora.values())
-    for module, (lm, weight) in ctx.lora_targets.items():
-        if weight is None or lm.A is None or lm.B is None or module in ctx.never_called:
-            continue
-        if tie_kept and ctx.tied_lora.get(module) == "head" and "embedding" in tied_sides:
-            continue  # ensure_weight_tying: the head's LoRA is the embedding's delta, trained once on both sides
-        tied_head = ctx.is_tied_head(f"{module}.weight") and not tie_kept
-        job = head_job(f"{module}.weight") if tied_head else jobs[weight.name]
-        transposed = lm.embedding or bool(is_transposed(job.shape, lm.A.info.shape, lm.B.info.shape, ctx.fan_in_fan_out, rows_may_differ=vocab.is_vocab(weight.name)))
-        magnitude = lm.magnitude.info if (cfg.use_dora and lm.magnitude is not None) else None
-        job.deltas.append(Delta(module, lm.A.info, lm.B.info, cfg.scale_for(module), transposed, magnitude))
-        if lm.B_bias is not None and cfg.lora_bias:
-            bias = ctx.tensor(f"{module}.bias")
-            if bias is not None:
-                jobs[bias.name].bias_deltas.append((lm.B_bias.info, cfg.scale_for(module)))
-
-    # A tied base whose embedding the adapter changes (modules_to_save copy, LoRA) while the head
-    # keeps the base weight: training saw two different matrices, so write both (untie). PEFT's
-    # merge_and_unload does so for modules_to_save; for LoRA it would merge into the shared weight
-    # and change the head too, which is not what the trained model computed. A base_layer copy
-    # (the shared weight as saved, grown rows included) changes both sides alike: still tied.
-    if vocab.tied and embed and head is None and not tie_kept and (embed_trained or jobs[embed].deltas):
-        head_job(_tied_head(diagnosis)[0])
-    for module, delta in adapter.trainable_tokens.items():
-        weight = ctx.token_embedding_for[module]
-        indices = cfg.trainable_token_indices.get(module.rpartition(".")[2], cfg.trainable_token_indices.get(None))
-        if weight is None or not indices:
-            continue
-        if ctx.is_tied_head(f"{module}.weight"):
-            # PEFT ties the head's token adapter to the embedding's (the same delta): it lands in the
-            # shared weight while tied, in the head's own copy once untied.
-            if head is not None:
-                head.tokens.append((indices, delta.info))
-            continue
-        jobs[weight.name].tokens.append((indices, delta.info))
-    untied_extra = []
-    if head is not None:
-        untied_extra.append(head)
-        # transformers ties the decoder's bias too while the embeddings are tied, and only then:
-        # an untied BERT/RoBERTa checkpoint stores it (the same values) or loads it uninitialized.
-        head_name, head_biases = _tied_head(diagnosis)
-        for own_bias, tied_bias in head_biases:
-            if head.name == head_name and tied_bias in jobs and own_bias not in jobs:
-                untied_extra.append(dataclasses.replace(jobs[tied_bias], name=own_bias))
-        # Likewise T5 / BART's encoder/decoder.embed_tokens: tied to `shared` only while the word
-        # embeddings are tied; once untied they load from the checkpoint, so write them (same values).
-        for alias in ctx.index.tied_aliases_of(embed):
-            if alias not in jobs:
-                untied_extra.append(dataclasses.replace(jobs[embed], name=alias))
-    ordered = []
-    for name, job in jobs.items():
-        ordered.append(job)
-        if name == embed:
-            ordered += untied_extra  # the untied head follows its embedding
-    ordered += new_heads
-    _check_dtypes(ordered, diagnosis)
-    config = updated_config(diagnosis.base.config, plan.rows) if grows else dict(diagnosis.base.config)
-    if any(f.code is Code.QUANTIZED_BASE for f in diagnosis.findings):  # a leftover (a real one refused above)
-        config.pop("quantization_config", None)
-    if head is not None:
-        config["tie_word_embeddings"] = False  # as PEFT's merge_and_unload does once the sides differ
-        if isinstance(config.get("text_config"), dict) and "tie_word_embeddings" in config["text_config"]:
-            config["text_config"] = {**config["text_config"], "tie_word_embeddings": False}
-    if dtype != "auto":
-        for key in ("dtype", "torch_dtype"):
-            if key in config:
-                config[key] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    return MergePlan(diagnosis, ordered, config, head.name if head else None, init or "mean", device, growth)
 
 
 # -- execution -------------------------------------------------------------------------------------
@@ -522,8 +239,9 @@ def merge_adapter(base_path: str, adapter_path: str, out: str, *, device: str = 
     interrupts.heavy_import("torch")  # stop signals held while it loads (see inspector/interrupts.py)
     if dtype not in ("auto", *DTYPES):
         raise UsageError("Invalid --dtype", None, f"{dtype!r} is not auto, bf16, fp16 or fp32", "Use --dtype auto|bf16|fp16|fp32.")
-    if init == "subword_mean":  # needs two tokenizers and the pieces' rows: resize's job, not the merge's
-        raise UsageError("Invalid --init", None, "subword_mean is for `lora-inspector resize --tokenizer DIR`", "Use --init mean, hf_mvn, normal or zero with merge (or resize the base first).")
+    if init is not None and init not in MERGE_INITS:  # subword_mean needs two tokenizers and the pieces' rows: resize's job
+        raise UsageError("Invalid --init", None, f"{init} is for `lora-inspector resize --tokenizer DIR`",
+                         f"Use --init {', '.join(MERGE_INITS)} with merge (or resize the base first).")
     diagnosis = run_check(base_path, adapter_path, tokenizer_dir, command="merge")
     plan = plan_merge(diagnosis, init=init, dtype=dtype, device=resolve_device(device))
     return execute(plan, out, seed=seed, force=force, max_shard_size=max_shard_size, progress=progress)

@@ -10,6 +10,7 @@ recipe).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from inspector.base import VocabLayout, config_value, vocab_layout
 from inspector.checkpoint import Checkpoint
 from inspector.errors import InvalidInputError, UsageError
 
-INITS = ("subword_mean", "mean", "hf_mvn", "normal", "zero")
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
@@ -71,6 +71,71 @@ class SubwordPlan:
     @property
     def tokens(self) -> int:
         return len(self.pieces) - self.padding
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """What an initializer may draw new rows from, besides the old rows themselves."""
+
+    seed: int = 0
+    initializer_range: float = 0.02
+    subword: SubwordPlan | None = None
+    bias: bool = False  # a [V] bias viewed as [V, 1]
+
+
+@dataclass(frozen=True)
+class Init:
+    """One --init strategy: its rows, and where it can be used."""
+
+    name: str
+    help: str
+    rows: Callable  # (old32 [n, width], count, RowSource) -> fp32 [count, width]
+    for_merge: bool = True  # subword_mean needs the old and the new tokenizer: resize only
+
+
+def _mean_rows(old32, count: int, src: RowSource):
+    return old32.mean(dim=0).expand(count, -1).clone()
+
+
+def _subword_rows(old32, count: int, src: RowSource):
+    rows = _mean_rows(old32, count, src)  # tokens without usable pieces, and padding rows
+    if src.subword is not None:
+        for i, ids in enumerate(src.subword.pieces[:count]):
+            if ids:
+                rows[i] = old32[ids].mean(dim=0)
+    return rows
+
+
+def _hf_mvn_rows(old32, count: int, src: RowSource):
+    import torch
+
+    if src.bias:  # transformers: normal(mean, 1e-9 * std) for the lm_head bias
+        return old32.mean(dim=0) + 1e-9 * old32.std(dim=0) * torch.randn((count, old32.shape[1]), generator=_seeded(src.seed))
+    return mvn_rows(old32, count, src.seed)
+
+
+def _normal_rows(old32, count: int, src: RowSource):
+    import torch
+
+    if src.bias:
+        return old32.new_zeros((count, old32.shape[1]))  # transformers' _init_weights zeroes Linear biases
+    return torch.randn((count, old32.shape[1]), generator=_seeded(src.seed)) * src.initializer_range
+
+
+def _zero_rows(old32, count: int, src: RowSource):
+    return old32.new_zeros((count, old32.shape[1]))
+
+
+# The one table of --init strategies: the CLI's choices, the merge's, the reports' and the docs' names.
+INITS: dict[str, Init] = {i.name: i for i in (
+    Init("subword_mean", "mean of the old rows of the pieces the old tokenizer splits each new token into", _subword_rows, for_merge=False),
+    Init("mean", "mean of the old rows (transformers' resize_token_embeddings without its 1e-9 noise)", _mean_rows),
+    Init("hf_mvn", "transformers' mean_resizing: N(mean, 1e-9 x covariance), seeded", _hf_mvn_rows),
+    Init("normal", "N(0, initializer_range), seeded (older transformers)", _normal_rows),
+    Init("zero", "zeros", _zero_rows),
+)}  # fmt: skip
+MERGE_INITS = tuple(name for name, init in INITS.items() if init.for_merge)
+DEFAULT_MERGE_INIT = "mean"
 
 
 @dataclass
@@ -143,35 +208,13 @@ def mvn_rows(old32, count: int, seed: int):
 
 
 def new_rows(old, count: int, init: str, *, seed: int = 0, initializer_range: float = 0.02, subword: SubwordPlan | None = None, bias: bool = False):
-    """``count`` new rows (fp32) for the matrix (or 1-D bias) ``old``, by ``init``."""
-    import torch
-
-    old32 = old.float() if not bias else old.float().reshape(-1, 1)
-    width = old32.shape[1]
-    if count <= 0:
-        return old32.new_zeros((0, width)) if not bias else old32.new_zeros((0,))
-    mean = old32.mean(dim=0)
-    if init == "zero":
-        rows = old32.new_zeros((count, width))
-    elif init == "normal":
-        rows = torch.randn((count, width), generator=_seeded(seed)) * initializer_range
-        if bias:
-            rows.zero_()  # transformers' _init_weights zeroes Linear biases
-    elif init == "hf_mvn":
-        if bias:  # transformers: normal(mean, 1e-9 * std) for the lm_head bias
-            std = old32.std(dim=0)
-            rows = mean + 1e-9 * std * torch.randn((count, width), generator=_seeded(seed))
-        else:
-            rows = mvn_rows(old32, count, seed)
-    elif init == "subword_mean" and subword is not None:
-        rows = mean.expand(count, -1).clone()
-        for i, ids in enumerate(subword.pieces[:count]):
-            if ids:
-                rows[i] = old32[ids].mean(dim=0)
-    elif init in ("mean", "subword_mean"):
-        rows = mean.expand(count, -1).clone()
-    else:
+    """``count`` new rows (fp32) for the matrix (or 1-D bias) ``old``, by the --init strategy ``init``."""
+    if init not in INITS:
         raise ValueError(f"unknown init {init!r}")
+    old32 = old.float() if not bias else old.float().reshape(-1, 1)
+    if count <= 0:
+        return old32.new_zeros((0, old32.shape[1])) if not bias else old32.new_zeros((0,))
+    rows = INITS[init].rows(old32, count, RowSource(seed, initializer_range, subword, bias))
     return rows.reshape(-1) if bias else rows
 
 

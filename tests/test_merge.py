@@ -258,11 +258,11 @@ def test_tied_head_table_agrees_with_transformers(base: str, request: pytest.Fix
     """TIED_HEADS (what check and merge use without importing transformers) names the same output
     layer and tied biases as transformers' own model, which merge asks for layouts the table lacks."""
     from inspector.base import known_tied_head
-    from inspector.merge import _head_from_transformers
+    from inspector.merge_plan import head_from_transformers
 
     built = request.getfixturevalue(base)
     names = frozenset(built.tensors)
-    head, biases = _head_from_transformers(built.path, names)
+    head, biases = head_from_transformers(built.path, names)
     known = known_tied_head(names)
     assert (head, biases) == ((known[0], [known[1:]] if known[1] else []) if known else ("lm_head.weight", []))
 
@@ -625,7 +625,7 @@ def test_legacy_bin_base_with_strided_views(llama: Built, lora_llama: Built, tmp
 def test_tied_head_lookup_never_runs_checkpoint_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unknown model_type with auto_map would make transformers ask to run configuration_*.py from
     the base directory (on stdout, with a 15 s timeout): the lookup must not even ask."""
-    from inspector.merge import _head_from_transformers
+    from inspector.merge_plan import head_from_transformers
 
     base = tmp_path / "evil"
     base.mkdir()
@@ -633,22 +633,22 @@ def test_tied_head_lookup_never_runs_checkpoint_code(tmp_path: Path, monkeypatch
                                                   "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
     (base / "configuration_evil.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\n")
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\n"))  # a "yes" waiting on stdin is never read
-    assert _head_from_transformers(base, frozenset()) is None
+    assert head_from_transformers(base, frozenset()) is None
     assert not (tmp_path / "PWNED").exists()
     # Only transformers' own model classes are built: not any other name it exports.
     (base / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["AutoConfig"]}))
-    assert _head_from_transformers(base, frozenset()) is None
+    assert head_from_transformers(base, frozenset()) is None
 
 
 def test_tied_causal_lm_head_is_lm_head_without_asking_transformers(qwen2: Built, monkeypatch: pytest.MonkeyPatch) -> None:
     # Llama-3.2, Qwen2.5, Gemma: the commonest tied layout needs no 2.5 s transformers import.
     from types import SimpleNamespace
 
-    import inspector.merge as merge_module
+    import inspector.merge_plan as merge_module
     from inspector.checkpoint import read_checkpoint
 
     def forbidden(*args):
         raise AssertionError("transformers was asked")
 
-    monkeypatch.setattr(merge_module, "_head_from_transformers", forbidden)
-    assert merge_module._tied_head(SimpleNamespace(base=read_checkpoint(qwen2.path))) == ("lm_head.weight", [])
+    monkeypatch.setattr(merge_module, "head_from_transformers", forbidden)
+    assert merge_module.tied_head(SimpleNamespace(base=read_checkpoint(qwen2.path))) == ("lm_head.weight", [])

@@ -8,6 +8,7 @@ from inspector.adapter import HEAD_TASKS
 from inspector.binding import Binding
 from inspector.checks.registry import check
 from inspector.findings import Code, Hit
+from inspector.repair import DEFAULT_MERGE_INIT, MERGE_INITS
 from inspector.units import shape_str
 
 
@@ -50,7 +51,8 @@ def rows_uncarried(b: Binding) -> Iterator[Hit]:
             how = f"the merge fills {what} with zeros, as transformers' resize_token_embeddings pads final_logits_bias."
             hint = "Nothing to do: zeros are what training saw (whatever --init says)."
         else:
-            how = f"the merge fills {what} with --init (default mean, as transformers' resize_token_embeddings)."
-            hint = f"Nothing to do if that is intended; pick the init with `{b.merge_cmd} --init mean` (or another of --init's choices)."
+            how = f"the merge fills {what} with --init (default {DEFAULT_MERGE_INIT}, as transformers' resize_token_embeddings)."
+            others = ", ".join(i for i in MERGE_INITS if i != DEFAULT_MERGE_INIT)
+            hint = f"Nothing to do if that is intended; pick the init with `{b.merge_cmd} --init {DEFAULT_MERGE_INIT}` (or {others})."
         yield Hit(f"{name} must grow from {shape_str(base_shape)} to {shape_str(grown)} ({target.source}) but the adapter does not carry it: {how}",
                   hint, tensor=name, base_shape=base_shape, adapter_shape=grown)  # fmt: skip
