@@ -350,5 +350,20 @@ def _read_checkpoint(path: str | Path, with_tokenizer: bool) -> Checkpoint:
     config_name = "adapter_config.json" if kind == "adapter" else "config.json"
     if canonical and (root / config_name).is_file():
         config = read_json(_own_file(root, root / config_name), config_name, stamps=stamps)
+        if kind == "model":
+            _check_model_type(root / config_name, config)
     tokenizer = read_tokenizer(root) if with_tokenizer and canonical else None
+    if kind == "adapter" and path.is_dir():
+        warnings += _named_adapters(root)
     return Checkpoint(given, root, kind, fmt, tuple(files), tuple(tensors), config, tokenizer, tuple(warnings), tuple(stamps.values()))
+
+
+def _named_adapters(root: Path) -> list[str]:
+    """PEFT's save_pretrained writes the "default" adapter at the top and every other named adapter in
+    a subdirectory of its name: say that the others were not read, and how to read them."""
+    named = [d for d in _checkpoint_subdirs(root) if (d / "adapter_config.json").is_file()]
+    if not named:
+        return []
+    names = ", ".join(f"{printable(d.name)}/" for d in named[:5]) + (", ..." if len(named) > 5 else "")
+    return [f"{root} also holds {len(named)} named adapter(s) in subdirectories ({names}); this reads the one at the top. "
+            f"Pass a subdirectory to read another, e.g. '{named[0]}'."]

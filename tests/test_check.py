@@ -1413,3 +1413,16 @@ def test_findings_doc_lists_every_finding_code() -> None:
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         unknown = set(re.findall(r"\bLI\d+\b", page.read_text())) - codes
         assert not unknown, f"{page.name} names codes that do not exist: {sorted(unknown)}"
+
+
+def test_named_adapters_in_subdirectories_are_mentioned(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    # PEFT saves every adapter but "default" in a subdirectory of its name; check reads the top one
+    # and says where the others are, instead of passing over them in silence.
+    adapter = copy_checkpoint(lora_llama.path, tmp_path / "adapters")
+    copy_checkpoint(lora_llama.path, adapter / "second")
+    rc, report = check_json(capsys, llama.path, adapter)
+    assert rc == 0
+    assert report["adapter"]["warnings"] == [
+        f"{adapter} also holds 1 named adapter(s) in subdirectories (second/); this reads the one at the top. "
+        f"Pass a subdirectory to read another, e.g. '{adapter / 'second'}'."
+    ]
