@@ -1,4 +1,4 @@
-"""Benchmark: lora-inspector's streaming merge against the standard PEFT path (SPEC.md, Performance).
+"""Benchmark: lora-inspector's streaming merge against the standard PEFT path (docs/design.md, "Performance targets").
 
 Builds the spec's reference case once (cached in bench/out/<case>/, git-ignored) with transformers +
 PEFT: a bf16 Llama-shaped base with vocab 32,000 and a LoRA adapter trained on a 70,840-token
@@ -48,12 +48,12 @@ from sparse_checkpoint import cli_path, cpu_model  # noqa: E402  (bench/ is no p
 CACHE = HERE / "out"
 NEW_VOCAB = 70_840
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# hidden/intermediate/layers from SPEC.md; intermediate 5600 puts the 473 MB case at 473.4 MB (bf16).
+# hidden/intermediate/layers from docs/design.md; intermediate 5600 puts the 473 MB case at 473.4 MB (bf16).
 CASES = {
     "cpu-473mb": {"hidden": 1024, "intermediate": 5600, "layers": 8, "heads": 16, "kv_heads": 16, "vocab": 32_000},
     "gpu-3.6gb": {"hidden": 4096, "intermediate": 11008, "layers": 8, "heads": 32, "kv_heads": 32, "vocab": 32_000},
 }
-# SPEC targets: ours / PEFT at most this, wall and peak RSS (GPU: wall 0.4x, host RSS under 1.5 GB).
+# The targets (docs/design.md): ours / PEFT at most this, wall and peak RSS (GPU: wall 0.4x, host RSS under 1.5 GB).
 TARGETS = {"cpu": (0.5, 0.5, None), "cuda": (0.4, None, 1.5e9)}
 
 
@@ -375,7 +375,7 @@ def main() -> int:
         verdict.append(f"peak RSS {orss / pr:.2f}x PEFT (target <= {tr}x): {'OK' if orss / pr <= tr else 'MISSED'}")
     if tabs is not None:
         verdict.append(f"peak host RSS {orss / 1e9:.2f} GB (target < {tabs / 1e9:.1f} GB): {'OK' if orss < tabs else 'MISSED'}")
-    print("Targets (SPEC): " + "; ".join(verdict) + ".\n")
+    print("Targets (docs/design.md): " + "; ".join(verdict) + ".\n")
     worst_abs, worst_abs_name = cmp["worst_abs"]
     worst_ulp, worst_ulp_name = cmp["worst_ulp"]
     print(

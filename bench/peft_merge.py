@@ -1,4 +1,4 @@
-"""The standard PEFT merge path, as users run it (SPEC.md, Performance: the reference figures).
+"""The standard PEFT merge path, as users run it (docs/design.md, "Performance targets": the reference figures).
 
     python bench/peft_merge.py BASE ADAPTER OUT [--vocab 70840] [--device cpu|cuda] [--mean-resizing]
 

@@ -11,7 +11,7 @@ adapter for it (bench/sparse_checkpoint.py), then times
   in-process  `read_checkpoint(BASE)` / `read_checkpoint(ADAPTER)`
 
 and verifies the scan's counts against the index and the closed-form figures. The spec's target
-(SPEC.md, Performance): scan/check of this case well under 1 s, without importing torch.
+(docs/design.md, "Performance targets"): scan/check of this case well under 1 s, without importing torch.
 
     python bench/scan_70b.py [--runs 5] [--out DIR]   # --out keeps the checkpoints in DIR
 """
