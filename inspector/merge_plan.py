@@ -23,6 +23,7 @@ from inspector.errors import InvalidInputError, RefusedError
 from inspector.findings import Code
 from inspector.repair import DEFAULT_MERGE_INIT, ResizePlan, plan_resize
 from inspector.resize import updated_config
+from inspector.task_config import task_config
 from inspector.tensor import FLOAT_DTYPES, TensorInfo
 
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
@@ -322,10 +323,12 @@ def _ordered(diagnosis: Diagnosis, jobs: dict[str, Job], head: _Head, new_heads:
 
 
 def _merged_config(diagnosis: Diagnosis, jobs: list[Job], untied: bool, dtype: str) -> dict:
-    """config.json of the merged model: the grown vocabulary, no leftover quantization_config, untied
-    embeddings, the output dtype."""
+    """config.json of the merged model: the grown vocabulary, a new head's task class and labels, no
+    leftover quantization_config, untied embeddings, the output dtype."""
     target = diagnosis.target
     config = updated_config(diagnosis.base.config, target.rows) if target.grows else dict(diagnosis.base.config)
+    heads = {f.target: f.chosen.info.shape for f in diagnosis.binding.new_heads}  # a SEQ_CLS/TOKEN_CLS head the base lacks
+    config = task_config(config, diagnosis.adapter.config.task_type, heads)  # its task class and labels
     if any(f.code is Code.QUANTIZED_BASE for f in diagnosis.findings):  # a leftover (a real one refused earlier)
         config.pop("quantization_config", None)
     if untied:
