@@ -123,6 +123,17 @@ class Checkpoint:
         return out
 
 
+def _check_model_type(path: Path, config: dict) -> None:
+    """model_type keys transformers' registry (and ours): a list or map there is no model type, and
+    would be unhashable wherever it is looked up."""
+    value = config.get("model_type")
+    if value is not None and not isinstance(value, str):
+        # A list or map is named by its type: its repr could be megabytes, or nested past repr's recursion limit.
+        shown = repr(value)[:80] if isinstance(value, (int, float)) else f"a JSON {'object' if isinstance(value, dict) else 'list'}"
+        raise InvalidInputError("Cannot read config.json", path, f"model_type is {shown}; expected a string such as \"llama\"",
+                                "Fix model_type in config.json; transformers cannot load a config whose model_type is not a string.")
+
+
 def _input_error(path: Path, why: str, hint: str) -> InvalidInputError:
     return InvalidInputError("Cannot read checkpoint", path, why, hint)
 
