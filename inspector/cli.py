@@ -244,7 +244,7 @@ def write_options(func):
 def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_shard_size, force, **opts) -> None:
     """Write BASE with embedding / lm_head (and output bias) resized; old rows bit-identical."""
     from inspector.resize import resize_checkpoint
-    from inspector.writer import parse_size
+    from inspector.shards import parse_size
 
     s = settings(ctx, **opts)
     with progress_bar(s, "resize") as advance:
@@ -271,7 +271,7 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     error the merge cannot repair.
     """
     from inspector.merge import merge_adapter
-    from inspector.writer import parse_size
+    from inspector.shards import parse_size
 
     s = settings(ctx, **opts)
     with progress_bar(s, "merge") as advance:

@@ -21,10 +21,11 @@ from inspector.check import run_check
 from inspector.errors import InvalidInputError, UsageError
 from inspector.loader import TensorReader
 from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
-from inspector.repair import MERGE_INITS, initializer_range
-from inspector.resize import copy_side, grow, output_side_files, output_side_folders, side_bytes, tokenizer_from
+from inspector.repair import MERGE_INITS, grow, initializer_range
+from inspector.shards import OutputTensor
+from inspector.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
 from inspector.tensor import STREAM_BLOCK_BYTES
-from inspector.writer import CheckpointWriter, OutputTensor
+from inspector.writer import CheckpointWriter
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)

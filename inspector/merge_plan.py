@@ -21,8 +21,7 @@ from inspector.binding import Binding
 from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError
 from inspector.findings import Code
-from inspector.repair import DEFAULT_MERGE_INIT, ResizePlan, plan_resize
-from inspector.resize import updated_config
+from inspector.repair import DEFAULT_MERGE_INIT, ResizePlan, plan_resize, updated_config
 from inspector.task_config import task_config
 from inspector.tensor import FLOAT_DTYPES, TensorInfo
 

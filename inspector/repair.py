@@ -10,6 +10,7 @@ recipe).
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,3 +269,41 @@ def subword_pieces(old_dir: Path, new_dir: Path, old_rows: int, new_rows_: int) 
 def initializer_range(config: dict) -> float:
     value = config_value(config, "initializer_range", "init_std")
     return float(value) if isinstance(value, (int, float)) else 0.02
+
+
+def updated_config(config: dict, rows: int) -> dict:
+    """config.json with vocab_size set (in text_config too, where the text model keeps it)."""
+    new = dict(config)
+    if "vocab_size" in new or not isinstance(new.get("text_config"), dict):
+        new["vocab_size"] = rows
+    if isinstance(new.get("text_config"), dict) and "vocab_size" in new["text_config"]:
+        new["text_config"] = {**new["text_config"], "vocab_size": rows}
+    return new
+
+
+def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subword: SubwordPlan | None):
+    """The resized tensor: the kept old rows bit-identical, then ``plan.init`` rows (new tokens, and
+    padding rows new tokens now use), then mean padding rows. Statistics come from the kept rows."""
+    import torch
+
+    kept = plan.kept
+    # An untied head draws its own random rows, as transformers samples it apart from the embedding;
+    # stored copies of one tied weight (T5's shared / encoder / decoder embed_tokens) draw the same.
+    seed = seed + zlib.crc32(name.encode()) if name in plan.apart else seed
+    bias = name in plan.biases
+    if bias:
+        flat = old.reshape(-1)
+        if plan.rows <= kept:
+            return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
+        # Zeros where transformers pads with zeros whatever --init says (zero_biases).
+        zero = name in plan.zero_biases
+        base = flat[:kept]
+        added = new_rows(base, max(0, plan.requested - kept), "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
+        pad = new_rows(base, plan.rows - max(plan.requested, kept), "zero" if zero else "mean", bias=True)
+        return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
+    if plan.rows <= kept:
+        return old[: plan.rows].clone()
+    base = old[:kept]
+    added = new_rows(base, max(0, plan.requested - kept), plan.init, seed=seed, initializer_range=init_range, subword=subword)
+    pad = new_rows(base, plan.rows - max(plan.requested, kept), "mean")
+    return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)])

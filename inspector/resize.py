@@ -4,172 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from inspector import interrupts
 from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
-from inspector.paths import locate, resolves_inside
-from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, initializer_range, new_rows, padded, plan_resize, subword_pieces
+from inspector.paths import locate
+from inspector.repair import MatrixResult, ResizePlan, ResizeResult, grow, initializer_range, padded, plan_resize, subword_pieces, updated_config
+from inspector.shards import OutputTensor
+from inspector.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
 from inspector.tensor import FLOAT_DTYPES
-from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES, read_tokenizer
-from inspector.writer import CheckpointWriter, OutputTensor, tree_bytes
-
-# Files of a model directory that are not tensors or the config: copied through as they are.
-_TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
-# Configs of other weight formats, which the output does not have: Mistral's params.json describes
-# consolidated.safetensors (and would keep the old vocab_size).
-_OTHER_FORMAT_CONFIGS = ("params.json",)
-
-# Folders a tokenizer's or processor's save_pretrained writes beside its files (transformers'
-# CHAT_TEMPLATE_DIR: named chat templates): they travel with the tokenizer files.
-TOKENIZER_FOLDERS = ("additional_chat_templates",)
-# sentence-transformers' list of a model's modules; each module but the transformer (path "", the
-# model directory itself) loads from the folder its "path" names: 1_Pooling, 2_Normalize, 2_Dense, ...
-ST_MODULES = "modules.json"
-MAX_MODULES_BYTES = 1_000_000  # a real modules.json is a few hundred bytes
+from inspector.tokenizer import read_tokenizer
+from inspector.writer import CheckpointWriter
 
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
 
-@dataclass(frozen=True)
-class SideFolder:
-    """A folder the output carries as it is (CheckpointWriter.copy_tree)."""
-
-    path: Path  # the folder in an input directory
-    name: str  # its path in the output, relative ("1_Pooling")
-    root: Path  # that input directory: links in the folder must stay inside it
-
-
-def _copied(name: str) -> bool:
-    """Is an entry of a model directory called ``name`` copied through? Not the tensors, the config
-    (written anew), the index, other formats' configs, or hidden entries."""
-    return not (name.startswith(".") or name == "config.json" or name in _OTHER_FORMAT_CONFIGS or name.endswith(_TENSOR_SUFFIXES) or name.endswith(".index.json"))
-
-
-def side_files(directory: Path) -> list[Path]:
-    """Small non-tensor files of a checkpoint dir (generation config, tokenizer, chat template, ...)."""
-    out = []
-    for path in sorted(directory.iterdir()):
-        if not _copied(path.name):
-            continue
-        # Links count when they stay inside (a Hugging Face cache snapshot is all links into blobs/);
-        # one that leads out is never copied into the output (docs/threat-model.md #21).
-        # Any size: a 120 MB tokenizer.json left out would leave a model whose tokenizer does not load
-        # (the free-space check counts these bytes too).
-        if path.is_file() and resolves_inside(directory, path):
-            out.append(path)
-    return out
-
-
-def output_side_files(base_root: Path, tokenizer_dir: Path) -> list[Path]:
-    """The non-tensor files a written model carries: the base's side files, with the tokenizer
-    files taken from ``tokenizer_dir`` instead when that is another directory."""
-    tokenizer = TOKENIZER_FILES + TOKENIZER_COMPANIONS
-    files = [p for p in side_files(base_root) if tokenizer_dir == base_root or p.name not in tokenizer]
-    if tokenizer_dir != base_root:
-        files += [tokenizer_dir / n for n in tokenizer if (tokenizer_dir / n).is_file()]
-    return files
-
-
-def module_folders(directory: Path) -> list[str]:
-    """The folders sentence-transformers' modules.json names, as relative paths: SentenceTransformer(DIR)
-    loads each module from its folder. The file is input like any other: only paths that stay inside
-    ``directory`` (no "..", not absolute, not the directory itself) and are folders there count."""
-    path = directory / ST_MODULES
-    try:
-        if not path.is_file() or not resolves_inside(directory, path) or path.stat().st_size > MAX_MODULES_BYTES:
-            return []
-        modules = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable or not JSON: sentence-transformers could not load it either
-        return []
-    names: list[str] = []
-    for module in modules if isinstance(modules, list) else []:
-        given = module.get("path") if isinstance(module, dict) else None
-        parts = PurePosixPath(given).parts if isinstance(given, str) and "\\" not in given and "\0" not in given else ()
-        if not parts or parts[0].startswith("/") or ".." in parts or not _copied(parts[0]):
-            continue  # "" (the transformer: the model directory itself), or a path leading out
-        folder = directory.joinpath(*parts)
-        if folder.is_dir() and resolves_inside(directory, folder) and "/".join(parts) not in names:
-            names.append("/".join(parts))
-    # A folder inside another listed one travels with it.
-    return [n for n in names if not any(n.startswith(other + "/") for other in names)]
-
-
-def output_side_folders(base_root: Path, tokenizer_dir: Path) -> list[SideFolder]:
-    """The folders a written model carries: the base's sentence-transformers module folders, and
-    the tokenizer's folders from ``tokenizer_dir`` (the base unless another tokenizer is written)."""
-    folders = {n: SideFolder(base_root / n, n, base_root) for n in module_folders(base_root)}
-    for name in TOKENIZER_FOLDERS:
-        folder = tokenizer_dir / name
-        if folder.is_dir() and resolves_inside(tokenizer_dir, folder):
-            folders[name] = SideFolder(folder, name, tokenizer_dir)
-        elif name in folders:  # the base's own chat templates do not belong to another tokenizer
-            del folders[name]
-    return list(folders.values())
-
-
-def side_bytes(files: list[Path], folders: list[SideFolder]) -> int:
-    """What the side files and folders add to the output (the writer's free-space check counts it)."""
-    return sum(p.stat().st_size for p in files) + sum(tree_bytes(f.path, f.root) for f in folders)
-
-
-def copy_side(writer: CheckpointWriter, files: list[Path], folders: list[SideFolder]) -> None:
-    for path in files:
-        writer.copy_file(path)
-    for folder in folders:
-        writer.copy_tree(folder.path, folder.name, root=folder.root)
-
-
-def tokenizer_from(extras: list[Path], tokenizer_dir: Path) -> str | None:
-    """Where the output's tokenizer files come from, or None when neither input had any."""
-    return str(tokenizer_dir) if any(p.name in TOKENIZER_FILES for p in extras) else None
-
-
-def updated_config(config: dict, rows: int) -> dict:
-    """config.json with vocab_size set (in text_config too, where the text model keeps it)."""
-    new = dict(config)
-    if "vocab_size" in new or not isinstance(new.get("text_config"), dict):
-        new["vocab_size"] = rows
-    if isinstance(new.get("text_config"), dict) and "vocab_size" in new["text_config"]:
-        new["text_config"] = {**new["text_config"], "vocab_size": rows}
-    return new
-
-
 def output_plan(base: Checkpoint, plan: ResizePlan, dtype: str | None = None) -> list[OutputTensor]:
     return [OutputTensor(t.name, dtype or t.dtype, plan.new_shape(t.shape, t.name) if plan.touches(t.name) else t.shape) for t in base.tensors]
-
-
-def grow(old, plan: ResizePlan, name: str, *, seed: int, init_range: float, subword: SubwordPlan | None):
-    """The resized tensor: the kept old rows bit-identical, then ``plan.init`` rows (new tokens, and
-    padding rows new tokens now use), then mean padding rows. Statistics come from the kept rows."""
-    import torch
-
-    kept = plan.kept
-    # An untied head draws its own random rows, as transformers samples it apart from the embedding;
-    # stored copies of one tied weight (T5's shared / encoder / decoder embed_tokens) draw the same.
-    seed = seed + zlib.crc32(name.encode()) if name in plan.apart else seed
-    bias = name in plan.biases
-    if bias:
-        flat = old.reshape(-1)
-        if plan.rows <= kept:
-            return flat[: plan.rows].reshape(plan.new_shape(old.shape, name)).clone()
-        # Zeros where transformers pads with zeros whatever --init says (zero_biases).
-        zero = name in plan.zero_biases
-        base = flat[:kept]
-        added = new_rows(base, max(0, plan.requested - kept), "zero" if zero else plan.init, seed=seed, initializer_range=init_range, subword=subword, bias=True)
-        pad = new_rows(base, plan.rows - max(plan.requested, kept), "zero" if zero else "mean", bias=True)
-        return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)]).reshape(plan.new_shape(old.shape, name))
-    if plan.rows <= kept:
-        return old[: plan.rows].clone()
-    base = old[:kept]
-    added = new_rows(base, max(0, plan.requested - kept), plan.init, seed=seed, initializer_range=init_range, subword=subword)
-    pad = new_rows(base, plan.rows - max(plan.requested, kept), "mean")
-    return torch.cat([base, added.to(old.dtype), pad.to(old.dtype)])
 
 
 def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, like: str | None) -> tuple[int, str]:

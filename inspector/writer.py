@@ -16,221 +16,31 @@ import errno
 import functools
 import json
 import os
-import re
 import shutil
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError, UsageError
 from inspector.header import read_header
-from inspector.paths import resolves_inside
-from inspector.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, removal_problem, swap
+from inspector.outdir import check_out
+from inspector.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, swap
+from inspector.shards import DEFAULT_MAX_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, OutputTensor, Shard, plan_shards
+from inspector.sidefiles import opened_inside, tree_entries
 from inspector.stamp import FileStamp, ensure_unchanged
-from inspector.tensor import DTYPE_BITS, data_bytes
-from inspector.units import human_bytes
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-SINGLE_FILE = "model.safetensors"  # transformers' name for an unsharded checkpoint (no index)
-INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # transformers' default shard size, decimal GB
 # Room beyond the planned shards: config/tokenizer files added later and filesystem overhead.
 SPACE_MARGIN = 16 * 1024**2
 _CHUNK = 1 << 20
 _WRITE_WHAT = "Cannot write checkpoint"
-
-
-def shard_name(index: int, count: int) -> str:
-    """transformers' shard naming: 1-based, both numbers zero-padded to 5 digits."""
-    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
-
-
-# ----------------------------------------------------------------------------------------- sizes
-
-_UNITS: dict[str, int] = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
-}  # fmt: skip
-_SIZE_RE = re.compile(r"\s*(\d+(?:_\d+)*(?:\.\d+)?)\s*([A-Za-z]*)\s*")
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte size: ``5GB`` -> 5,000,000,000, ``2GiB`` -> 2 * 1024**3, ``500MB``, plain integers.
-
-    Units are case-insensitive and always mean bytes (``5gb`` is 5 GB, not gigabits); the result
-    must be a positive whole number of bytes. Raises ``UsageError`` on anything else.
-    """
-
-    def junk(why: str) -> UsageError:
-        return UsageError("Invalid size", None, why, "Give bytes or a number with a unit: 500MB, 5GB, 2GiB.")
-
-    if isinstance(text, bool):  # bool is an int subclass; True is not a size
-        raise junk(f"{text!r} is not a size")
-    if isinstance(text, int):
-        value = text
-    elif isinstance(text, str):
-        match = _SIZE_RE.fullmatch(text)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise junk(f"{text!r} is not a size")
-        scaled = Decimal(match.group(1).replace("_", "")) * _UNITS[match.group(2).lower()]
-        if scaled != scaled.to_integral_value():
-            raise junk(f"{text!r} is not a whole number of bytes")
-        value = int(scaled)
-    else:
-        raise junk(f"{text!r} is not a size")
-    if value <= 0:
-        raise junk(f"{text!r} is not a positive size")
-    return value
-
-
-# ------------------------------------------------------------------------------------------ plan
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    """One tensor the writer will receive: what its header entry says before any data exists."""
-
-    name: str
-    dtype: str  # safetensors dtype string, e.g. "BF16", "F32"
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _Shard:
-    file: str
-    first: int  # index into the plan of its first tensor
-    stop: int  # one past its last tensor
-    header: bytes  # 8-byte length + padded JSON
-    data_size: int
-
-    @property
-    def file_size(self) -> int:
-        return len(self.header) + self.data_size
-
-
-def _check_plan(tensors: Sequence[OutputTensor]) -> list[int]:
-    """Validate the plan (a bad plan is a programming error) and return each tensor's byte size."""
-    seen: set[str] = set()
-    sizes = []
-    for t in tensors:
-        if not isinstance(t.name, str) or not t.name or t.name == "__metadata__":
-            raise ValueError(f"invalid tensor name {t.name!r}")
-        if t.name in seen:
-            raise ValueError(f"tensor {t.name!r} is planned twice")
-        seen.add(t.name)
-        if t.dtype not in DTYPE_BITS:
-            raise ValueError(f"tensor {t.name!r} has unknown safetensors dtype {t.dtype!r}")
-        if not all(type(d) is int and d >= 0 for d in t.shape):
-            raise ValueError(f"tensor {t.name!r} has invalid shape {t.shape!r}")
-        nbytes = data_bytes(t.dtype, tuple(t.shape))
-        if nbytes is None:
-            raise ValueError(f"tensor {t.name!r} ({t.dtype} {list(t.shape)}) does not fill whole bytes")
-        sizes.append(nbytes)
-    return sizes
-
-
-def _split(sizes: list[int], max_shard_size: int) -> list[tuple[int, int]]:
-    """Greedy in-order split: a new shard starts when the next tensor would pass the limit.
-
-    A tensor larger than the limit gets a shard of its own. Sizes count tensor data only, as
-    transformers does.
-    """
-    bounds: list[tuple[int, int]] = []
-    first, used = 0, 0
-    for i, size in enumerate(sizes):
-        if i > first and used + size > max_shard_size:
-            bounds.append((first, i))
-            first, used = i, 0
-        used += size
-    bounds.append((first, len(sizes)))  # an empty plan still makes one (empty) model.safetensors
-    return bounds
-
-
-def _encode_header(tensors: Sequence[OutputTensor], sizes: list[int], metadata: dict[str, str]) -> bytes:
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset = 0
-    for t, size in zip(tensors, sizes):
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # safetensors pads with spaces so the data starts 8-byte aligned
-    return len(blob).to_bytes(8, "little") + blob
-
-
-# ---------------------------------------------------------------------------------- path checks
-
-
-def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _ancestor_identities(path: Path) -> set[tuple[int, int]]:
-    return {ident for p in path.parents if (ident := _identity(p)) is not None}
-
-
-def _linked_files(inp: Path) -> list[Path]:
-    """Where the symlinks in input directory ``inp`` really point (a Hub cache snapshot's files live
-    in ``../../blobs``): those files are inputs too, so an --out holding them is refused."""
-    try:
-        entries = list(os.scandir(inp)) if os.path.isdir(inp) else []
-    except OSError:
-        return []
-    # Links to regular files only (what a checkpoint reads); a link to a directory (`base -> /models`)
-    # is not an input, and counting it would refuse every --out below it.
-    return [_real(Path(e.path)) for e in entries if e.is_symlink() and os.path.isfile(e.path)]
-
-
-def _example_out(inp: Path) -> Path:
-    """An --out to suggest for input ``inp``: beside it, or for a Hub cache snapshot, outside the cache."""
-    real = _real(inp)
-    if real.parent.name == "snapshots":
-        return Path.cwd() / (real.parent.parent.name.removeprefix("models--").replace("--", "-") + "-merged")
-    return real.parent / (real.name + "-out")
-
-
-def _overlap(out_real: Path, in_real: Path, shown: Path) -> str | None:
-    """Why ``out`` overlaps an input, or None. Real paths catch symlinks; (dev, inode) pairs catch
-    hard links and bind mounts, which give the same file or directory another name."""
-    if out_real == in_real:
-        return f"it is the input '{shown}'"
-    if out_real.is_relative_to(in_real):
-        return f"it is inside the input '{shown}'"
-    if in_real.is_relative_to(out_real):
-        return f"it contains the input '{shown}'"
-    out_id, in_id = _identity(out_real), _identity(in_real)
-    if out_id is not None and out_id == in_id:
-        return f"it is the input '{shown}' under another name (a hard link or bind mount)"
-    if in_id is not None and in_id in _ancestor_identities(out_real):
-        return f"it is inside the input '{shown}' (reached through a bind mount)"
-    if out_id is not None and out_id in _ancestor_identities(in_real):
-        return f"it contains the input '{shown}' (reached through a bind mount)"
-    return None
-
-
-def _nearest_existing(path: Path) -> Path:
-    for p in (path, *path.parents):
-        if p.exists():
-            return p
-    return Path(path.anchor or ".")
-
 
 # ------------------------------------------------------------------------------------- file I/O
 
@@ -256,53 +66,6 @@ def _fsync_dir(path: Path) -> None:
 
 def _plain(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-
-
-def tree_entries(src: str | Path, root: str | Path) -> Iterator[tuple[tuple[str, ...], Path, bool]]:
-    """What ``copy_tree`` copies of folder ``src``: (path parts below ``src``, source, is a folder),
-    each folder before its contents. Regular files and folders only (no FIFOs, sockets, devices);
-    hidden entries (.git, .cache) are left out, as side_files leaves them out; a symlink counts only
-    where its real path stays inside ``root``, the input directory (docs/threat-model.md #21), and a
-    folder reached twice (a link back up the tree) is walked once."""
-    seen = {os.path.realpath(src)}
-    stack: list[tuple[tuple[str, ...], Path]] = [((), Path(src))]
-    while stack:
-        rel, folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            raise InvalidInputError("Cannot read", folder, exc.strerror or str(exc), "Check that the folder exists and is readable.") from exc
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith(".") or (entry.is_symlink() and not resolves_inside(Path(root), path)):
-                continue
-            try:
-                mode = os.stat(path).st_mode  # through links (those inside, as the Hub cache's blobs)
-            except OSError:
-                continue  # a dangling link: nothing to copy
-            if stat.S_ISDIR(mode):
-                real = os.path.realpath(path)
-                if real not in seen:
-                    seen.add(real)
-                    yield (*rel, entry.name), path, True
-                    stack.append(((*rel, entry.name), path))
-            elif stat.S_ISREG(mode):
-                yield (*rel, entry.name), path, False
-
-
-def _opened_inside(root: Path, src: Path, opened: os.stat_result) -> bool:
-    """Is the file just opened through ``src`` the one ``src`` names now, living inside ``root``?"""
-    try:
-        now = os.stat(os.path.realpath(src))
-    except OSError:
-        return False
-    return resolves_inside(root, src) and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-def tree_bytes(src: str | Path, root: str | Path) -> int:
-    """The bytes ``copy_tree(src, ..., root=root)`` copies (for ``extra_bytes``)."""
-    return sum(os.stat(path).st_size for _, path, folder in tree_entries(src, root) if not folder)
 
 
 @functools.cache
@@ -372,26 +135,15 @@ class CheckpointWriter:
             raise ValueError("safetensors metadata must map strings to strings")
         self.metadata: dict[str, str] = meta
 
-        sizes = _check_plan(self.tensors)
-        bounds = _split(sizes, max_shard_size)
-        self._shards = [
-            _Shard(
-                file=SINGLE_FILE if len(bounds) == 1 else shard_name(i, len(bounds)),
-                first=a,
-                stop=b,
-                header=_encode_header(self.tensors[a:b], sizes[a:b], meta),
-                data_size=sum(sizes[a:b]),
-            )
-            for i, (a, b) in enumerate(bounds)
-        ]
+        self._shards = plan_shards(self.tensors, max_shard_size, meta)
         self._shard_of = [i for i, s in enumerate(self._shards) for _ in range(s.first, s.stop)]
-        self.total_size = sum(sizes)  # tensor data bytes, the index's metadata.total_size
+        self.total_size = sum(s.data_size for s in self._shards)  # tensor data bytes, the index's metadata.total_size
         self.planned_bytes = sum(s.file_size for s in self._shards)
 
         # The real path: symlinked --out writes where the link points, and staging sits beside that.
-        self._target = _real(self.out_dir)
+        self._target = Path(os.path.realpath(self.out_dir))
         self._inputs = [Path(p) for p in inputs]
-        self._validate_paths(self._inputs, extra_bytes)
+        check_out(self.out_dir, self._target, self._inputs, force=force, needed_bytes=self.planned_bytes + max(0, extra_bytes) + SPACE_MARGIN)
         self._warn_leftovers()
 
         self._state: State = "open"
@@ -408,52 +160,6 @@ class CheckpointWriter:
 
     def _refuse(self, why: str, hint: str, what: str = "Refusing to write output") -> UsageError:
         return UsageError(what, self.out_dir, why, hint)
-
-    def _validate_paths(self, inputs: list[Path], extra_bytes: int) -> None:
-        target = self._target
-        for inp in inputs:
-            for real in (_real(inp), *_linked_files(inp)):
-                why = _overlap(target, real, inp if real == _real(inp) else real)
-                if why is not None:
-                    raise self._refuse(
-                        why,
-                        f"Choose an --out directory outside '{inp}' that does not contain it either, "
-                        f"e.g. '{_example_out(inp)}'; inputs are never written to.",
-                    )
-        if os.path.lexists(target):
-            if not target.is_dir():
-                raise self._refuse(f"'{target}' exists and is not a directory",
-                                   "Choose a directory path for --out (it is created if missing).")  # fmt: skip
-            if not self.force:
-                try:
-                    non_empty = any(os.scandir(target))
-                except OSError as exc:
-                    raise self._refuse(f"cannot list it ({exc.strerror})", "Check the directory's permissions.") from exc
-                if non_empty:
-                    raise self._refuse("the directory exists and is not empty",
-                                       "Choose a new or empty --out directory, or pass --force to replace it.")  # fmt: skip
-            else:
-                problem = removal_problem(target, inputs)
-                if problem is not None:  # --force would delete it after the merge: refuse now, before anything is written
-                    raise self._refuse(f"--force would remove the old output, but {problem}",
-                                       "Unmount it or remove the old output by hand (inputs are never deleted), or choose another --out.")  # fmt: skip
-
-        probe = _nearest_existing(target.parent)
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise self._refuse(f"'{probe}' is not writable", "Choose an --out in a directory you can write to.")
-        usage = shutil.disk_usage(probe)
-        if usage.total == 0:
-            raise self._refuse(f"'{probe}' is on no disk (a pseudo filesystem such as /proc or /sys)", "Choose an --out on a disk.")
-        free = usage.free
-        needed = self.planned_bytes + max(0, extra_bytes) + SPACE_MARGIN
-        if free < needed:
-            note = (" With --force the old output is removed only after the new one is complete,"
-                    " so its space does not count as free.") if self.force else ""  # fmt: skip
-            raise self._refuse(
-                f"{human_bytes(needed)} needed but only {human_bytes(free)} free on the disk holding '{probe}'",
-                f"Free disk space or choose an --out on another disk.{note}",
-                what="Not enough disk space",
-            )
 
     # --------------------------------------------------------------------------------- plumbing
 
@@ -510,7 +216,7 @@ class CheckpointWriter:
 
     # ------------------------------------------------------------------------------ tensor data
 
-    def _open_shard(self, shard: _Shard) -> None:
+    def _open_shard(self, shard: Shard) -> None:
         self._fh = open(self._ensure_staging() / shard.file, "xb", buffering=_CHUNK)
         _write_all(self._fh, shard.header)
 
@@ -642,7 +348,7 @@ class CheckpointWriter:
         with fsrc:
             if not stat.S_ISREG(before.st_mode):
                 raise InvalidInputError("Cannot copy", src, "not a regular file", "Pass a file, not a directory or device.")
-            if root is not None and not _opened_inside(root, src, before):
+            if root is not None and not opened_inside(root, src, before):
                 raise InvalidInputError("Cannot copy", src, f"it resolves outside the input directory '{root}'",
                                         "Replace the link with the file itself, or remove it.")  # fmt: skip
             copied = 0
@@ -682,7 +388,7 @@ class CheckpointWriter:
             if meta != self.metadata:
                 raise self._verify_error(shard, "its __metadata__ differs from the plan")
 
-    def _verify_error(self, shard: _Shard, why: str) -> InspectorError:
+    def _verify_error(self, shard: Shard, why: str) -> InspectorError:
         return InspectorError(_WRITE_WHAT, self.out_dir, f"verifying '{shard.file}' failed: {why}",
                               "The disk may be failing, or this is a bug; nothing was published.")  # fmt: skip
 

@@ -24,13 +24,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 import inspector.writer as writer_mod
 from inspector.errors import InspectorError, InvalidInputError, UsageError
 from inspector.header import read_header
-from inspector.writer import (
-    INDEX_FILE,
-    SPACE_MARGIN,
-    CheckpointWriter,
-    OutputTensor,
-    parse_size,
-)
+from inspector.shards import INDEX_FILE, OutputTensor, parse_size
+from inspector.writer import SPACE_MARGIN, CheckpointWriter
 from tests.models import TORCH_TO_ST, untied_state
 
 REPO = Path(__file__).resolve().parent.parent
