@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
 from inspector.adapter import foreign_lora, read_adapter
 from inspector.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
+from inspector.findings import Code
 from inspector.paths import locate
 from inspector.tokenizer import read_tokenizer
 from inspector.units import printable
@@ -47,3 +52,129 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     else:
         tokenizer = adapter.tokenizer or base.tokenizer
     return diagnose(base, read_adapter(adapter), tokenizer)
+
+
+# ---- which findings count: --select / --ignore / --fail-on, and [tool.lora-inspector] -------------
+
+CONFIG_TABLE = "lora-inspector"  # [tool.lora-inspector] in pyproject.toml
+CONFIG_KEYS = ("select", "ignore", "fail-on")
+FAIL_ON = ("error", "warning")
+_CODE_HINT = ("Give codes such as LI101, or a family: a code without its last two digits (LI1 = LI101-LI103, "
+              "LI10 = LI1001-LI1004); every code is listed in the README.")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What check reports and when it fails; the flags win over the file, key by key."""
+
+    select: frozenset[Code] | None = None  # None: every code
+    ignore: frozenset[Code] = frozenset()
+    fail_on: str = "error"
+    config: Path | None = None  # the pyproject.toml read, if any
+
+    def keeps(self, code: Code) -> bool:
+        return (self.select is None or code in self.select) and code not in self.ignore
+
+
+@dataclass(frozen=True)
+class Selected(Diagnosis):
+    """A diagnosis whose findings were filtered by ``Rules``; ``dropped`` counts the ones left out."""
+
+    dropped: int = 0
+    rules: Rules = Rules()
+
+    @property
+    def note(self) -> str | None:
+        """For the reports, where rules are in force: how many findings they left out, and which file set them."""
+        if not self.dropped and self.rules.config is None:
+            return None
+        where = f"; settings from {self.rules.config}" if self.rules.config else ""
+        return f"{self.dropped} finding{'' if self.dropped == 1 else 's'} left out by --select / --ignore{where}"
+
+    def rules_json(self) -> dict:
+        r = self.rules
+        return {"select": None if r.select is None else sorted(c.code for c in r.select), "ignore": sorted(c.code for c in r.ignore),
+                "fail_on": r.fail_on, "config": str(r.config) if r.config else None, "dropped": self.dropped}
+
+
+def codes_for(selectors: Iterable[str], where: str, path: Path | None = None) -> frozenset[Code]:
+    """Finding codes for comma-separated codes and families (``LI101``, ``LI1``); unknown ones are usage errors."""
+    found: set[Code] = set()
+    for item in selectors:
+        for word in item.split(","):
+            word = word.strip().upper()
+            if not word:
+                continue
+            matched = {c for c in Code if word in (c.code, c.code[:-2])}
+            if not matched:
+                raise UsageError(f"Invalid {where}", path, f"{printable(word)!r} is no finding code or family", _CODE_HINT)
+            found |= matched
+    return frozenset(found)
+
+
+def _words(value: object, key: str, path: Path | None) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise UsageError(f"Invalid [tool.{CONFIG_TABLE}]", path, f"{key} is {value!r}; expected a list of codes such as [\"LI101\", \"LI4\"]",
+                     "Fix the key in pyproject.toml.")
+
+
+def _file_codes(table: dict, key: str, path: Path | None) -> frozenset[Code]:
+    return codes_for(_words(table.get(key, []), key, path), f"[tool.{CONFIG_TABLE}] {key}", path)
+
+
+def find_config(start: Path) -> tuple[Path, dict] | None:
+    """The nearest pyproject.toml with a [tool.lora-inspector] table, walking up from ``start``."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # none here (or not ours to judge): look further up
+        if CONFIG_TABLE not in text:  # another project's file, even a broken one, is none of our business
+            continue
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            raise UsageError(f"Cannot read [tool.{CONFIG_TABLE}]", candidate, "reading TOML needs Python 3.11 or the tomli package",
+                             "Install tomli, or give the settings as flags (--select, --ignore, --fail-on).") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError("Cannot read pyproject.toml", candidate, f"it is not valid TOML ({exc})", "Fix the file, or run from another directory.") from None
+        table = data.get("tool", {}).get(CONFIG_TABLE)
+        if table is not None:
+            if not isinstance(table, dict):
+                raise UsageError(f"Invalid [tool.{CONFIG_TABLE}]", candidate, "it is not a table", f"Write it as a table: [tool.{CONFIG_TABLE}] with select / ignore / fail-on keys.")
+            return candidate, table
+    return None
+
+
+def rules_for(select: Iterable[str] = (), ignore: Iterable[str] = (), fail_on: str | None = None, *, start: Path | None = None) -> Rules:
+    """Flags first, then the nearest [tool.lora-inspector] for each setting no flag gave."""
+    select, ignore = tuple(select), tuple(ignore)
+    try:
+        here = start or Path.cwd()
+    except OSError:  # the working directory was removed: no file to read
+        here = None
+    found = find_config(here) if here is not None else None
+    path, table = found if found else (None, {})
+    unknown = [k for k in table if k not in CONFIG_KEYS]
+    if unknown:
+        raise UsageError(f"Invalid [tool.{CONFIG_TABLE}]", path, f"unknown key {printable(str(unknown[0]))!r}", f"The keys are {', '.join(CONFIG_KEYS)}.")
+    chosen = codes_for(select, "--select") if select else (_file_codes(table, "select", path) if "select" in table else None)
+    dropped = codes_for(ignore, "--ignore") if ignore else _file_codes(table, "ignore", path)
+    if fail_on is None:
+        fail_on = table.get("fail-on", "error")
+        if fail_on not in FAIL_ON:
+            raise UsageError(f"Invalid [tool.{CONFIG_TABLE}]", path, f"fail-on is {fail_on!r}; expected \"error\" or \"warning\"", "Fix the key in pyproject.toml.")
+    return Rules(chosen, dropped, fail_on, path)
+
+
+def apply_rules(diagnosis: Diagnosis, rules: Rules) -> Selected:
+    """The diagnosis with only the findings ``rules`` keep: the exit code and every format see these."""
+    kept = tuple(f for f in diagnosis.findings if rules.keeps(f.code))
+    own = {f.name: getattr(diagnosis, f.name) for f in fields(diagnosis) if f.init and f.name not in ("dropped", "rules")}
+    return Selected(**{**own, "findings": kept}, dropped=len(diagnosis.findings) - len(kept), rules=rules)
