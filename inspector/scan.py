@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from inspector.adapter import read_adapter
 from inspector.checkpoint import Checkpoint, read_checkpoint
-from inspector.errors import UsageError
+from inspector.errors import InvalidInputError, UsageError
 from inspector.patterns import Matcher, PatternRefused, compile_bounded
 from inspector.tensor import TensorInfo
 
@@ -19,6 +20,9 @@ MAX_PATTERN = 1000
 class ScannedCheckpoint:
     checkpoint: Checkpoint
     shown: tuple[TensorInfo, ...] | None  # None: no tensor table requested
+    # Adapters only: why check and merge would refuse its adapter_config.json (None: it is valid).
+    # scan stays descriptive (exit 0) but must not show a broken adapter as if it were fine.
+    invalid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,17 @@ def compile_match(pattern: str | None) -> Callable[[str], bool] | None:
     return search
 
 
+def adapter_problem(ckpt: Checkpoint) -> str | None:
+    """Why ``read_adapter`` (what check and merge run first) refuses an adapter; None for a valid one or a model."""
+    if ckpt.kind != "adapter":
+        return None
+    try:
+        read_adapter(ckpt)
+    except InvalidInputError as exc:
+        return f"{exc.what}: {exc.why}"
+    return None
+
+
 def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = None) -> ScanResult:
     """Read each path's headers; with ``tensors`` or ``match`` keep the tensor list (filtered by ``match``)."""
     matches = compile_match(match)
@@ -59,5 +74,5 @@ def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = 
         shown = None
         if tensors or matches is not None:
             shown = tuple(t for t in ckpt.tensors if matches is None or matches(t.name))
-        out.append(ScannedCheckpoint(ckpt, shown))
+        out.append(ScannedCheckpoint(ckpt, shown, adapter_problem(ckpt)))
     return ScanResult(tuple(out), match)
