@@ -7,21 +7,29 @@ import io
 import os
 import sys
 import tempfile
+import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import click
 
 from inspector import interrupts
 from inspector.errors import InspectorError, UsageError
 from inspector.repair import INITS  # no torch at import time
-from inspector.units import printable
+from inspector.report import FORMATS, Failure, Options, Renderer, renderer
+from inspector.units import human_bytes, printable
+
+if TYPE_CHECKING:
+    from inspector.report.terminal import Report
 
 # click >= 8.2 raises this for a bare group; 8.1 printed the help itself and exits 0.
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
-FORMATS = ("rich", "json", "markdown", "github")
+# Plain progress lines (stderr not a terminal, as in CI logs): at most one per this many seconds.
+PROGRESS_EVERY = 15.0
 
 
 @dataclass
@@ -98,36 +106,58 @@ def _colors(s: Settings) -> dict:
     return {"color_system": None} if s.no_color or os.environ.get("NO_COLOR") else {}
 
 
-def emit(s: Settings, command: str, result) -> None:
-    """Render ``result`` with the report module for ``s.format`` and send it to stdout or --output."""
-    if s.format == "rich":
-        from rich.console import Console
+Render = Callable[[Renderer], Union[str, "Report"]]  # e.g. lambda r: r.scan(result)
 
-        from inspector.report import terminal
 
-        renderable = getattr(terminal, command)(result)
-        # markup/emoji off: tensor names, paths and config values come from the files; "[/bold]" or
-        # ":smile:" as a tensor name must print as itself, not raise MarkupError or become an emoji
-        # (the report's own styles are set with Text and style=, which need neither).
-        if s.output:
-            console = Console(record=True, file=io.StringIO(), width=120, no_color=True, markup=False, emoji=False)
-            console.print(renderable)
-            _write_output(s.output, console.export_text())
-        else:
-            console = Console(markup=False, emoji=False, **_colors(s))
-            if not console.is_terminal and "COLUMNS" not in os.environ:
-                console.width = 160  # piped or redirected: do not fold tensor names at 80 columns
-            console.print(renderable)
-        return
-    from inspector.report import github, jsonfmt, markdown
-
-    module = {"json": jsonfmt, "markdown": markdown, "github": github}[s.format]
-    text = getattr(module, command)(result)
-    if s.output:
-        _write_output(s.output, text)
+def emit(s: Settings, render: Render) -> None:
+    """Render with the renderer of ``s.format`` and send it to stdout or --output. With --format
+    github and $GITHUB_STEP_SUMMARY set (GitHub Actions sets it), the markdown report also goes to
+    the step summary: the annotations are capped, the summary lists everything."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if s.format == "github" else None
+    out = render(renderer(s.format, Options(step_summary=bool(summary))))
+    if summary:
+        _append_summary(summary, render(renderer("markdown")))
+    if not isinstance(out, str):
+        _print_rich(s, out)
+    elif s.output:
+        _write_output(s.output, out)
     else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _stdout(out)
+
+
+def _stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    _RUN.reported = True
+
+
+def _print_rich(s: Settings, report: Report) -> None:
+    from rich.console import Console
+
+    from inspector.report.terminal import write
+
+    # markup/emoji off: tensor names, paths and config values come from the files; "[/bold]" or
+    # ":smile:" as a tensor name must print as itself, not raise MarkupError or become an emoji
+    # (the report's own styles are set with Text and style=, which need neither).
+    if s.output:
+        console = Console(record=True, file=io.StringIO(), width=120, no_color=True, markup=False, emoji=False)
+        write(console, report)
+        _write_output(s.output, console.export_text())
+        return
+    console = Console(markup=False, emoji=False, **_colors(s))
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # piped or redirected: do not fold tensor names at 80 columns
+    _RUN.reported = True
+    write(console, report)
+
+
+def _append_summary(path: str, markdown: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
+    except OSError as exc:
+        raise UsageError("Cannot write the step summary", path, exc.strerror or str(exc),
+                         "Check GITHUB_STEP_SUMMARY (GitHub Actions sets it to a writable file), or unset it.") from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -152,7 +182,8 @@ def scan(ctx, paths, tensors, match, **opts) -> None:
     """Show what is in each checkpoint: kind, files, counts, bytes, dtypes, key config fields."""
     from inspector.scan import scan as run_scan
 
-    emit(settings(ctx, **opts), "scan", run_scan(list(paths), tensors=tensors, match=match))
+    result = run_scan(list(paths), tensors=tensors, match=match)
+    emit(settings(ctx, **opts), lambda r: r.scan(result))
 
 
 @cli.command()
@@ -178,7 +209,7 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
     if values:
         with progress_bar(s, "diff --values") as advance:
             result = compare_values(result, atol=atol, progress=advance)
-    emit(s, "diff", result)
+    emit(s, lambda r: r.diff(result))
     ctx.exit(0 if result.identical else 1)
 
 
@@ -186,29 +217,81 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
 @click.argument("base")
 @click.argument("adapter")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
-@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True, help="Exit 1 when a finding of this severity or worse exists.")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default=None,
+              help="Exit 1 when a finding of this severity or worse exists.  [default: error]")
+@click.option("--select", multiple=True, metavar="CODES", help="Report only these codes (comma-separated; a family such as LI1 is LI1xx).")
+@click.option("--ignore", multiple=True, metavar="CODES", help="Leave these codes out (comma-separated; families as for --select).")
 @output_options
 @click.pass_context
-def check(ctx, base, adapter, tokenizer_dir, fail_on, **opts) -> None:
+def check(ctx, base, adapter, tokenizer_dir, fail_on, select, ignore, **opts) -> None:
     """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
 
-    Exit 0 clean, 1 findings at or above --fail-on, 2 unreadable input.
+    Exit 0 clean, 1 findings at or above --fail-on, 2 unreadable input. --select, --ignore and
+    --fail-on default to [tool.lora-inspector] in the nearest pyproject.toml (the flags win).
     """
-    from inspector.check import run_check
+    from inspector.check import apply_rules, rules_for, run_check
 
-    result = run_check(base, adapter, tokenizer_dir)
-    emit(settings(ctx, **opts), "check", result)
-    ctx.exit(1 if result.fails(fail_on) else 0)
+    rules = rules_for(select, ignore, fail_on)  # before reading anything: a typo in a code fails fast
+    result = apply_rules(run_check(base, adapter, tokenizer_dir), rules)
+    emit(settings(ctx, **opts), lambda r: r.check(result))
+    ctx.exit(1 if result.fails(rules.fail_on) else 0)
+
+
+class PlainProgress:
+    """Progress for a log (stderr not a terminal): a line every ``every`` seconds at most, and a last
+    one when the run was long enough to print any; short runs print nothing."""
+
+    def __init__(self, label: str, write: Callable[[str], None], clock: Callable[[], float] = time.monotonic, every: float = PROGRESS_EVERY) -> None:
+        self.label, self.write, self.clock, self.every = label, write, clock, every
+        self.start = self.last = clock()
+        self.done, self.total = 0, 0
+        self.printed = False
+
+    def advance(self, n: int, total: int) -> None:
+        self.done += n
+        self.total = total
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line(now, "")
+
+    def finish(self) -> None:
+        now = self.clock()
+        if self.printed or now - self.start >= self.every:
+            self._line(now, "done, ")
+
+    def _line(self, now: float, state: str) -> None:
+        elapsed = now - self.start
+        of = f" of {human_bytes(self.total)} ({min(100 * self.done // self.total, 100)}%)" if self.total else ""  # 99.8% is not done
+        rate = human_bytes(int(self.done / elapsed)) if elapsed > 0 else "-"
+        self.write(f"{self.label}: {state}{human_bytes(self.done)}{of} in {_duration(elapsed)}, {rate}/s\n")
+        self.printed = True
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{seconds:.0f} s"
+
+
+def _stderr_line(line: str) -> None:
+    sys.stderr.write(line)
+    sys.stderr.flush()  # a CI log shows it now, not when the buffer fills
 
 
 @contextmanager
-def progress_bar(s: Settings, label: str):
-    """A rich progress bar on stderr (terminal only, not --quiet); yields advance(done_bytes, total_bytes)."""
+def progress_bar(s: Settings, label: str, clock: Callable[[], float] | None = None) -> Iterator[Callable[[int, int], None] | None]:
+    """Progress on stderr unless --quiet: a rich bar on a terminal, plain lines a few times a minute
+    otherwise (CI logs). Yields advance(done_bytes, total_bytes), or None."""
     from rich.console import Console
 
     console = Console(stderr=True, **_colors(s))
-    if s.quiet or not console.is_terminal:
+    if s.quiet:
         yield None
+        return
+    if not console.is_terminal:
+        plain = PlainProgress(label, _stderr_line, clock or time.monotonic, PROGRESS_EVERY)
+        yield plain.advance
+        plain.finish()  # not reached when the work raised: Error/Hint says how it ended
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -250,7 +333,7 @@ def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_s
     with progress_bar(s, "resize") as advance:
         result = resize_checkpoint(base, out, vocab=vocab, tokenizer=tokenizer_dir, like=like, init=init, pad_to=pad_to, seed=seed,
                                    force=force, max_shard_size=parse_size(max_shard_size), progress=advance)
-    emit(s, "resize", result)
+    emit(s, lambda r: r.resize(result))
 
 
 @cli.command()
@@ -277,16 +360,59 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     with progress_bar(s, "merge") as advance:
         result = merge_adapter(base, adapter, out, device=device, dtype=dtype, init=init, seed=seed, force=force,
                                max_shard_size=parse_size(max_shard_size), tokenizer_dir=tokenizer_dir, progress=advance)
-    emit(s, "merge", result)
+    emit(s, lambda r: r.merge(result))
 
 
-def _print_error(exc: InspectorError) -> None:
+@dataclass
+class _Run:
+    argv: list[str]
+    reported: bool = False  # a report reached stdout: a failure after it adds no second document
+
+
+_RUN = _Run([])
+
+
+def _requested(argv: list[str]) -> tuple[str | None, str | None]:
+    """(command, --format) as the command line asks, read from argv itself: an error may come before
+    click has parsed it. The last --format wins, as click's own parsing does."""
+    command = next((a for a in argv if a in cli.commands), None)
+    fmt = None
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            break
+        if word == "--format":
+            fmt = next(words, None)
+        elif word.startswith("--format="):
+            fmt = word.partition("=")[2]
+    return command, fmt
+
+
+def _failure_on_stdout(message: str, path: str | None, hint: str) -> None:
+    """The failure in the requested format on stdout too, for formats that promise a parseable stdout."""
+    command, fmt = _requested(_RUN.argv)
+    if fmt not in FORMATS or _RUN.reported:
+        return
+    text = renderer(fmt).error(Failure(command, message, path, hint))
+    if text:
+        try:
+            _stdout(text)
+        except OSError:  # stdout is gone (a closed pipe): stderr has said it
+            pass
+
+
+def _fail(exc: InspectorError) -> int:
     # Messages quote names from files; no control character of theirs reaches the terminal.
     sys.stderr.write(f"Error: {printable(exc.message)}\nHint: {printable(exc.hint)}\n")
+    _failure_on_stdout(exc.message, exc.path, exc.hint)
+    return exc.exit_code
 
 
 def _interrupted(exc: KeyboardInterrupt | None) -> int:
-    sys.stderr.write(interrupts.message(exc))
+    text = interrupts.message(exc)
+    sys.stderr.write(text)
+    error, hint = (line.partition(": ")[2] for line in text.splitlines()[:2])
+    _failure_on_stdout(error, str(interrupts.PUBLISHED[-1]) if interrupts.PUBLISHED else None, hint)
     return interrupts.exit_code(exc)
 
 
@@ -305,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     interrupts.PUBLISHED.clear()
+    _RUN.argv, _RUN.reported = argv, False
     debug = "--debug" in argv
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising it.
@@ -318,15 +445,15 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write(exc.format_message() + "\n")
         return 0
     except click.ClickException as exc:
-        command = next((a for a in argv if a in cli.commands), None)
-        help_cmd = f"lora-inspector {command} --help" if command else "lora-inspector --help"
-        sys.stderr.write(f"Error: {exc.format_message()}\nHint: see '{help_cmd}'.\n")
+        command = _requested(argv)[0]
+        hint = f"see 'lora-inspector {command} --help'." if command else "see 'lora-inspector --help'."
+        sys.stderr.write(f"Error: {exc.format_message()}\nHint: {hint}\n")
+        _failure_on_stdout(exc.format_message(), None, hint)
         return 2
     except InspectorError as exc:
         if debug:
             traceback.print_exc()  # and still the Error/Hint lines and the exit code scripts rely on
-        _print_error(exc)
-        return exc.exit_code
+        return _fail(exc)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except BrokenPipeError:
@@ -335,8 +462,7 @@ def _main(argv: list[str]) -> int:
         return 0
     except OSError as exc:  # the system refused something no reader turned into a message of its own
         where = os.fsdecode(exc.filename) if exc.filename is not None else None
-        _print_error(InspectorError("Cannot access", where, exc.strerror or str(exc), "Check the path, its permissions and the disk, then run again."))
-        return 2
+        return _fail(InspectorError("Cannot access", where, exc.strerror or str(exc), "Check the path, its permissions and the disk, then run again."))
     except MemoryError:
         if debug:
             raise
@@ -344,8 +470,6 @@ def _main(argv: list[str]) -> int:
     except Exception as exc:  # a bug of ours: say so without a traceback unless --debug
         if debug:
             raise
-        _print_error(InspectorError("Internal error", None, f"{type(exc).__name__}: {exc}", "Rerun with --debug and report the traceback."))
-        return 2
-    _print_error(InspectorError("Out of memory", None, "the input needed more memory than this process may use",
+        return _fail(InspectorError("Internal error", None, f"{type(exc).__name__}: {exc}", "Rerun with --debug and report the traceback."))
+    return _fail(InspectorError("Out of memory", None, "the input needed more memory than this process may use",
                                 "Free memory or raise the limit (ulimit -v), or check the input: a hostile file can ask for any amount."))
-    return 2

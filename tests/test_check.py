@@ -980,7 +980,7 @@ def test_invalid_config_exits_2(capsys, root: Path, llama: Built, lora_llama: Bu
     changes, why = BAD_CONFIGS[case]
     adapter = edit_config(lora_llama.path, root / f"bad_{case}", **changes)
     rc, out, err = run(capsys, llama.path, adapter, "--format", "json")
-    assert rc == 2 and out == ""
+    assert rc == 2 and json.loads(out)["error"]["path"] == str(adapter / "adapter_config.json")  # stdout stays parseable
     lines = err.splitlines()
     assert len(lines) == 2, err
     assert lines[0].startswith(f"Error: Invalid adapter_config.json for '{adapter / 'adapter_config.json'}': {why}")

@@ -21,6 +21,7 @@ from rich.console import Console
 from inspector.cli import main
 from inspector.report import terminal
 from inspector.scan import scan
+from tests.failures import assert_json_error
 from tests.hostile import ExecGadget, SystemGadget
 from tests.models import Built, copy_checkpoint
 
@@ -243,13 +244,14 @@ def test_output_file(capsys: pytest.CaptureFixture[str], llama: Built, llama_gro
 def test_output_not_written_on_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     rc, out, err = run(capsys, "scan", tmp_path / "missing", "--format", "json", "--output", target)
-    assert (rc, out) == (2, "") and err.startswith("Error: ")
+    assert rc == 2 and err.startswith("Error: ")
+    assert json.loads(out)["error"]["path"] == str(tmp_path / "missing")  # on stdout: no report file for a failed run
     assert list(tmp_path.iterdir()) == []
 
 
 def test_output_into_a_missing_directory_is_a_user_error(capsys: pytest.CaptureFixture[str], llama: Built, tmp_path: Path) -> None:
     rc, out, err = run(capsys, "scan", llama.path, "--format", "json", "--output", tmp_path / "no" / "report.json")
-    assert_error(rc, out, err, r"Error: .*")
+    assert_error(rc, out, err, r"Error: .*", fmt="json")
     assert "Internal error" not in err and str(tmp_path / "no") in err
 
 
@@ -273,10 +275,13 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 # ---- errors: exit 2, Error:/Hint: on stderr, no traceback --------------------------------------------
 
 
-def assert_error(rc: int, out: str, err: str, first_line: str) -> None:
+def assert_error(rc: int, out: str, err: str, first_line: str, fmt: str = "rich") -> None:
     lines = err.splitlines()
     assert rc == 2
-    assert out == ""
+    if fmt == "json":
+        assert_json_error(out, err)  # stdout stays parseable: the same error as JSON
+    else:
+        assert out == ""
     assert len(lines) == 2, err
     assert lines[0] == first_line or re.fullmatch(first_line, lines[0]), lines[0]
     assert lines[1].startswith("Hint: ") and len(lines[1]) > len("Hint: ")
@@ -288,7 +293,7 @@ def test_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     rc, out, err = run(capsys, "scan", missing)
     assert_error(rc, out, err, f"Error: Cannot read checkpoint for '{missing}': no such file or directory.")
     rc, out, err = run(capsys, "diff", missing, missing, "--format", "json")
-    assert_error(rc, out, err, f"Error: Cannot read checkpoint for '{missing}': no such file or directory.")
+    assert_error(rc, out, err, f"Error: Cannot read checkpoint for '{missing}': no such file or directory.", fmt="json")
 
 
 def test_truncated_safetensors(capsys: pytest.CaptureFixture[str], llama: Built, tmp_path: Path) -> None:
@@ -297,7 +302,7 @@ def test_truncated_safetensors(capsys: pytest.CaptureFixture[str], llama: Built,
     data.write_bytes(data.read_bytes()[:-1000])
     for fmt in ("rich", "json"):
         rc, out, err = run(capsys, "scan", model, "--format", fmt)
-        assert_error(rc, out, err, f"Error: Cannot read safetensors header for '{data}': data is 25944 bytes but the header describes 26944.")
+        assert_error(rc, out, err, f"Error: Cannot read safetensors header for '{data}': data is 25944 bytes but the header describes 26944.", fmt=fmt)
         assert err.splitlines()[1] == "Hint: The file is truncated (an interrupted download?); re-download it."
 
 
@@ -321,7 +326,7 @@ def test_raw_pickle_adapter_runs_nothing(capsys: pytest.CaptureFixture[str], lor
     (adapter / "adapter_model.bin").write_bytes(pickle.dumps(SystemGadget(sentinel)))
     rc, out, err = run(capsys, "scan", adapter, "--format", "json")
     bin_path = adapter / "adapter_model.bin"
-    assert_error(rc, out, err, f"Error: Refusing to read pickle for '{bin_path}': it is not a zip-format torch.save file (a raw pickle could run code when loaded).")
+    assert_error(rc, out, err, f"Error: Refusing to read pickle for '{bin_path}': it is not a zip-format torch.save file (a raw pickle could run code when loaded).", fmt="json")
     assert not sentinel.exists()
 
 

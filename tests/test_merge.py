@@ -20,6 +20,7 @@ from inspector.cli import main
 from inspector.merge import merge_adapter
 from tests import check_cases
 from tests.check_cases import edit_config, edit_tensors, rename
+from tests.failures import assert_json_error, assert_no_report
 from tests.merge_cases import (
     DEVICE_TENSOR_TOL,
     LOGIT_TOL,
@@ -334,7 +335,7 @@ def test_uncarried_rows_bf16_mean_is_rounded_fp32_mean(llama_bf16: Built, tmp_pa
 
 def assert_refused(rc: int, out: str, err: str, target: Path, code: str) -> None:
     assert rc == 1, err
-    assert out == ""
+    assert_no_report(out, err)  # with --format json, the refusal as JSON
     assert err.startswith("Error: Merge refused for ") and "\nHint: " in err and code in err
     assert not target.exists()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".") or "merged" in p.name]  # no staging left
@@ -488,7 +489,7 @@ def test_non_empty_out_needs_force(llama: Built, lora_llama: Built, tmp_path: Pa
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     rc, stdout, err = run(capsys, "merge", llama.path, lora_llama.path, "--out", out, "--device", "cpu", "--format", "json")
-    assert rc == 2 and stdout == ""
+    assert rc == 2 and assert_json_error(stdout, err, "merge")["path"] == str(out)
     assert err.startswith("Error: ") and "\nHint: " in err and "--force" in err
     assert tree(out) == {"keep.txt": b"mine"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
@@ -501,7 +502,7 @@ def test_out_inside_an_input_is_refused(where: str, llama: Built, lora_llama: Bu
     out = {"inside-base": llama.path / "merged", "base-itself": llama.path, "inside-adapter": lora_llama.path / "merged"}[where]
     before = tree(llama.path), tree(lora_llama.path)
     rc, stdout, err = run(capsys, "merge", llama.path, lora_llama.path, "--out", out, "--device", "cpu", "--force", "--format", "json")
-    assert rc == 2 and stdout == ""
+    assert rc == 2 and assert_json_error(stdout, err, "merge")["path"] == str(out)
     assert err.startswith("Error: ") and "\nHint: " in err
     assert (tree(llama.path), tree(lora_llama.path)) == before
 
@@ -516,7 +517,7 @@ def test_nan_in_lora_tensor_writes_nothing(llama: Built, lora_llama: Built, tmp_
 
     adapter = edit_tensors(lora_llama.path, tmp_path / "adapter", poison)
     rc, stdout, err = run(capsys, "merge", llama.path, adapter, "--out", tmp_path / "merged", "--device", "cpu", "--format", "json")
-    assert rc == 2 and stdout == ""
+    assert rc == 2 and assert_json_error(stdout, err, "merge")
     assert err.startswith("Error: ") and "non-finite" in err and "\nHint: " in err
     assert "model.layers.1.self_attn.v_proj.weight" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no output, no staging dir

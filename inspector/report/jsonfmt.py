@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from inspector.checkpoint import Checkpoint
 from inspector.diff import DiffResult
+from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
+
+if TYPE_CHECKING:
+    from inspector.diagnose import Diagnosis
+    from inspector.merge import MergeResult
+    from inspector.repair import ResizeResult
 
 SCHEMA = 1
 
@@ -31,53 +38,58 @@ def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
-def scan(result: ScanResult) -> str:
-    items = []
-    for entry in result.checkpoints:
-        item = checkpoint_summary(entry.checkpoint)
-        if entry.shown is not None:
-            item["tensors"] = [t.as_json() for t in entry.shown]
-        items.append(item)
-    return dumps({"schema": SCHEMA, "command": "scan", "match": result.match, "checkpoints": items})
+class Json(Renderer[str]):
+    """Schema 1: one JSON object per run, results and failures alike (``--format json`` is always parseable)."""
 
+    def scan(self, result: ScanResult) -> str:
+        items = []
+        for entry in result.checkpoints:
+            item = checkpoint_summary(entry.checkpoint)
+            if entry.checkpoint.kind == "adapter":  # what check and merge would say of its adapter_config.json
+                item["valid"] = entry.invalid is None
+                item["invalid_reason"] = entry.invalid
+            if entry.shown is not None:
+                item["tensors"] = [t.as_json() for t in entry.shown]
+            items.append(item)
+        return dumps({"schema": SCHEMA, "command": "scan", "match": result.match, "checkpoints": items})
 
-def diff(result: DiffResult) -> str:
-    return dumps(
-        {
-            "schema": SCHEMA,
-            "command": "diff",
-            "a": checkpoint_summary(result.a),
-            "b": checkpoint_summary(result.b),
-            "added": [t.as_json() for t in result.added],
-            "removed": [t.as_json() for t in result.removed],
-            "reshaped": [{"name": c.name, "a_shape": list(c.a.shape), "b_shape": list(c.b.shape)} for c in result.reshaped],
-            "retyped": [{"name": c.name, "a_dtype": c.a.dtype, "b_dtype": c.b.dtype} for c in result.retyped],
-            "summary": {
-                "added": len(result.added),
-                "removed": len(result.removed),
-                "reshaped": len(result.reshaped),
-                "retyped": len(result.retyped),
-                "unchanged": result.unchanged,
-                "identical": result.identical,
-                "aligned": result.aligned,
-                "untouched": result.untouched,
-            },
-            "values": None if result.values is None else {
-                "atol": result.atol,
-                "compared": len(result.values),
-                "differ": sum(1 for v in result.values if v.nonfinite or v.max_abs > result.atol),
-                "max_abs": max((v.max_abs for v in result.values), default=0.0),
-                "tensors": [{"name": v.name, "max_abs": v.max_abs, "rel": v.rel, "nonfinite": v.nonfinite, "shared_nonfinite": v.shared_nonfinite}
-                            for v in result.values],
-            },
-        }
-    )
+    def diff(self, result: DiffResult) -> str:
+        return dumps(
+            {
+                "schema": SCHEMA,
+                "command": "diff",
+                "a": checkpoint_summary(result.a),
+                "b": checkpoint_summary(result.b),
+                "added": [t.as_json() for t in result.added],
+                "removed": [t.as_json() for t in result.removed],
+                "reshaped": [{"name": c.name, "a_shape": list(c.a.shape), "b_shape": list(c.b.shape)} for c in result.reshaped],
+                "retyped": [{"name": c.name, "a_dtype": c.a.dtype, "b_dtype": c.b.dtype} for c in result.retyped],
+                "summary": {
+                    "added": len(result.added),
+                    "removed": len(result.removed),
+                    "reshaped": len(result.reshaped),
+                    "retyped": len(result.retyped),
+                    "unchanged": result.unchanged,
+                    "identical": result.identical,
+                    "aligned": result.aligned,
+                    "untouched": result.untouched,
+                },
+                "values": None if result.values is None else {
+                    "atol": result.atol,
+                    "compared": len(result.values),
+                    "differ": sum(1 for v in result.values if v.nonfinite or v.max_abs > result.atol),
+                    "max_abs": max((v.max_abs for v in result.values), default=0.0),
+                    "tensors": [{"name": v.name, "max_abs": v.max_abs, "rel": v.rel, "nonfinite": v.nonfinite, "shared_nonfinite": v.shared_nonfinite}
+                                for v in result.values],
+                },
+            }
+        )
 
+    def check(self, diagnosis: Diagnosis) -> str:
+        from inspector.check import Selected
 
-def check(diagnosis) -> str:
-    plan = diagnosis.plan
-    return dumps(
-        {
+        plan = diagnosis.plan
+        report = {
             "schema": SCHEMA,
             "command": "check",
             "base": checkpoint_summary(diagnosis.base),
@@ -87,57 +99,62 @@ def check(diagnosis) -> str:
             "findings": [f.as_json() for f in diagnosis.findings],
             "summary": diagnosis.summary,
         }
-    )
+        if isinstance(diagnosis, Selected):  # the findings and summary above are what the rules kept
+            report["rules"] = diagnosis.rules_json()
+        return dumps(report)
 
+    def resize(self, result: ResizeResult) -> str:
+        plan, sub = result.plan, result.subword
+        return dumps(
+            {
+                "schema": SCHEMA,
+                "command": "resize",
+                "out": str(result.out),
+                "old_rows": plan.old_rows,
+                "rows": plan.rows,
+                "requested_rows": plan.requested,
+                "reused_padding_rows": plan.reused_padding,
+                "reason": plan.reason,
+                "init": plan.init,
+                "matrices": [{"name": m.name, "old_shape": list(m.old_shape), "new_shape": list(m.new_shape), "init": m.init} for m in result.matrices],
+                "subword": None if sub is None else {
+                    "tokens": sub.tokens,
+                    "fallbacks": sub.fallbacks,
+                    "byte_only": sub.byte_only,
+                    "byte_only_share": round(sub.byte_only / sub.tokens, 4) if sub.tokens else 0.0,
+                    "padding_rows": sub.padding,
+                },
+                "tokenizer_from": result.tokenizer_from,
+                "warnings": result.warnings,
+            }
+        )
 
-def resize(result) -> str:
-    plan, sub = result.plan, result.subword
-    return dumps(
-        {
-            "schema": SCHEMA,
-            "command": "resize",
-            "out": str(result.out),
-            "old_rows": plan.old_rows,
-            "rows": plan.rows,
-            "requested_rows": plan.requested,
-            "reused_padding_rows": plan.reused_padding,
-            "reason": plan.reason,
-            "init": plan.init,
-            "matrices": [{"name": m.name, "old_shape": list(m.old_shape), "new_shape": list(m.new_shape), "init": m.init} for m in result.matrices],
-            "subword": None if sub is None else {
-                "tokens": sub.tokens,
-                "fallbacks": sub.fallbacks,
-                "byte_only": sub.byte_only,
-                "byte_only_share": round(sub.byte_only / sub.tokens, 4) if sub.tokens else 0.0,
-                "padding_rows": sub.padding,
-            },
-            "tokenizer_from": result.tokenizer_from,
-            "warnings": result.warnings,
-        }
-    )
+    def merge(self, result: MergeResult) -> str:
+        plan = result.plan
+        vocab = plan.diagnosis.plan
+        return dumps(
+            {
+                "schema": SCHEMA,
+                "command": "merge",
+                "out": str(result.out),
+                "base": plan.diagnosis.base.path,
+                "adapter": plan.diagnosis.adapter.checkpoint.path,
+                "device": plan.device,
+                "vocab": {"base_rows": vocab.base_rows, "merged_rows": vocab.rows, "source": vocab.source},
+                "init": plan.init,
+                "untied": plan.untied,
+                "untied_head": plan.head,  # the head's weight name when untied (lm_head.weight, decoder.weight, ...)
+                "stats": result.stats,
+                "tokenizer_from": result.tokenizer_from,
+                # check's errors the merge repaired (by resizing), those it merged over with an explicit --init,
+                # and the warnings it acted on
+                "repaired": [f.as_json() for f in plan.repaired],
+                "accepted": [f.as_json() for f in plan.accepted],
+                "warnings": [f.as_json() for f in plan.diagnosis.findings if f.severity == "warning"],
+            }
+        )
 
-
-def merge(result) -> str:
-    plan = result.plan
-    vocab = plan.diagnosis.plan
-    return dumps(
-        {
-            "schema": SCHEMA,
-            "command": "merge",
-            "out": str(result.out),
-            "base": plan.diagnosis.base.path,
-            "adapter": plan.diagnosis.adapter.checkpoint.path,
-            "device": plan.device,
-            "vocab": {"base_rows": vocab.base_rows, "merged_rows": vocab.rows, "source": vocab.source},
-            "init": plan.init,
-            "untied": plan.untied,
-            "untied_head": plan.head,  # the head's weight name when untied (lm_head.weight, decoder.weight, ...)
-            "stats": result.stats,
-            "tokenizer_from": result.tokenizer_from,
-            # check's errors the merge repaired (by resizing), those it merged over with an explicit --init,
-            # and the warnings it acted on
-            "repaired": [f.as_json() for f in plan.repaired],
-            "accepted": [f.as_json() for f in plan.accepted],
-            "warnings": [f.as_json() for f in plan.diagnosis.findings if f.severity == "warning"],
-        }
-    )
+    def error(self, failure: Failure) -> str:
+        # The same lines as stderr's Error/Hint, so a script reading stdout alone learns what failed.
+        error = {"message": failure.message, "path": failure.path, "hint": failure.hint}
+        return dumps({"schema": SCHEMA, "command": failure.command, "error": error})

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from inspector.diff import DiffResult
+from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
+
+if TYPE_CHECKING:
+    from inspector.diagnose import Diagnosis
+    from inspector.merge import MergeResult
+    from inspector.repair import ResizeResult
 
 
 def _cell(value: object) -> str:
@@ -17,95 +25,104 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def scan(result: ScanResult) -> str:
-    out: list[str] = []
-    for entry in result.checkpoints:
-        ckpt = entry.checkpoint
-        rows = [
-            ["kind", f"{ckpt.kind} ({ckpt.format})"],
-            ["files", ", ".join(ckpt.files)],
-            ["tensors", f"{ckpt.tensor_count:,}"],
-            ["parameters", f"{ckpt.parameter_count:,} ({human_count(ckpt.parameter_count)})"],
-            ["data", f"{ckpt.total_bytes:,} bytes ({human_bytes(ckpt.total_bytes)})"],
-            ["dtypes", dtypes_str(ckpt.dtypes)],
-            *[[k, value_str(v)] for k, v in ckpt.key_config().items() if v is not None],
-        ]
-        if ckpt.tokenizer:
-            rows.append(["tokenizer", f"{ckpt.tokenizer.length:,} tokens ({ckpt.tokenizer.source})"])
-        rows += [["warning", w] for w in ckpt.warnings]
-        out += [f"### `{ckpt.path}`", "", *_table(["field", "value"], rows), ""]
-        if entry.shown is not None:
-            trows = [[f"`{t.name}`", shape_str(t.shape), t.dtype, t.file] for t in entry.shown]
-            out += [*_table(["tensor", "shape", "dtype", "file"], trows), ""]
-    return "\n".join(out)
-
-
-def diff(result: DiffResult) -> str:
-    out = [f"### diff `{result.a.path}` -> `{result.b.path}`", ""]
-    rows: list[list[object]] = []
-    rows += [["removed", f"`{t.name}`", f"{shape_str(t.shape)} {t.dtype}", "-"] for t in result.removed]
-    rows += [["added", f"`{t.name}`", "-", f"{shape_str(t.shape)} {t.dtype}"] for t in result.added]
-    rows += [["reshaped", f"`{c.name}`", shape_str(c.a.shape), shape_str(c.b.shape)] for c in result.reshaped]
-    rows += [["retyped", f"`{c.name}`", c.a.dtype, c.b.dtype] for c in result.retyped]
-    if rows:
-        out += [*_table(["change", "tensor", "A", "B"], rows), ""]
-    out.append(
-        f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
-        f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
-        + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
-    )
-    if result.values is not None:
-        differ = [v for v in result.values if v.nonfinite or v.max_abs > result.atol]
-        out += ["", f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"]
-        if differ:
-            out += ["", *_table(["tensor", "max abs", "relative"], [[f"`{v.name}`", "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
-        shared = [v for v in result.values if v.shared_nonfinite]
-        if shared:
-            out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"`{_cell(v.name)}` ({v.shared_nonfinite})" for v in shared)]
-    return "\n".join(out) + "\n"
-
-
 _ICON = {"error": "❌ error", "warning": "⚠️ warning", "info": "ℹ️ info"}
 
 
-def check(diagnosis) -> str:
-    s = diagnosis.summary
-    verdict = "fails" if s["error"] else "passes"
-    out = [
-        f"### lora-inspector check {verdict}: {counts_str(s)}",
-        "",
-        f"base `{diagnosis.base.path}` · adapter `{diagnosis.adapter.checkpoint.path}`",
-        "",
-    ]
-    if diagnosis.findings:
-        rows = [
-            [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
-            for f in diagnosis.findings
+class Markdown(Renderer[str]):
+    """Tables for PR comments and GitHub step summaries."""
+
+    def scan(self, result: ScanResult) -> str:
+        out: list[str] = []
+        for entry in result.checkpoints:
+            ckpt = entry.checkpoint
+            rows = [
+                ["kind", f"{ckpt.kind} ({ckpt.format})"],
+                ["files", ", ".join(ckpt.files)],
+                ["tensors", f"{ckpt.tensor_count:,}"],
+                ["parameters", f"{ckpt.parameter_count:,} ({human_count(ckpt.parameter_count)})"],
+                ["data", f"{ckpt.total_bytes:,} bytes ({human_bytes(ckpt.total_bytes)})"],
+                ["dtypes", dtypes_str(ckpt.dtypes)],
+                *[[k, value_str(v)] for k, v in ckpt.key_config().items() if v is not None],
+            ]
+            if ckpt.tokenizer:
+                rows.append(["tokenizer", f"{ckpt.tokenizer.length:,} tokens ({ckpt.tokenizer.source})"])
+            rows += [["warning", w] for w in ckpt.warnings]
+            if entry.invalid:
+                rows.append(["warning", f"{entry.invalid} (check and merge refuse this adapter)"])
+            out += [f"### `{ckpt.path}`", "", *_table(["field", "value"], rows), ""]
+            if entry.shown is not None:
+                trows = [[f"`{t.name}`", shape_str(t.shape), t.dtype, t.file] for t in entry.shown]
+                out += [*_table(["tensor", "shape", "dtype", "file"], trows), ""]
+        return "\n".join(out)
+
+    def diff(self, result: DiffResult) -> str:
+        out = [f"### diff `{result.a.path}` -> `{result.b.path}`", ""]
+        rows: list[list[object]] = []
+        rows += [["removed", f"`{t.name}`", f"{shape_str(t.shape)} {t.dtype}", "-"] for t in result.removed]
+        rows += [["added", f"`{t.name}`", "-", f"{shape_str(t.shape)} {t.dtype}"] for t in result.added]
+        rows += [["reshaped", f"`{c.name}`", shape_str(c.a.shape), shape_str(c.b.shape)] for c in result.reshaped]
+        rows += [["retyped", f"`{c.name}`", c.a.dtype, c.b.dtype] for c in result.retyped]
+        if rows:
+            out += [*_table(["change", "tensor", "A", "B"], rows), ""]
+        out.append(
+            f"{len(result.added)} added, {len(result.removed)} removed, {len(result.reshaped)} reshaped, "
+            f"{len(result.retyped)} retyped, {result.unchanged} unchanged"
+            + (f"; {result.untouched} model tensors the adapter does not carry" if result.aligned else "")
+        )
+        if result.values is not None:
+            differ = [v for v in result.values if v.nonfinite or v.max_abs > result.atol]
+            out += ["", f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"]
+            if differ:
+                out += ["", *_table(["tensor", "max abs", "relative"], [[f"`{v.name}`", "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
+            shared = [v for v in result.values if v.shared_nonfinite]
+            if shared:
+                out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"`{_cell(v.name)}` ({v.shared_nonfinite})" for v in shared)]
+        return "\n".join(out) + "\n"
+
+    def check(self, diagnosis: Diagnosis) -> str:
+        from inspector.check import Selected  # imported by the check command already
+
+        s = diagnosis.summary
+        verdict = "fails" if s["error"] else "passes"
+        out = [
+            f"### lora-inspector check {verdict}: {counts_str(s)}",
+            "",
+            f"base `{diagnosis.base.path}` · adapter `{diagnosis.adapter.checkpoint.path}`",
+            "",
         ]
-        out += _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
-    return "\n".join(out) + "\n"
+        note = diagnosis.note if isinstance(diagnosis, Selected) else None  # check's --select / --ignore at work
+        if note:
+            out += [f"_{_cell(note)}_", ""]
+        if diagnosis.findings:
+            rows = [
+                [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
+                for f in diagnosis.findings
+            ]
+            out += _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
+        return "\n".join(out) + "\n"
 
+    def resize(self, result: ResizeResult) -> str:
+        plan = result.plan
+        out = [f"### resized `{plan.old_rows}` -> `{plan.rows}` rows ({plan.reason})", ""]
+        out += _table(["tensor", "before", "after", "init"], [[f"`{m.name}`", shape_str(m.old_shape), shape_str(m.new_shape), m.init] for m in result.matrices])
+        if result.subword is not None:
+            sub = result.subword
+            out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
+        out += [f"warning: {_cell(w)}" for w in result.warnings]
+        out += ["", f"written to `{result.out}`"]
+        return "\n".join(out) + "\n"
 
-def resize(result) -> str:
-    plan = result.plan
-    out = [f"### resized `{plan.old_rows}` -> `{plan.rows}` rows ({plan.reason})", ""]
-    out += _table(["tensor", "before", "after", "init"], [[f"`{m.name}`", shape_str(m.old_shape), shape_str(m.new_shape), m.init] for m in result.matrices])
-    if result.subword is not None:
-        sub = result.subword
-        out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
-    out += [f"warning: {_cell(w)}" for w in result.warnings]
-    out += ["", f"written to `{result.out}`"]
-    return "\n".join(out) + "\n"
+    def merge(self, result: MergeResult) -> str:
+        plan, st = result.plan, result.stats
+        vocab = plan.diagnosis.plan
+        rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
+                ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
+        out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]
+        done = [(f, "repaired") for f in plan.repaired] + [(f, f"merged with --init {plan.init}") for f in plan.accepted]
+        done += [(f, f.hint) for f in plan.diagnosis.findings if f.severity == "warning"]
+        if done:  # as in the JSON report: errors repaired or merged over with --init, warnings acted on
+            out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, how] for f, how in done])]
+        return "\n".join(out) + "\n"
 
-
-def merge(result) -> str:
-    plan, st = result.plan, result.stats
-    vocab = plan.diagnosis.plan
-    rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
-            ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
-    out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]
-    done = [(f, "repaired") for f in plan.repaired] + [(f, f"merged with --init {plan.init}") for f in plan.accepted]
-    done += [(f, f.hint) for f in plan.diagnosis.findings if f.severity == "warning"]
-    if done:  # as in the JSON report: errors repaired or merged over with --init, warnings acted on
-        out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, how] for f, how in done])]
-    return "\n".join(out) + "\n"
+    def error(self, failure: Failure) -> None:
+        return None  # stderr's Error/Hint says it; a markdown page of one error helps no one
