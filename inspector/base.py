@@ -104,6 +104,7 @@ class BaseIndex:
         self.ckpt = ckpt
         self.by_name = ckpt.by_name
         model_type = ckpt.config.get("model_type") if isinstance(ckpt.config, dict) else None
+        model_type = model_type if isinstance(model_type, str) else None  # a list would be unhashable below
         self._stale = tuple((src, dst) for src, dst, types in STALE_NAMES if model_type in types)
 
     @cached_property

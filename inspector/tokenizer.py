@@ -30,6 +30,7 @@ TOKENIZER_FILES = (
 # with the tokenizer when merge and resize take it from another directory than the base.
 TOKENIZER_COMPANIONS = ("chat_template.jinja", "chat_template.json", "spiece.model", "sentencepiece.bpe.model")
 MAX_TOKENIZER_BYTES = 512_000_000
+MAX_TOKEN_ID = 2**63 - 1  # torch indexes embedding rows with int64; a larger id is no row of any model
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,21 @@ def _load_json(path: Path) -> object:
         raise _fail(path, f"not readable JSON ({exc})") from exc
 
 
+def _ids(path: Path, mapping: dict[str, int]) -> dict[str, int]:
+    """``mapping`` (token -> id from ``path``), refused when an id is past any embedding's reach: sizes
+    computed from it would overflow every float that reports them."""
+    big = max((i for i in mapping.values() if i > MAX_TOKEN_ID), default=None)
+    if big is not None:
+        shown = str(big) if big.bit_length() <= 128 else f"of {len(str(big))} digits"
+        raise _fail(path, f"token id {shown} is larger than {MAX_TOKEN_ID}, the largest row index an embedding can have")
+    return mapping
+
+
 def _model_vocab(path: Path, data: object) -> dict[str, int]:
     model = data.get("model") if isinstance(data, dict) else None
     vocab = model.get("vocab") if isinstance(model, dict) else None
     if isinstance(vocab, dict) and all(isinstance(v, int) for v in vocab.values()):
-        return {str(k): v for k, v in vocab.items()}
+        return _ids(path, {str(k): v for k, v in vocab.items()})
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
         return {str(p[0]) if isinstance(p, list) and p else str(p): i for i, p in enumerate(vocab)}
     raise _fail(path, "model.vocab is missing or not a token -> id map")
@@ -138,15 +149,14 @@ def _added_tokens(directory: Path) -> dict[str, int]:
         data = _load_json(config)
         decoder = data.get("added_tokens_decoder") if isinstance(data, dict) else None
         if isinstance(decoder, dict):
-            for idx, tok in decoder.items():
-                if isinstance(tok, dict) and isinstance(tok.get("content"), str) and _is_id(idx):
-                    added[tok["content"]] = int(idx)
+            found = {tok["content"]: int(idx) for idx, tok in decoder.items() if isinstance(tok, dict) and isinstance(tok.get("content"), str) and _is_id(idx)}
+            added.update(_ids(config, found))
     extra = directory / "added_tokens.json"
     if extra.is_file():
         data = _load_json(extra)
         if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
             raise _fail(extra, "expected a map of token -> id")
-        added.update(data)
+        added.update(_ids(extra, data))
     return added
 
 
@@ -164,7 +174,7 @@ def read_tokenizer(directory: Path) -> TokenizerFacts | None:
         added_list = data.get("added_tokens") or []
         if not isinstance(added_list, list):
             raise _fail(fast, "added_tokens is not a list")
-        added = {t["content"]: t["id"] for t in added_list if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)}
+        added = _ids(fast, {t["content"]: t["id"] for t in added_list if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)})
         source = fast
     elif (directory / "tokenizer.model").is_file():
         vocab = {p: i for i, p in enumerate(_sentencepiece_pieces(directory / "tokenizer.model"))}
@@ -187,7 +197,7 @@ def read_tokenizer(directory: Path) -> TokenizerFacts | None:
         data = _load_json(directory / "vocab.json")
         if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
             raise _fail(directory / "vocab.json", "expected a map of token -> id")
-        vocab, added, source = data, _added_tokens(directory), directory / "vocab.json"
+        vocab, added, source = _ids(directory / "vocab.json", data), _added_tokens(directory), directory / "vocab.json"
     else:
         return None
     tokens = dict(vocab)
