@@ -326,7 +326,8 @@ def _merged_config(diagnosis: Diagnosis, jobs: list[Job], untied: bool, dtype: s
     leftover quantization_config, untied embeddings, the output dtype."""
     target = diagnosis.target
     config = updated_config(diagnosis.base.config, target.rows) if target.grows else dict(diagnosis.base.config)
-    heads = {f.target: f.chosen.info.shape for f in diagnosis.binding.new_heads}  # a SEQ_CLS/TOKEN_CLS head the base lacks
+    # A SEQ_CLS/TOKEN_CLS head the base lacks, or has for another number of labels (re-headed).
+    heads = {f.target: f.chosen.info.shape for f in (*diagnosis.binding.new_heads, *diagnosis.binding.reheaded)}
     config = task_config(config, diagnosis.adapter.config.task_type, heads)  # its task class and labels
     if any(f.code is Code.QUANTIZED_BASE for f in diagnosis.findings):  # a leftover (a real one refused earlier)
         config.pop("quantization_config", None)

@@ -52,3 +52,22 @@ def test_merge_writes_the_adapters_head_as_peft_does(capsys, tmp_path: Path, reh
     assert merged["classifier.weight"].shape == (5, 16) and merged["classifier.bias"].shape == (5,)
     for name, tensor in merged.items():
         assert torch.allclose(tensor, peft_merged[name], atol=1e-6), name
+
+
+def test_merged_model_loads_with_its_five_labels(capsys, tmp_path: Path, reheaded) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    base, adapter, peft_merged = reheaded
+    assert main(["merge", str(base), str(adapter), "--out", str(tmp_path / "merged"), "--device", "cpu"]) == 0, capsys.readouterr().err
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert model.config.num_labels == 5
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        from transformers import BertConfig, BertForSequenceClassification
+
+        reference = BertForSequenceClassification(BertConfig.from_pretrained(tmp_path / "merged"))
+        reference.load_state_dict(peft_merged)
+        reference.eval()
+        expected = reference(input_ids=ids).logits
+    assert torch.allclose(ours, expected, atol=1e-5)
