@@ -81,10 +81,20 @@ def read_header(path: Path, rel: str | None = None, *, stamps: dict[Path, FileSt
     receives the identity of the file whose header this is, for later data reads to compare against.
     """
     path = Path(path)
-    rel = rel or path.name
+    blob, size = _read_blob(path, stamps)
+    header = _parse_json(path, blob)
+    metadata = read_metadata(path, header.pop("__metadata__", None))
+    entries = sorted((_entry(path, name, value) for name, value in header.items()), key=lambda e: (e[0], e[1]))
+    data_start = 8 + len(blob)
+    _check_tiling(path, entries, size - data_start)
+    tensors = [TensorInfo(name, dtype, shape, rel or path.name, data_start + b, data_start + e) for b, e, name, dtype, shape in entries]
+    return tensors, metadata
+
+
+def _read_blob(path: Path, stamps: dict[Path, FileStamp] | None) -> tuple[bytes, int]:
+    """The header's JSON bytes (length bound-checked before reading) and the file's size."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
             raise _fail(path, "not a regular file", "Point lora-inspector at a file or a checkpoint directory.")
         with open(path, "rb") as fh:
             # The open file is what the header describes (the path may be replaced meanwhile).
@@ -99,9 +109,12 @@ def read_header(path: Path, rel: str | None = None, *, stamps: dict[Path, FileSt
                 raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
             if n > size - 8:
                 raise _fail(path, f"header length {n} is larger than the file ({size} bytes)", "The file looks truncated; re-download it.")
-            blob = fh.read(n)
+            return fh.read(n), size
     except OSError as exc:
         raise InvalidInputError("Cannot read", path, exc.strerror or str(exc), "Check that the file exists and is readable.") from exc
+
+
+def _parse_json(path: Path, blob: bytes) -> dict:
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -116,37 +129,35 @@ def read_header(path: Path, rel: str | None = None, *, stamps: dict[Path, FileSt
         raise _fail(path, "header JSON is nested too deeply") from exc
     if not isinstance(header, dict):
         raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
+    return header
 
-    metadata = read_metadata(path, header.pop("__metadata__", None))
-    entries = []
-    for name, entry in header.items():
-        if not isinstance(entry, dict):
-            raise _fail(path, f"tensor {name!r} is described by a {type(entry).__name__}, not an object")
-        dtype = entry.get("dtype")
-        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:  # a list or dict here is unhashable
-            raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-        shape = _shape(path, name, entry.get("shape"))
-        begin, end = _offsets(path, name, entry.get("data_offsets"))
-        expected = data_bytes(dtype, shape)
-        if expected is None:
-            raise _fail(path, f"tensor {name!r} ({dtype} {list(shape)}) does not fill a whole number of bytes")
-        if end - begin != expected:
-            raise _fail(path, f"tensor {name!r} spans {end - begin} bytes but {dtype} {list(shape)} needs {expected}")
-        entries.append((begin, end, name, dtype, shape))
 
-    # Data regions must tile [0, last) exactly: no gaps, no overlaps (the Rust parser's rule).
-    entries.sort(key=lambda e: (e[0], e[1]))
+def _entry(path: Path, name: str, entry: object) -> tuple[int, int, str, str, tuple[int, ...]]:
+    """One tensor's (begin, end, name, dtype, shape), its span matching dtype x shape."""
+    if not isinstance(entry, dict):
+        raise _fail(path, f"tensor {name!r} is described by a {type(entry).__name__}, not an object")
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:  # a list or dict here is unhashable
+        raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    shape = _shape(path, name, entry.get("shape"))
+    begin, end = _offsets(path, name, entry.get("data_offsets"))
+    expected = data_bytes(dtype, shape)
+    if expected is None:
+        raise _fail(path, f"tensor {name!r} ({dtype} {list(shape)}) does not fill a whole number of bytes")
+    if end - begin != expected:
+        raise _fail(path, f"tensor {name!r} spans {end - begin} bytes but {dtype} {list(shape)} needs {expected}")
+    return begin, end, name, dtype, shape
+
+
+def _check_tiling(path: Path, entries: list[tuple], data_size: int) -> None:
+    """Data regions must tile [0, data_size) exactly: no gaps, no overlaps, nothing after (the Rust parser's rule, and more)."""
     cursor = 0
     for begin, end, name, _, _ in entries:
         if begin != cursor:
             kind = "overlaps the previous tensor" if begin < cursor else f"leaves a gap (expected offset {cursor})"
             raise _fail(path, f"tensor {name!r} at data_offsets [{begin}, {end}] {kind}")
         cursor = end
-    data_start = 8 + n
-    if data_start + cursor != size:
-        if data_start + cursor > size:
-            why = f"data is {size - data_start} bytes but the header describes {cursor}"
-            raise _fail(path, why, "The file is truncated (an interrupted download?); re-download it.")
-        raise _fail(path, f"{size - data_start - cursor} trailing bytes after the last tensor")
-    tensors = [TensorInfo(name, dtype, shape, rel, data_start + b, data_start + e) for b, e, name, dtype, shape in entries]
-    return tensors, metadata
+    if cursor > data_size:
+        raise _fail(path, f"data is {data_size} bytes but the header describes {cursor}", "The file is truncated (an interrupted download?); re-download it.")
+    if cursor < data_size:
+        raise _fail(path, f"{data_size - cursor} trailing bytes after the last tensor")

@@ -117,6 +117,23 @@ def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan,
     return out.cpu()
 
 
+def _copied(job: Job, reader: TensorReader, info, step: int) -> Iterator:
+    """A tensor copied through as stored, in row blocks: only the finite check."""
+    for r0 in range(0, job.shape[0], step):
+        block = reader.read_rows(info, r0, r0 + step)
+        _finite(block, job)
+        yield block
+
+
+def _column_norms(rows_fp32, rows: int, step: int):
+    """The L2 norm of each column of the merged (W + s B A), over all row blocks."""
+    sq = None
+    for r0 in range(0, rows, step):
+        w = rows_fp32(r0, min(rows, r0 + step))
+        sq = w.square().sum(dim=0) if sq is None else sq + w.square().sum(dim=0)
+    return sq.sqrt()
+
+
 def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int) -> Iterator:
     """Row blocks of a 2-D+ output tensor, in the output dtype, on the CPU."""
     import torch
@@ -131,11 +148,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     # from the adapter already in the output dtype and shape (an fp32 round trip gives the same bits).
     copy = job.replace is not None and not (job.deltas or job.tokens) and job.replace.dtype == job.dtype and job.replace.shape == job.shape
     if job.unchanged or copy:
-        reader, info = (adapter, job.replace) if copy else (base, job.source)
-        for r0 in range(0, rows, step):
-            block = reader.read_rows(info, r0, r0 + step)
-            _finite(block, job)
-            yield block
+        yield from _copied(job, *((adapter, job.replace) if copy else (base, job.source)), step)
         return
     source, src_reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
     # Rows nobody carries need the whole matrix for their statistics: read it once and slice it.
@@ -157,14 +170,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
 
     # DoRA: W' = m / ||W + s B A|| * (W + s B A), the norm per output unit. For Linear that is a row
     # (local to a block); for Conv1D and Embedding a column over all rows, hence a first pass.
-    column_norms = {}
-    for d, _, _ in dora:
-        if d.transposed:
-            sq = None
-            for r0 in range(0, rows, step):
-                w = rows_fp32(r0, min(rows, r0 + step))
-                sq = w.square().sum(dim=0) if sq is None else sq + w.square().sum(dim=0)
-            column_norms[d.module] = sq.sqrt()
+    column_norms = {d.module: _column_norms(rows_fp32, rows, step) for d, _, _ in dora if d.transposed}
     magnitudes = {d.module: _fp32(adapter.read(d.magnitude), dev) for d, _, _ in dora}
 
     for r0 in range(0, rows, step):

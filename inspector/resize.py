@@ -12,7 +12,7 @@ from inspector.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, RefusedError, UsageError
 from inspector.loader import TensorReader
 from inspector.paths import locate
-from inspector.repair import MatrixResult, ResizePlan, ResizeResult, grow, initializer_range, padded, plan_resize, subword_pieces, updated_config
+from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, grow, initializer_range, padded, plan_resize, subword_pieces, updated_config
 from inspector.shards import OutputTensor
 from inspector.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
 from inspector.tensor import FLOAT_DTYPES
@@ -65,7 +65,6 @@ def resize_checkpoint(
     base = read_checkpoint(base_path)
     if base.kind != "model":
         raise UsageError("Not a base model", base_path, "this is a PEFT adapter", "Pass the base model directory; use --like ADAPTER to take the size from the adapter.")
-
     rows, reason = _target_rows(base, vocab, tokenizer, like)
     if like is not None and pad_to is not None and padded(rows, pad_to) != rows:
         raise UsageError("Invalid options", None, f"--pad-to-multiple-of {pad_to} would make {padded(rows, pad_to)} rows, but the adapter needs exactly {rows}",
@@ -73,59 +72,71 @@ def resize_checkpoint(
     like_dir = locate(like) if like else None
     # The new tokenizer: --tokenizer, or the extended one training saved beside the adapter (--like).
     new_tok = locate(tokenizer) if tokenizer else (like_dir if like_dir and read_tokenizer(like_dir) else None)
-    both_known = new_tok is not None and base.tokenizer is not None
-    chosen = init or ("subword_mean" if both_known else "mean")
-    if chosen == "subword_mean" and not both_known:
-        raise UsageError("Cannot use --init subword_mean", base_path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR, or in the --like adapter)",
-                         "Pass --tokenizer DIR, or choose --init mean.")
-    plan = plan_resize(base, rows, reason, chosen, pad_to)
-    packed = [n for n in plan.matrices + plan.biases if base.by_name[n].dtype not in FLOAT_DTYPES]
-    if packed:  # new rows need arithmetic on the old ones; packed or FP8 values (with their scales) have none
-        raise RefusedError("Resize refused", base_path, f"{packed[0]} is {base.by_name[packed[0]].dtype}, a quantized vocabulary matrix",
-                           "Resize the full-precision base the quantized copy was made from.")
-    if both_known and base.tokenizer.size < min(plan.old_rows, plan.requested):
-        # Padding rows past the old tokenizer (Qwen2 keeps ~270) that new tokens now take: never
-        # trained as tokens, so they are initialized like new rows instead of kept.
-        plan = dataclasses.replace(plan, fresh_from=base.tokenizer.size)
-    notes: list[str] = []
-    subword = None
-    if chosen == "subword_mean" and plan.requested > plan.kept:
-        try:
-            subword = subword_pieces(base.root, new_tok, plan.kept, plan.rows)
-        except InvalidInputError as exc:
-            if init is not None:  # asked for: the user hears why it cannot be done
-                raise
-            # The default only: transformers could not load a tokenizer (a sentencepiece model
-            # without protobuf, ...); the mean needs none.
-            chosen = "mean"
-            plan = dataclasses.replace(plan, init=chosen)
-            notes.append(f"subword_mean (the default here) fell back to mean: {exc.message}")
-
+    plan = _plan(base, rows, reason, init, pad_to, new_tok)
+    plan, subword, notes = _subwords(base, plan, new_tok, init_given=init is not None)
     # Tokenizer files travel with the result: the new tokenizer if given, else the adapter's
     # (--like: the one training used), else the base's own.
     tok_source = new_tok or base.root
-    inputs = [base.root] + [p for p in (new_tok, like_dir) if p]
-    extras = output_side_files(base.root, tok_source)
-    folders = output_side_folders(base.root, tok_source)
+    extras, folders = output_side_files(base.root, tok_source), output_side_folders(base.root, tok_source)
     result = ResizeResult(Path(out), plan, subword=subword, tokenizer_from=tokenizer_from(extras, tok_source), warnings=notes)
     written = read_tokenizer(tok_source) if result.tokenizer_from else None
     if written is not None and written.size > plan.rows:
         result.warnings.append(f"the tokenizer written with the model ({written.length} tokens, from {tok_source}) needs {written.size} rows but the model "
                                f"has {plan.rows}: token ids {plan.rows}..{written.size - 1} are out of range (check reports LI201)")
-    init_range = initializer_range(base.config)
+    inputs = [base.root] + [p for p in (new_tok, like_dir) if p]
     with CheckpointWriter(out, inputs=inputs, tensors=output_plan(base, plan), max_shard_size=max_shard_size, force=force,
                           extra_bytes=side_bytes(extras, folders), stamps=base.stamps) as writer:
-        with TensorReader(base.root, base.stamps) as reader:  # refuses files changed since their headers were read
-            for info in base.tensors:
-                tensor = reader.read(info)
-                if plan.touches(info.name):
-                    tensor = grow(tensor, plan, info.name, seed=seed, init_range=init_range, subword=subword)
-                    result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), "zero" if info.name in plan.zero_biases else chosen))
-                writer.write(info.name, tensor)
-                if progress:
-                    progress(info.nbytes, base.total_bytes)
-                del tensor
+        _stream(base, plan, subword, writer, result, seed=seed, progress=progress)
         writer.add_file("config.json", json.dumps(updated_config(base.config, plan.rows), indent=2) + "\n")
         copy_side(writer, extras, folders)
         writer.commit()
     return result
+
+
+def _plan(base: Checkpoint, rows: int, reason: str, init: str | None, pad_to: int | None, new_tok: Path | None) -> ResizePlan:
+    """The resize plan, with the init chosen: --init, else subword_mean when both tokenizers are known, else mean."""
+    both_known = new_tok is not None and base.tokenizer is not None
+    chosen = init or ("subword_mean" if both_known else "mean")
+    if chosen == "subword_mean" and not both_known:
+        raise UsageError("Cannot use --init subword_mean", base.path, "it needs the old tokenizer (in BASE) and the new one (--tokenizer DIR, or in the --like adapter)",
+                         "Pass --tokenizer DIR, or choose --init mean.")
+    plan = plan_resize(base, rows, reason, chosen, pad_to)
+    packed = [n for n in plan.matrices + plan.biases if base.by_name[n].dtype not in FLOAT_DTYPES]
+    if packed:  # new rows need arithmetic on the old ones; packed or FP8 values (with their scales) have none
+        raise RefusedError("Resize refused", base.path, f"{packed[0]} is {base.by_name[packed[0]].dtype}, a quantized vocabulary matrix",
+                           "Resize the full-precision base the quantized copy was made from.")
+    if both_known and base.tokenizer.size < min(plan.old_rows, plan.requested):
+        # Padding rows past the old tokenizer (Qwen2 keeps ~270) that new tokens now take: never
+        # trained as tokens, so they are initialized like new rows instead of kept.
+        plan = dataclasses.replace(plan, fresh_from=base.tokenizer.size)
+    return plan
+
+
+def _subwords(base: Checkpoint, plan: ResizePlan, new_tok: Path | None, *, init_given: bool) -> tuple[ResizePlan, SubwordPlan | None, list[str]]:
+    """The old-tokenizer pieces of each new token, for subword_mean. When the default init cannot
+    have them (transformers cannot load a tokenizer: a sentencepiece model without protobuf, ...)
+    it falls back to mean, saying why; an explicit --init subword_mean fails with the reason."""
+    if plan.init != "subword_mean" or plan.requested <= plan.kept:
+        return plan, None, []
+    try:
+        return plan, subword_pieces(base.root, new_tok, plan.kept, plan.rows), []
+    except InvalidInputError as exc:
+        if init_given:
+            raise
+        return dataclasses.replace(plan, init="mean"), None, [f"subword_mean (the default here) fell back to mean: {exc.message}"]
+
+
+def _stream(base: Checkpoint, plan: ResizePlan, subword: SubwordPlan | None, writer: CheckpointWriter, result: ResizeResult, *,
+            seed: int, progress: Progress | None) -> None:
+    """Every base tensor through the writer, one at a time; vocabulary tensors grown on the way."""
+    init_range = initializer_range(base.config)
+    with TensorReader(base.root, base.stamps) as reader:  # refuses files changed since their headers were read
+        for info in base.tensors:
+            tensor = reader.read(info)
+            if plan.touches(info.name):
+                tensor = grow(tensor, plan, info.name, seed=seed, init_range=init_range, subword=subword)
+                result.matrices.append(MatrixResult(info.name, info.shape, tuple(tensor.shape), "zero" if info.name in plan.zero_biases else plan.init))
+            writer.write(info.name, tensor)
+            if progress:
+                progress(info.nbytes, base.total_bytes)
+            del tensor
