@@ -207,14 +207,25 @@ def _names(path: str, raw: dict, name: str, allow_regex: bool) -> tuple[str, ...
     raise _config_error(path, f"{name} is {value!r}; expected a list of module names" + (" or a regex string" if allow_regex else ""))
 
 
+# Numbers from a config are bounded: 10**400 is valid JSON, and math on it overflows. A rank or a
+# token id past int64 is no model's; PEFT stores token ids as torch.long.
+_MAX_INT = 2**63 - 1
+
+
+def _is_number(v: object, kind: type) -> bool:
+    """A JSON number usable as ``kind`` (int: a bounded integer; float: a finite int or float)."""
+    if type(v) is int:
+        return abs(v) <= _MAX_INT
+    return kind is float and type(v) is float and math.isfinite(v)
+
+
 def _number_map(path: str, raw: dict, name: str, kind: type) -> dict:
     value = raw.get(name) or {}
     if not isinstance(value, dict):
         raise _config_error(path, f"{name} is {value!r}; expected a map of module pattern -> number")
     out = {}
     for key, v in value.items():
-        ok = type(v) is int if kind is int else (type(v) in (int, float) and math.isfinite(v))
-        if not ok or v <= 0:
+        if not _is_number(v, kind) or v <= 0:
             raise _config_error(path, f"{name}[{key!r}] is {v!r}; expected a positive {'integer' if kind is int else 'number'}")
         out[_peft_key(path, f"{name} key", key)] = v
     return out
@@ -236,7 +247,7 @@ def _token_indices(path: str, raw: dict) -> dict[str | None, tuple[int, ...]]:
         return {}
 
     def ints(v: object, where: str) -> tuple[int, ...]:
-        if not isinstance(v, list) or not all(type(i) is int and i >= 0 for i in v):
+        if not isinstance(v, list) or not all(type(i) is int and 0 <= i <= _MAX_INT for i in v):
             raise _config_error(path, f"trainable_token_indices{where} is {v!r}; expected a list of non-negative token ids")
         return tuple(v)
 
@@ -279,10 +290,10 @@ def parse_config(raw: dict, path: str) -> AdapterConfig:
     if not isinstance(peft_type, str):
         raise _config_error(path, f"peft_type is {peft_type!r}; expected a string such as \"LORA\"")
     r = raw.get("r", 8)
-    if type(r) is not int or r <= 0:
+    if not _is_number(r, int) or r <= 0:
         raise _config_error(path, f"r is {r!r}; the LoRA rank must be a positive integer")
     alpha = raw.get("lora_alpha", 8)
-    if type(alpha) not in (int, float) or not math.isfinite(alpha):
+    if not _is_number(alpha, float):
         raise _config_error(path, f"lora_alpha is {alpha!r}; expected a number")
     layers = raw.get("layers_to_transform")
     if isinstance(layers, int) and not isinstance(layers, bool):

@@ -262,7 +262,8 @@ def empty(*tensors: AdapterTensor | None) -> bool:
 
 def layer_of(name: str) -> int | None:
     m = LAYER_INDEX.search("." + name)
-    return int(m.group(1)) if m else None
+    # A layer index is a small number; 5,000 digits from a crafted key name is none (and int() refuses it).
+    return int(m.group(1)) if m and len(m.group(1)) <= 18 else None
 
 
 def module_of(name: str) -> str:

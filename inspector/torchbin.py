@@ -465,6 +465,8 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
         tensors = walk_pickle(path, _read_pickle(path, zf, infos[pkls[0]]))
         out = []
         for name, t in tensors.items():
+            if not _is_unicode(name):  # valid in a pickle (surrogatepass), but no report can print it
+                raise _fail(path, f"tensor name {_show(name)} contains a lone surrogate (not valid Unicode)")
             member = infos.get(f"{prefix}data/{t.storage.key}")
             if member is None or member.compress_type != zipfile.ZIP_STORED:
                 raise _fail(path, f"storage {_show(t.storage.key)} of {_show(name)} is missing or compressed")
@@ -483,3 +485,11 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
                 raise _fail(path, f"tensor {_show(name)} is a view that repeats its storage elements (strides {list(t.stride)}, shape {list(t.shape)})")
             out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, stride))
         return out
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -55,22 +55,10 @@ MAX_RSS_BYTES = 3 * 2**30  # ru_maxrss is a process-wide high-water mark: this b
 INDEX = "model.safetensors.index.json"
 MERGE_EVERY, DIFF_EVERY = 9, 11  # every Nth case of a family also merges / diffs
 
-# Cases whose failure lies in a module another engineer owns (torchbin/adapter/diagnose/merge/cli):
-# "family#pin-..." -> what goes wrong. They still run (no hang, inputs unchanged, a failed merge
-# leaves nothing) but their exit code and stderr are not asserted; delete the entry with the fix.
-KNOWN_BUGS: dict[str, str] = {
-    "safetensors-adapter#pin-layer-index-5001-digits": "check/merge: binding.py layer_of() (was diagnose.py _layer_of) calls int() on a 5001-digit "
-                                                       "layer index from a tensor name: ValueError (int max str digits) -> 'Internal error'",
-    "safetensors-base#pin-target-weight-3d": "merge: a base target weight [16, 1, 16] (LoRA delta [16, 16]) passes check with exit 0; merge.py rows_fp32 "
-                                             "w.add_(delta) raises RuntimeError (broadcast) -> 'Internal error' (check should flag the shape)",
-    "adapter_config#pin-lora_alpha-huge": "adapter.py parse_config: math.isfinite(10**400) raises OverflowError -> 'Internal error'",
-    "adapter_config#pin-alpha_pattern-huge": "adapter.py _number_map: math.isfinite(10**400) raises OverflowError -> 'Internal error'",
-    "adapter_config#pin-trainable_token_indices-huge": "adapter.py _token_indices accepts id 10**400; checks/memory.py memory_plan -> "
-                                                       "units.human_bytes float(n) raises OverflowError -> 'Internal error'",
-    "bin-base#pin-name-lone-surrogate": "torchbin.py accepts a tensor name with a lone surrogate (BINUNICODE decodes with surrogatepass; header.py refuses "
-                                        "the same in safetensors); cli.emit's stdout.write raises UnicodeEncodeError -> 'Internal error'",
-    "bin-adapter#pin-name-lone-surrogate": "as bin-base#pin-name-lone-surrogate",
-}
+# Cases known to fail, "family#case" -> what goes wrong, while a fix is pending. They still run (no
+# hang, inputs unchanged, a failed merge leaves nothing) but their exit code and stderr are not
+# asserted; delete the entry with the fix. Empty: every case passes.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 # ---- running one case --------------------------------------------------------------------------------------

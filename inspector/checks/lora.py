@@ -84,10 +84,18 @@ def lora_rank(b: Binding) -> Iterator[Hit]:
                       f"Set r (or rank_pattern for {lm.module}) to {r_a} in adapter_config.json.", **_fields(weight, lm.A))  # fmt: skip
 
 
+def _not_a_matrix(lm: LoraModule, weight: TensorInfo) -> Hit:
+    # A LoRA pair merges into a 2-D weight; PEFT's merge would fail to broadcast, or reshape silently.
+    return Hit(f"{lm.module}: the base weight {weight.name} is {shape_str(weight.shape)}, not the 2-D matrix a LoRA pair "
+               f"({shape_str(lm.A.info.shape)} x {shape_str(lm.B.info.shape)}) merges into.", hints.TRAINED_BASE, **_fields(weight, lm.A))  # fmt: skip
+
+
 @check(Code.EMBEDDING_LORA)
 def embedding_lora(b: Binding) -> Iterator[Hit]:
     for lm, weight in pairs(b):
         shape = layout(b, lm, weight)
+        if lm.embedding and shape is None:
+            yield _not_a_matrix(lm, weight)
         if shape is None or not lm.embedding:
             continue
         rows, hidden = weight.shape
@@ -103,6 +111,8 @@ def embedding_lora(b: Binding) -> Iterator[Hit]:
 def lora_a_shape(b: Binding) -> Iterator[Hit]:
     for lm, weight in pairs(b):
         shape = layout(b, lm, weight)
+        if shape is None and not lm.embedding:
+            yield _not_a_matrix(lm, weight)
         if shape is not None and shape.in_dim is not None and lm.A.info.shape[1] != shape.in_dim:
             yield Hit(f"{lm.module}: lora_A is {shape_str(lm.A.info.shape)}, expected [{lm.A.info.shape[0]}, {shape.in_dim}] "
                       f"for the base weight {shape_str(weight.shape)}{shape.note}.", hints.TRAINED_BASE, **_fields(weight, lm.A))  # fmt: skip
