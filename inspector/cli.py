@@ -375,8 +375,7 @@ _RUN = _Run([])
 def _requested(argv: list[str]) -> tuple[str | None, str | None]:
     """(command, --format) as the command line asks, read from argv itself: an error may come before
     click has parsed it. The last --format wins, as click's own parsing does."""
-    command = next((a for a in argv if a in cli.commands), None)
-    fmt = None
+    command = fmt = None
     words = iter(argv)
     for word in words:
         if word == "--":
@@ -385,6 +384,10 @@ def _requested(argv: list[str]) -> tuple[str | None, str | None]:
             fmt = next(words, None)
         elif word.startswith("--format="):
             fmt = word.partition("=")[2]
+        elif word == "--output":
+            next(words, None)  # a report named "scan" is not the command
+        elif command is None and word in cli.commands:
+            command = word
     return command, fmt
 
 

@@ -185,6 +185,7 @@ def test_json_error_for_every_command(capsys, tmp_path: Path, seed_dir: Path, co
     (["resize", "{base}", "--out", "x", "--vocab", "0", "--format", "json"], "resize"),
     (["merge", "{base}", "{base}", "--out", "x", "--dtype", "int4", "--format", "json"], "merge"),
     (["--format", "json", "frobnicate"], None),
+    (["--output", "scan", "--format", "json", "check", "{base}"], "check"),
 ])
 def test_json_error_for_usage_errors(capsys, seed_dir: Path, argv: list[str], command: str | None) -> None:
     rc, out, err = run(capsys, *[a.format(base=seed_dir / "base") for a in argv])
