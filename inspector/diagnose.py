@@ -27,10 +27,6 @@ class Diagnosis:
     findings: tuple[Finding, ...]
     binding: Binding  # the lookups the checks used (name resolution, vocab layout): merge plans from them
 
-    @property
-    def plan(self) -> VocabTarget:  # the report modules' name for it, until they read ``target``
-        return self.target
-
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
 

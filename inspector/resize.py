@@ -41,9 +41,9 @@ def _target_rows(base: Checkpoint, vocab: int | None, tokenizer: str | None, lik
     from inspector.check import run_check
 
     diagnosis = run_check(base, like, command="resize")
-    if diagnosis.plan.rows is None:
+    if diagnosis.target.rows is None:
         raise UsageError("Cannot resize", like, "the adapter implies no vocabulary size", "Pass --vocab N instead.")
-    return diagnosis.plan.rows, f"--like {like}: {diagnosis.plan.source}"
+    return diagnosis.target.rows, f"--like {like}: {diagnosis.target.source}"
 
 
 def resize_checkpoint(

@@ -88,7 +88,7 @@ class Json(Renderer[str]):
     def check(self, diagnosis: Diagnosis) -> str:
         from inspector.check import Selected
 
-        plan = diagnosis.plan
+        plan = diagnosis.target
         report = {
             "schema": SCHEMA,
             "command": "check",
@@ -131,7 +131,7 @@ class Json(Renderer[str]):
 
     def merge(self, result: MergeResult) -> str:
         plan = result.plan
-        vocab = plan.diagnosis.plan
+        vocab = plan.diagnosis.target
         return dumps(
             {
                 "schema": SCHEMA,

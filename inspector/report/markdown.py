@@ -114,7 +114,7 @@ class Markdown(Renderer[str]):
 
     def merge(self, result: MergeResult) -> str:
         plan, st = result.plan, result.stats
-        vocab = plan.diagnosis.plan
+        vocab = plan.diagnosis.target
         rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
                 ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
         out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]

@@ -279,7 +279,7 @@ class Terminal(Renderer[Report]):
         refs = _References()
         parts = _finding_tables(diagnosis, refs)
         parts += refs.lines()  # after the tables that cite them, before the summary
-        s, plan = diagnosis.summary, diagnosis.plan
+        s, plan = diagnosis.summary, diagnosis.target
         rows: list[Row] = [("base", _sized(diagnosis.base), True), ("adapter", _sized(diagnosis.adapter.checkpoint), True)]
         if plan.base_rows is not None:
             vocab = f"{plan.base_rows}" if not plan.grows else f"{plan.base_rows} -> {plan.rows} ({printable(plan.source)})"
@@ -320,7 +320,7 @@ class Terminal(Renderer[Report]):
 
     def merge(self, result: MergeResult) -> Report:
         plan, st = result.plan, result.stats
-        vocab = plan.diagnosis.plan
+        vocab = plan.diagnosis.target
         rows: list[Row] = [
             ("adapter", printable(plan.diagnosis.adapter.checkpoint.path), True),
             ("base", printable(plan.diagnosis.base.path), True),
