@@ -1428,3 +1428,12 @@ def test_named_adapters_in_subdirectories_are_mentioned(capsys, tmp_path: Path, 
         f"{adapter} also holds 1 named adapter(s) in subdirectories (second/); this reads the one at the top. "
         f"Pass a subdirectory to read another, e.g. '{adapter / 'second'}'."
     ]
+
+
+def test_named_adapters_warning_shows_in_every_report(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    adapter = copy_checkpoint(lora_llama.path, tmp_path / "adapters")
+    copy_checkpoint(lora_llama.path, adapter / "second")
+    for fmt in ("rich", "markdown"):
+        rc, out, err = run(capsys, llama.path, adapter, "--format", fmt, "--no-color")
+        assert rc == 0 and "also holds 1 named adapter(s) in subdirectories (second/)" in " ".join(out.split()), out
+        assert str(adapter / "second") in out  # the path to pass, whole

@@ -93,6 +93,9 @@ class Markdown(Renderer[str]):
         note = diagnosis.note if isinstance(diagnosis, Selected) else None  # check's --select / --ignore at work
         if note:
             out += [f"_{_cell(note)}_", ""]
+        warnings = [*diagnosis.base.warnings, *diagnosis.adapter.checkpoint.warnings]
+        if warnings:
+            out += [f"warning: {_cell(w)}" for w in warnings] + [""]
         if diagnosis.findings:
             rows = [
                 [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]

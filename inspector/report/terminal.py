@@ -70,6 +70,12 @@ def _has_path(value: str) -> bool:
 Row = tuple[Union[str, Text], Union[str, Text], bool]  # label, value, printed whole
 
 
+def _warnings(ckpt: Checkpoint) -> list[Row]:
+    """What reading a checkpoint noticed; warnings that name paths are printed whole."""
+    label = Text("warning", style="yellow bold")
+    return [(label, Text(printable(w), style="yellow"), _has_path(w)) for w in ckpt.warnings]
+
+
 def _fields(rows: list[Row], indent: int = 2) -> list[Block]:
     """Label / value lines with aligned labels: values that are paths or commands on whole lines,
     the others (prose) in a grid that wraps them."""
@@ -113,7 +119,7 @@ def _facts(ckpt: Checkpoint, invalid: str | None) -> list[Row]:
         tok = ckpt.tokenizer
         rows.append(("tokenizer", f"{tok.length:,} tokens ({tok.source}, {tok.added} added)", False))
     warning = Text("warning", style="yellow bold")
-    rows += [(warning, Text(printable(w), style="yellow"), False) for w in ckpt.warnings]
+    rows += _warnings(ckpt)
     if invalid:
         rows.append((warning, Text(f"{printable(invalid)} (check and merge refuse this adapter)", style="yellow"), False))
     return rows
@@ -281,6 +287,7 @@ class Terminal(Renderer[Report]):
         parts += refs.lines()  # after the tables that cite them, before the summary
         s, plan = diagnosis.summary, diagnosis.target
         rows: list[Row] = [("base", _sized(diagnosis.base), True), ("adapter", _sized(diagnosis.adapter.checkpoint), True)]
+        rows += _warnings(diagnosis.base) + _warnings(diagnosis.adapter.checkpoint)  # stale index, other named adapters, ...
         if plan.base_rows is not None:
             vocab = f"{plan.base_rows}" if not plan.grows else f"{plan.base_rows} -> {plan.rows} ({printable(plan.source)})"
             rows.append(("vocabulary", vocab, _has_path(vocab)))
