@@ -19,7 +19,7 @@ import click
 
 from inspector import interrupts
 from inspector.errors import InspectorError, UsageError
-from inspector.repair import INITS  # no torch at import time
+from inspector.repair import DEFAULT_MERGE_INIT, INITS, MERGE_INITS  # no torch at import time
 from inspector.report import FORMATS, Failure, Options, Renderer, renderer
 from inspector.units import human_bytes, printable
 
@@ -319,7 +319,7 @@ def write_options(func):
 @click.option("--vocab", type=click.IntRange(min=1), help="New number of rows.")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Resize to this tokenizer's length and copy its files.")
 @click.option("--like", metavar="ADAPTER", help="Resize to the size the adapter implies (its saved rows, token indices or tokenizer).")
-@click.option("--init", type=click.Choice(INITS), help="New-row init (default: subword_mean with --tokenizer, else mean).")
+@click.option("--init", type=click.Choice(list(INITS)), help="New-row init (default: subword_mean when both tokenizers are known, else mean).")
 @click.option("--pad-to-multiple-of", "pad_to", type=click.IntRange(min=1), help="Round the rows up; padding rows get the mean.")
 @write_options
 @output_options
@@ -342,7 +342,7 @@ def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_s
 @click.option("--out", required=True, metavar="DIR", help="Where to write the merged model (must not exist or be empty; --force replaces).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Output dtype of float tensors (auto: each base tensor's own).")
-@click.option("--init", type=click.Choice([i for i in INITS if i != "subword_mean"]), help="Init for grown rows no one carries (default mean); giving it also accepts LI501.")
+@click.option("--init", type=click.Choice(MERGE_INITS), help=f"Init for grown rows no one carries (default {DEFAULT_MERGE_INIT}); giving it also accepts LI501.")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
 @write_options
 @output_options
