@@ -159,7 +159,7 @@ def run(out: Path, runs: int) -> int:
             if (name, (70840, 8192), (32000, 8192)) not in shapes:
                 failures.append(f"check reports no [70840, 8192] vs [32000, 8192] finding for {name}")
 
-    from inspector.checkpoint import read_checkpoint
+    from inspector.io.checkpoint import read_checkpoint
 
     first_b, inproc_b, ckpt = time_call(lambda: read_checkpoint(base.path), runs)
     first_a, inproc_a, _ = time_call(lambda: read_checkpoint(adapter.path), runs)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.checkpoint import MODEL_FIELDS, Checkpoint
+from inspector.io.checkpoint import MODEL_FIELDS, Checkpoint
 
 _EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|shared|embedding|embeddings)\.weight$")
 _NOT_VOCAB = re.compile(r"position|wpe|token_type|rotary|rel_pos")

@@ -15,9 +15,9 @@ from functools import cached_property
 
 from inspector.adapter import HEAD_MODULES, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule
 from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
-from inspector.checkpoint import MODEL_FIELDS, Checkpoint
-from inspector.tensor import TensorInfo
-from inspector.tokenizer import TokenizerFacts
+from inspector.io.checkpoint import MODEL_FIELDS, Checkpoint
+from inspector.io.tensor import TensorInfo
+from inspector.io.tokenizer import TokenizerFacts
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
 HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")

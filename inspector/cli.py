@@ -199,7 +199,7 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
 
     With --values (e.g. a merge against a reference merge), also the largest value differences.
     """
-    from inspector.checkpoint import read_checkpoint
+    from inspector.io.checkpoint import read_checkpoint
     from inspector.diff import compare_values, diff_checkpoints
 
     s = settings(ctx, **opts)
@@ -327,7 +327,7 @@ def write_options(func):
 def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_shard_size, force, **opts) -> None:
     """Write BASE with embedding / lm_head (and output bias) resized; old rows bit-identical."""
     from inspector.resize import resize_checkpoint
-    from inspector.shards import parse_size
+    from inspector.io.shards import parse_size
 
     s = settings(ctx, **opts)
     with progress_bar(s, "resize") as advance:
@@ -354,7 +354,7 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     error the merge cannot repair.
     """
     from inspector.merge import merge_adapter
-    from inspector.shards import parse_size
+    from inspector.io.shards import parse_size
 
     s = settings(ctx, **opts)
     with progress_bar(s, "merge") as advance:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inspector.checkpoint import Checkpoint
-from inspector.tensor import STREAM_BLOCK_BYTES, TensorInfo
+from inspector.io.checkpoint import Checkpoint
+from inspector.io.tensor import STREAM_BLOCK_BYTES, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
     import math
 
     from inspector.interrupts import heavy_import
-    from inspector.loader import TensorReader
+    from inspector.io.loader import TensorReader
 
     torch = heavy_import("torch")  # stop signals held while it loads (see inspector/interrupts.py)
 

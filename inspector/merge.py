@@ -19,13 +19,13 @@ from pathlib import Path
 from inspector import interrupts
 from inspector.check import run_check
 from inspector.errors import InvalidInputError, UsageError
-from inspector.loader import TensorReader
+from inspector.io.loader import TensorReader
 from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
 from inspector.repair import MERGE_INITS, grow, initializer_range
-from inspector.shards import OutputTensor
-from inspector.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
-from inspector.tensor import STREAM_BLOCK_BYTES
-from inspector.writer import CheckpointWriter
+from inspector.io.shards import OutputTensor
+from inspector.io.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
+from inspector.io.tensor import STREAM_BLOCK_BYTES
+from inspector.io.writer import CheckpointWriter
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
@@ -101,7 +101,7 @@ def _finite(t, job: Job, fp32=None) -> None:
 
 def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int):
     """Small tensors (biases, norms, scalars): computed whole."""
-    from inspector.loader import torch_dtype
+    from inspector.io.loader import torch_dtype
 
     dev = plan.device
     if job.replace is not None:
@@ -138,7 +138,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     """Row blocks of a 2-D+ output tensor, in the output dtype, on the CPU."""
     import torch
 
-    from inspector.loader import torch_dtype
+    from inspector.io.loader import torch_dtype
 
     dev, out_dtype = plan.device, torch_dtype(job.dtype)
     rows = job.shape[0]

@@ -23,7 +23,7 @@ from inspector.errors import InvalidInputError, RefusedError
 from inspector.findings import Code
 from inspector.repair import DEFAULT_MERGE_INIT, ResizePlan, plan_resize, updated_config
 from inspector.task_config import task_config
-from inspector.tensor import FLOAT_DTYPES, TensorInfo
+from inspector.io.tensor import FLOAT_DTYPES, TensorInfo
 
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 
@@ -344,7 +344,7 @@ def _merged_config(diagnosis: Diagnosis, jobs: list[Job], untied: bool, dtype: s
 
 def _check_dtypes(jobs: list[Job], diagnosis: Diagnosis) -> None:
     """Every tensor the merge will read must have a torch dtype: refuse while planning, naming the file."""
-    from inspector.loader import torch_dtype
+    from inspector.io.loader import torch_dtype
 
     for job in jobs:
         for info, root in ((job.source, diagnosis.base.root), (job.replace, diagnosis.adapter.checkpoint.root)):

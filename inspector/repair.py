@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.base import VocabLayout, config_value, vocab_layout
-from inspector.checkpoint import Checkpoint
+from inspector.io.checkpoint import Checkpoint
 from inspector.errors import InvalidInputError, UsageError
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")

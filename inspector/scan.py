@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.adapter import read_adapter
-from inspector.checkpoint import Checkpoint, read_checkpoint
+from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, UsageError
 from inspector.patterns import Matcher, PatternRefused, compile_bounded
-from inspector.tensor import TensorInfo
+from inspector.io.tensor import TensorInfo
 
 MAX_PATTERN = 1000
 

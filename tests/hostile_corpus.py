@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from inspector.header import MAX_HEADER_BYTES
+from inspector.io.header import MAX_HEADER_BYTES
 
 
 def st_bytes(header: dict | bytes, data: bytes = b"", *, length: int | None = None) -> bytes:

@@ -34,7 +34,7 @@ def test_codes_are_named_only_by_their_check() -> None:
 
 def test_diagnose_runs_only_the_codes_asked_for(llama: Built, lora_llama_grown: Built) -> None:
     from inspector.adapter import read_adapter
-    from inspector.checkpoint import read_checkpoint
+    from inspector.io.checkpoint import read_checkpoint
 
     base, adapter = read_checkpoint(llama.path), read_adapter(read_checkpoint(lora_llama_grown.path))
     every = {f.code for f in diagnose(base, adapter).findings}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inspector.checkpoint import read_checkpoint
+from inspector.io.checkpoint import read_checkpoint
 from inspector.diff import DiffResult, diff_checkpoints
 from tests.models import Built
 

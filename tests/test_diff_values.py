@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inspector.checkpoint import read_checkpoint
+from inspector.io.checkpoint import read_checkpoint
 from inspector.cli import main
 from inspector.diff import compare_values, diff_checkpoints
 from tests.models import Built

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import inspector.merge as merge_mod
-import inspector.publish as publish_mod
-import inspector.writer as writer_mod
+import inspector.io.publish as publish_mod
+import inspector.io.writer as writer_mod
 from inspector.cli import main
-from inspector.loader import TensorReader
+from inspector.io.loader import TensorReader
 from tests.hostile_corpus import copy_dir, snapshot
 from tests.models import Built
 
@@ -218,7 +218,7 @@ SIGNAL_AT_IMPORT = textwrap.dedent(
     ("module", "sig", "code"),
     [
         ("click", signal.SIGINT, 130),  # Ctrl-C while the CLI itself loads
-        ("inspector.writer", signal.SIGTERM, 143),  # was outside the CLI's try: a traceback, exit 1
+        ("inspector.io.writer", signal.SIGTERM, 143),  # was outside the CLI's try: a traceback, exit 1
         ("numpy", signal.SIGTERM, 143),  # inside `import torch`: swallowed, the merge went on to exit 0
         ("numpy", signal.SIGINT, 130),
     ],
@@ -243,8 +243,8 @@ KILLED_SWAP = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    import inspector.publish as P
-    from inspector.writer import CheckpointWriter, OutputTensor
+    import inspector.io.publish as P
+    from inspector.io.writer import CheckpointWriter, OutputTensor
 
     out, where = sys.argv[1], sys.argv[2]
     real_exchange, real_rename = P.exchange, os.rename
@@ -306,8 +306,8 @@ SLOW_SWAP = textwrap.dedent(
     """
     import os, sys, time
     import torch
-    import inspector.publish as P
-    from inspector.writer import CheckpointWriter, OutputTensor
+    import inspector.io.publish as P
+    from inspector.io.writer import CheckpointWriter, OutputTensor
 
     out, value, delay, ready = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     real_exchange = P.exchange

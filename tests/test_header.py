@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from inspector.errors import InvalidInputError
-from inspector.header import MAX_HEADER_BYTES, read_header
-from inspector.tensor import DTYPE_BITS, data_bytes
+from inspector.io.header import MAX_HEADER_BYTES, read_header
+from inspector.io.tensor import DTYPE_BITS, data_bytes
 from tests.hostile import write_raw
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

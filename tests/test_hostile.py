@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-import inspector.torchbin
-import inspector.writer
+import inspector.io.torchbin
+import inspector.io.writer
 from inspector.cli import main
-from inspector.loader import TensorReader
+from inspector.io.loader import TensorReader
 from tests.hostile import ExecGadget, SystemGadget
 from tests.failures import assert_no_report
 from tests.hostile_corpus import (
@@ -231,7 +231,7 @@ def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args, **kwargs):
         raise Hung("a file was handed to a zip or pickle loader")
 
-    for target, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"), (inspector.torchbin, "walk_pickle"), (inspector.torchbin.zipfile, "ZipFile")]:
+    for target, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"), (inspector.io.torchbin, "walk_pickle"), (inspector.io.torchbin.zipfile, "ZipFile")]:
         monkeypatch.setattr(target, name, forbidden)
 
 
@@ -384,7 +384,7 @@ def test_safetensors_twin_means_the_pickle_is_never_read(capsys, work: Path, sen
     def forbidden(*args, **kwargs):
         raise Hung("the pickle twin was read")
 
-    monkeypatch.setattr("inspector.checkpoint.read_torch_bin", forbidden)
+    monkeypatch.setattr("inspector.io.checkpoint.read_torch_bin", forbidden)
     (work / "adapter" / "adapter_model.bin").write_bytes(torch_save_bytes({"x": SystemGadget(sentinel)}))
     (work / "base" / "pytorch_model.bin").write_bytes(pickle.dumps(ExecGadget(sentinel)))
     rc, out, err = cli(capsys, "check", work / "base", work / "adapter", "--format", "json")
@@ -670,7 +670,7 @@ def test_out_overlapping_an_input_is_refused(capsys, work: Path, command: str, c
 @pytest.mark.parametrize("command", ["merge", "resize"])
 @pytest.mark.parametrize("force_over_old", [False, True], ids=["new-out", "forced-over-old"])
 def test_disk_full_mid_write(capsys, work: Path, monkeypatch: pytest.MonkeyPatch, command: str, force_over_old: bool) -> None:
-    real, calls = inspector.writer._write_all, []
+    real, calls = inspector.io.writer._write_all, []
 
     def full(fh, data):
         calls.append(1)
@@ -678,7 +678,7 @@ def test_disk_full_mid_write(capsys, work: Path, monkeypatch: pytest.MonkeyPatch
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fh, data)
 
-    monkeypatch.setattr(inspector.writer, "_write_all", full)
+    monkeypatch.setattr(inspector.io.writer, "_write_all", full)
     out = work / "merged"
     if force_over_old:
         out.mkdir()
@@ -696,8 +696,8 @@ def test_disk_full_mid_write(capsys, work: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_not_enough_free_space_is_checked_first(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    usage = inspector.writer.shutil.disk_usage(work)
-    monkeypatch.setattr(inspector.writer.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    usage = inspector.io.writer.shutil.disk_usage(work)
+    monkeypatch.setattr(inspector.io.writer.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     before = snapshot(work)
     rc, out, err = merge(capsys, work / "base", work / "adapter", work / "merged")
     lines = assert_error(rc, out, err, work / "merged", "free on the disk holding")
@@ -711,7 +711,7 @@ def test_not_enough_free_space_is_checked_first(capsys, work: Path, monkeypatch:
 STALLING_MERGE = textwrap.dedent(
     """
     import signal, sys, time
-    import inspector.writer as W
+    import inspector.io.writer as W
     from inspector.cli import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the parent ignores it

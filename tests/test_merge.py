@@ -646,7 +646,7 @@ def test_tied_causal_lm_head_is_lm_head_without_asking_transformers(qwen2: Built
     from types import SimpleNamespace
 
     import inspector.merge_plan as merge_module
-    from inspector.checkpoint import read_checkpoint
+    from inspector.io.checkpoint import read_checkpoint
 
     def forbidden(*args):
         raise AssertionError("transformers was asked")

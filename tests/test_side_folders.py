@@ -15,11 +15,11 @@ import torch
 pytest.importorskip("sentence_transformers")
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
-import inspector.writer as writer_mod  # noqa: E402
+import inspector.io.writer as writer_mod  # noqa: E402
 from inspector.cli import main  # noqa: E402
 from inspector.errors import InvalidInputError  # noqa: E402
-from inspector.sidefiles import module_folders, output_side_folders, side_bytes, tree_bytes  # noqa: E402
-from inspector.writer import CheckpointWriter  # noqa: E402
+from inspector.io.sidefiles import module_folders, output_side_folders, side_bytes, tree_bytes  # noqa: E402
+from inspector.io.writer import CheckpointWriter  # noqa: E402
 from tests.models import HIDDEN, VOCAB, copy_checkpoint, make_bert, make_lora_adapter, make_tokenizer  # noqa: E402
 
 TEXTS = ["w3 w4 w5 w6", "w10 w11", "w40 w41 w42 w43 w44 w45"]

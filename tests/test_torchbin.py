@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inspector.errors import InvalidInputError
-from inspector.torchbin import read_torch_bin, walk_pickle
+from inspector.io.torchbin import read_torch_bin, walk_pickle
 from tests.hostile import ExecGadget, SystemGadget
 from tests.models import TORCH_TO_ST
 
@@ -309,7 +309,7 @@ def test_strided_views_are_read_through_their_strides(tmp_path: Path) -> None:
     view's values, whole and by rows, from the bytes the view spans."""
     import torch
 
-    from inspector.loader import TensorReader
+    from inspector.io.loader import TensorReader
 
     t = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     views = {"w": t.T, "v": t[:, 1], "s": t[1:, ::2], "t": t}

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import inspector.torchbin as torchbin
+import inspector.io.torchbin as torchbin
 from inspector.cli import main
 from inspector.errors import InvalidInputError
-from inspector.torchbin import walk_pickle
+from inspector.io.torchbin import walk_pickle
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1 << 20
@@ -154,7 +154,7 @@ def test_memory_error_elsewhere_is_an_error_not_a_traceback(capsys: pytest.Captu
 
     path = tmp_path / "pytorch_model.bin"
     path.write_bytes(b"PK\x03\x04")
-    monkeypatch.setattr("inspector.checkpoint.read_torch_bin", exhausted)
+    monkeypatch.setattr("inspector.io.checkpoint.read_torch_bin", exhausted)
     rc = main(["scan", str(path)])
     out, err = capsys.readouterr()
     assert (rc, out) == (2, "")

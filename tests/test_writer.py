@@ -21,11 +21,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-import inspector.writer as writer_mod
+import inspector.io.writer as writer_mod
 from inspector.errors import InspectorError, InvalidInputError, UsageError
-from inspector.header import read_header
-from inspector.shards import INDEX_FILE, OutputTensor, parse_size
-from inspector.writer import SPACE_MARGIN, CheckpointWriter
+from inspector.io.header import read_header
+from inspector.io.shards import INDEX_FILE, OutputTensor, parse_size
+from inspector.io.writer import SPACE_MARGIN, CheckpointWriter
 from tests.models import TORCH_TO_ST, untied_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,7 +315,7 @@ def test_force_replaces_existing_output(tmp_path: Path, old_out: Path) -> None:
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
 def test_failed_swap_restores_the_old_output(tmp_path: Path, old_out: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
-    import inspector.publish as publish_mod
+    import inspector.io.publish as publish_mod
 
     before = tree(tmp_path)
     real_rename = os.rename
@@ -558,7 +558,7 @@ def test_parse_size_rejects_junk(text) -> None:
 
 
 def test_module_imports_without_torch() -> None:
-    code = "import sys, inspector.writer; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, inspector.io.writer; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -567,7 +567,7 @@ SIGINT_SCRIPT = textwrap.dedent(
     import signal, sys, time
     from pathlib import Path
     import torch
-    import inspector.writer as W
+    import inspector.io.writer as W
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores SIGINT
     out, force = Path(sys.argv[1]), sys.argv[2] == "force"
@@ -634,7 +634,7 @@ def test_a_second_interrupt_during_cleanup_is_held_until_the_staging_dir_is_gone
 
     import torch
 
-    import inspector.writer as writer_module
+    import inspector.io.writer as writer_module
 
     out = tmp_path / "out"
     plan = [OutputTensor("a", "F32", (4,)), OutputTensor("b", "F32", (4,))]

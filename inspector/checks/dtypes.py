@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from inspector.binding import Binding
 from inspector.checks.registry import check
 from inspector.findings import Code, Hit
-from inspector.tensor import FLOAT_DTYPES
+from inspector.io.tensor import FLOAT_DTYPES
 
 
 @check(Code.DTYPE)

@@ -10,7 +10,7 @@ from inspector.binding import Binding, empty
 from inspector.checks import hints
 from inspector.checks.registry import check
 from inspector.findings import Code, Hit
-from inspector.tensor import TensorInfo
+from inspector.io.tensor import TensorInfo
 from inspector.units import shape_str
 
 

@@ -8,7 +8,7 @@ from inspector.binding import Binding
 from inspector.checks.registry import check
 from inspector.checks.unsupported import unmergeable
 from inspector.findings import Code, Hit
-from inspector.tensor import STREAM_BLOCK_BYTES
+from inspector.io.tensor import STREAM_BLOCK_BYTES
 from inspector.units import human_bytes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from inspector.checkpoint import Checkpoint
+from inspector.io.checkpoint import Checkpoint
 from inspector.diff import DiffResult
 from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult

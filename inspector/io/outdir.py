@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inspector.errors import UsageError
-from inspector.publish import removal_problem
+from inspector.io.publish import removal_problem
 from inspector.units import human_bytes
 
 

@@ -17,11 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from inspector.errors import InvalidInputError
-from inspector.paths import resolves_inside
-from inspector.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES
+from inspector.io.paths import resolves_inside
+from inspector.io.tokenizer import TOKENIZER_COMPANIONS, TOKENIZER_FILES
 
 if TYPE_CHECKING:
-    from inspector.writer import CheckpointWriter
+    from inspector.io.writer import CheckpointWriter
 
 # Files of a model directory that are not tensors or the config: copied through as they are.
 _TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
-from inspector.tensor import DTYPE_BITS, TensorInfo
+from inspector.io.tensor import DTYPE_BITS, TensorInfo
 
 # Inflated size, counted while inflating: the declared size is the file's word, and deflate turns
 # 61 KB into gigabytes.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
-from inspector.paths import resolves_inside
+from inspector.io.paths import resolves_inside
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from inspector.errors import UsageError
-from inspector.tensor import DTYPE_BITS, data_bytes
+from inspector.io.tensor import DTYPE_BITS, data_bytes
 
 SINGLE_FILE = "model.safetensors"  # transformers' name for an unsharded checkpoint (no index)
 INDEX_FILE = "model.safetensors.index.json"

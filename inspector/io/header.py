@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
-from inspector.stamp import FileStamp
-from inspector.tensor import DTYPE_BITS, TensorInfo, data_bytes
+from inspector.io.stamp import FileStamp
+from inspector.io.tensor import DTYPE_BITS, TensorInfo, data_bytes
 
 MAX_HEADER_BYTES = 100_000_000  # the Rust crate's limit; checked before allocating
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
-from inspector.stamp import FileStamp, changed
-from inspector.tensor import TensorInfo
+from inspector.io.stamp import FileStamp, changed
+from inspector.io.tensor import TensorInfo
 
 # safetensors dtype -> torch attribute name; the writer inverts it.
 TORCH_DTYPES = {

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError, UsageError
-from inspector.header import read_header
-from inspector.outdir import check_out
-from inspector.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, swap
-from inspector.shards import DEFAULT_MAX_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, OutputTensor, Shard, plan_shards
-from inspector.sidefiles import opened_inside, tree_entries
-from inspector.stamp import FileStamp, ensure_unchanged
+from inspector.io.header import read_header
+from inspector.io.outdir import check_out
+from inspector.io.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, swap
+from inspector.io.shards import DEFAULT_MAX_SHARD_SIZE, INDEX_FILE, SINGLE_FILE, OutputTensor, Shard, plan_shards
+from inspector.io.sidefiles import opened_inside, tree_entries
+from inspector.io.stamp import FileStamp, ensure_unchanged
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +73,7 @@ def _torch_dtypes() -> dict[Any, str]:
     """torch dtype -> safetensors dtype string: the loader's table, inverted."""
     import torch
 
-    from inspector.loader import TORCH_DTYPES
+    from inspector.io.loader import TORCH_DTYPES
 
     return {getattr(torch, name): st for st, name in TORCH_DTYPES.items() if hasattr(torch, name)}
 

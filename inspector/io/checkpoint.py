@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 from inspector.errors import InvalidInputError
-from inspector.header import read_header
-from inspector.paths import locate, resolves_inside
-from inspector.stamp import FileStamp, changed
-from inspector.tensor import TensorInfo
-from inspector.tokenizer import TokenizerFacts, read_tokenizer
+from inspector.io.header import read_header
+from inspector.io.paths import locate, resolves_inside
+from inspector.io.stamp import FileStamp, changed
+from inspector.io.tensor import TensorInfo
+from inspector.io.tokenizer import TokenizerFacts, read_tokenizer
 from inspector.units import printable
-from inspector.torchbin import read_torch_bin
+from inspector.io.torchbin import read_torch_bin
 
 Kind = Literal["model", "adapter"]
 Format = Literal["safetensors", "pytorch-bin"]
