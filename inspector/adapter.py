@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inspector.io.checkpoint import Checkpoint
 from inspector.errors import InvalidInputError
-from inspector.patterns import Matcher, PatternRefused, parse, refusal
+from inspector.io.checkpoint import Checkpoint
 from inspector.io.tensor import TensorInfo
+from inspector.patterns import Matcher, PatternRefused, parse, refusal
 
 PREFIX = "base_model.model."
 MAX_PATTERN = 1000  # longest regex accepted from a config (target_modules, rank_pattern keys)

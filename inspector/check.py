@@ -7,10 +7,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from inspector.adapter import foreign_lora, read_adapter
-from inspector.io.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.diagnose import Diagnosis, diagnose
 from inspector.errors import UsageError
 from inspector.findings import Code
+from inspector.io.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.io.paths import locate
 from inspector.io.tokenizer import read_tokenizer
 from inspector.units import printable

@@ -199,8 +199,8 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
 
     With --values (e.g. a merge against a reference merge), also the largest value differences.
     """
-    from inspector.io.checkpoint import read_checkpoint
     from inspector.diff import compare_values, diff_checkpoints
+    from inspector.io.checkpoint import read_checkpoint
 
     s = settings(ctx, **opts)
     if atol and not values:
@@ -326,8 +326,8 @@ def write_options(func):
 @click.pass_context
 def resize(ctx, base, out, vocab, tokenizer_dir, like, init, pad_to, seed, max_shard_size, force, **opts) -> None:
     """Write BASE with embedding / lm_head (and output bias) resized; old rows bit-identical."""
-    from inspector.resize import resize_checkpoint
     from inspector.io.shards import parse_size
+    from inspector.resize import resize_checkpoint
 
     s = settings(ctx, **opts)
     with progress_bar(s, "resize") as advance:
@@ -353,8 +353,8 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     Resizes to the vocabulary the adapter implies. Exit 1 (nothing written) when check finds an
     error the merge cannot repair.
     """
-    from inspector.merge import merge_adapter
     from inspector.io.shards import parse_size
+    from inspector.merge import merge_adapter
 
     s = settings(ctx, **opts)
     with progress_bar(s, "merge") as advance:

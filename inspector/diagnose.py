@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from inspector.adapter import Adapter
 from inspector.binding import Binding, VocabTarget, bind
-from inspector.io.checkpoint import Checkpoint
 from inspector.checks import PACKED_NOISE, REGISTRY
 from inspector.findings import Code, Finding, severity_rank
+from inspector.io.checkpoint import Checkpoint
 from inspector.io.tokenizer import TokenizerFacts
 
 

@@ -22,9 +22,8 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
-
 from pathlib import Path
+from types import ModuleType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Outputs this process has published, so that a stop after the last rename is not reported as

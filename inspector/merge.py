@@ -20,12 +20,12 @@ from inspector import interrupts
 from inspector.check import run_check
 from inspector.errors import InvalidInputError, UsageError
 from inspector.io.loader import TensorReader
-from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
-from inspector.repair import MERGE_INITS, grow, initializer_range
 from inspector.io.shards import OutputTensor
 from inspector.io.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
 from inspector.io.tensor import STREAM_BLOCK_BYTES
 from inspector.io.writer import CheckpointWriter
+from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
+from inspector.repair import MERGE_INITS, grow, initializer_range
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)

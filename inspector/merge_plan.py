@@ -21,9 +21,9 @@ from inspector.binding import Binding
 from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError
 from inspector.findings import Code
+from inspector.io.tensor import FLOAT_DTYPES, TensorInfo
 from inspector.repair import DEFAULT_MERGE_INIT, ResizePlan, plan_resize, updated_config
 from inspector.task_config import task_config
-from inspector.io.tensor import FLOAT_DTYPES, TensorInfo
 
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 

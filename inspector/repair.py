@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.base import VocabLayout, config_value, vocab_layout
-from inspector.io.checkpoint import Checkpoint
 from inspector.errors import InvalidInputError, UsageError
+from inspector.io.checkpoint import Checkpoint
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 

@@ -8,16 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inspector import interrupts
-from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, RefusedError, UsageError
+from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.io.loader import TensorReader
 from inspector.io.paths import locate
-from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, grow, initializer_range, padded, plan_resize, subword_pieces, updated_config
 from inspector.io.shards import OutputTensor
 from inspector.io.sidefiles import copy_side, output_side_files, output_side_folders, side_bytes, tokenizer_from
 from inspector.io.tensor import FLOAT_DTYPES
 from inspector.io.tokenizer import read_tokenizer
 from inspector.io.writer import CheckpointWriter
+from inspector.repair import MatrixResult, ResizePlan, ResizeResult, SubwordPlan, grow, initializer_range, padded, plan_resize, subword_pieces, updated_config
 
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 

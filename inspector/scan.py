@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.adapter import read_adapter
-from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError, UsageError
-from inspector.patterns import Matcher, PatternRefused, compile_bounded
+from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.io.tensor import TensorInfo
+from inspector.patterns import Matcher, PatternRefused, compile_bounded
 
 MAX_PATTERN = 1000
 

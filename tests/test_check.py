@@ -8,8 +8,8 @@ Each test asserts the exact findings: code, severity, base tensor, adapter key a
 from __future__ import annotations
 
 import io
-import shutil
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path

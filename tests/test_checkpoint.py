@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.errors import InvalidInputError
+from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.io.tokenizer import read_tokenizer
 from tests.hostile import ExecGadget
 from tests.models import Built, copy_checkpoint, make_llama, make_tokenizer, untied_state

@@ -410,8 +410,8 @@ def test_a_broken_pyproject_of_another_tool_is_ignored(capsys, monkeypatch, tmp_
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path) -> dict:
-    from inspector.io.checkpoint import read_checkpoint
     from inspector.diff import diff_checkpoints
+    from inspector.io.checkpoint import read_checkpoint
     from inspector.merge import merge_adapter
     from inspector.resize import resize_checkpoint
     from inspector.scan import scan

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inspector.io.checkpoint import read_checkpoint
 from inspector.diff import DiffResult, diff_checkpoints
+from inspector.io.checkpoint import read_checkpoint
 from tests.models import Built
 
 

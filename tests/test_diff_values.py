@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inspector.io.checkpoint import read_checkpoint
 from inspector.cli import main
 from inspector.diff import compare_values, diff_checkpoints
+from inspector.io.checkpoint import read_checkpoint
 from tests.models import Built
 
 

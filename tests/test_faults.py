@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import inspector.merge as merge_mod
 import inspector.io.publish as publish_mod
 import inspector.io.writer as writer_mod
+import inspector.merge as merge_mod
 from inspector.cli import main
 from inspector.io.loader import TensorReader
 from tests.hostile_corpus import copy_dir, snapshot

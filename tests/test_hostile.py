@@ -34,14 +34,14 @@ import inspector.io.torchbin
 import inspector.io.writer
 from inspector.cli import main
 from inspector.io.loader import TensorReader
-from tests.hostile import ExecGadget, SystemGadget
 from tests.failures import assert_no_report
+from tests.hostile import ExecGadget, SystemGadget
 from tests.hostile_corpus import (
     BROKEN_FILES,
-    add_raw_tensor,
     BrokenFile,
     Hung,
     adapter_with_file,
+    add_raw_tensor,
     copy_dir,
     deadline,
     edit_json_file,

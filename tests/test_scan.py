@@ -9,8 +9,8 @@ import pytest
 from safetensors import safe_open
 
 from inspector.errors import InvalidInputError, UsageError
-from inspector.scan import MAX_PATTERN, scan
 from inspector.io.tensor import DTYPE_BITS
+from inspector.scan import MAX_PATTERN, scan
 from tests.models import Built
 
 ALL = ["llama", "llama_bin", "llama_bf16", "llama_tied", "llama_sharded", "qwen2", "gpt2", "bert", "bert_mlm", "lora_llama", "lora_llama_bin", "lora_llama_grown", "dora_llama", "lora_qwen2", "lora_gpt2", "lora_bert"]

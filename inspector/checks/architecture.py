@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from inspector.binding import Binding, layer_of, shell_command
-from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.checks import hints
 from inspector.checks.registry import check
 from inspector.checks.vocabulary import reshaped
 from inspector.errors import InspectorError
 from inspector.findings import Code, Hit
+from inspector.io.checkpoint import Checkpoint, read_checkpoint
 from inspector.io.tensor import TensorInfo
 from inspector.units import shape_str
 

@@ -23,8 +23,8 @@ from inspector.io.paths import locate, resolves_inside
 from inspector.io.stamp import FileStamp, changed
 from inspector.io.tensor import TensorInfo
 from inspector.io.tokenizer import TokenizerFacts, read_tokenizer
-from inspector.units import printable
 from inspector.io.torchbin import read_torch_bin
+from inspector.units import printable
 
 Kind = Literal["model", "adapter"]
 Format = Literal["safetensors", "pytorch-bin"]

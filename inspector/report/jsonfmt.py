@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from inspector.io.checkpoint import Checkpoint
 from inspector.diff import DiffResult
+from inspector.io.checkpoint import Checkpoint
 from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
 

@@ -20,11 +20,11 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from inspector.io.checkpoint import Checkpoint
 from inspector.diff import DiffResult
+from inspector.io.checkpoint import Checkpoint
+from inspector.io.tensor import TensorInfo
 from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
-from inspector.io.tensor import TensorInfo
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 if TYPE_CHECKING:
