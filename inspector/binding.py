@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass
 from functools import cached_property
 
-from inspector.adapter import HEAD_MODULES, HEAD_TASKS, Adapter, AdapterTensor, FullTensor, LoraModule
+from inspector.adapter import Adapter, AdapterTensor, FullTensor, LoraModule
+from inspector.adapter_config import HEAD_MODULES, HEAD_TASKS
 from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayout, config_value, known_tied_head, vocab_layout
 from inspector.io.checkpoint import MODEL_FIELDS, Checkpoint
 from inspector.io.tensor import TensorInfo

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from inspector.adapter import AdapterConfig, matches_target, parse_config
+from inspector.adapter import matches_target
+from inspector.adapter_config import AdapterConfig, parse_config
 from inspector.cli import main
 from inspector.errors import InvalidInputError, UsageError
 from inspector.patterns import MAX_CHAIN, Matcher, PatternRefused, compile_bounded, refusal

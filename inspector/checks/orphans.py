@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from inspector.adapter import HEAD_TASKS, matches_target
+from inspector.adapter import matches_target
+from inspector.adapter_config import HEAD_TASKS
 from inspector.binding import HEAD, Binding, layer_of, module_of
 from inspector.checks import hints
 from inspector.checks.registry import check

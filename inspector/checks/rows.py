@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from inspector.adapter import HEAD_TASKS
+from inspector.adapter_config import HEAD_TASKS
 from inspector.binding import Binding
 from inspector.checks.registry import check
 from inspector.findings import Code, Hit

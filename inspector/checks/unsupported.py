@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from inspector.adapter import BASE_MUTATING_INITS
+from inspector.adapter_config import BASE_MUTATING_INITS
 from inspector.binding import Binding
 from inspector.checks import hints
 from inspector.checks.lora import adapted
