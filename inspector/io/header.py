@@ -25,7 +25,7 @@ def _fail(path: Path, why: str, hint: str = _HINT) -> InvalidInputError:
     return InvalidInputError("Cannot read safetensors header", path, why, hint)
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
     # "\ud800" is valid JSON but not Unicode: the Rust parser refuses it, and no report could print it.
     try:
         text.encode("utf-8")
@@ -39,7 +39,7 @@ def _reject_duplicates(path: Path):
     def hook(pairs: list[tuple[str, object]]) -> dict:
         out: dict = {}
         for key, value in pairs:
-            if not _is_unicode(key):
+            if not is_unicode(key):
                 raise _fail(path, f"name {key!r} contains a lone surrogate escape (not valid Unicode)")
             if key in out:
                 raise _fail(path, f"tensor name {key!r} appears twice in the header (names compared after JSON unescaping)")
@@ -69,7 +69,7 @@ def read_metadata(path: Path, raw: object) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise _fail(path, "__metadata__ is not a map of strings to strings")
-    if not all(_is_unicode(v) for v in raw.values()):
+    if not all(is_unicode(v) for v in raw.values()):
         raise _fail(path, "__metadata__ holds a lone surrogate escape (not valid Unicode)")
     return dict(raw)
 

@@ -275,17 +275,28 @@ def leftovers(target: Path) -> list[Path]:
     return [target.parent / n for n in names if not _held(target.parent / n)]
 
 
-def _held(path: Path) -> bool:
-    """Is ``path`` locked by a live run (``hold``)?"""
+def _open_dir(path: Path) -> int | None:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
-        return False
+        return None
+
+
+def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
         return True
+    except OSError:
+        return False  # held by another process, or a filesystem without flock
+
+
+def _held(path: Path) -> bool:
+    """Is ``path`` locked by a live run (``hold``)?"""
+    fd = _open_dir(path)
+    if fd is None:
+        return False
+    try:
+        return not _try_lock(fd)
     finally:
         os.close(fd)
 
@@ -293,12 +304,7 @@ def _held(path: Path) -> bool:
 def hold(path: Path) -> int | None:
     """Lock the directory ``path`` for as long as the returned descriptor is open, so ``leftovers``
     in a concurrent run does not take a live staging directory for an abandoned one."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pass
+    fd = _open_dir(path)
+    if fd is not None:
+        _try_lock(fd)
     return fd

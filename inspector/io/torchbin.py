@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
+from inspector.io.header import is_unicode
 from inspector.io.tensor import DTYPE_BITS, TensorInfo
 
 # Inflated size, counted while inflating: the declared size is the file's word, and deflate turns
@@ -465,7 +466,7 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
         tensors = walk_pickle(path, _read_pickle(path, zf, infos[pkls[0]]))
         out = []
         for name, t in tensors.items():
-            if not _is_unicode(name):  # valid in a pickle (surrogatepass), but no report can print it
+            if not is_unicode(name):  # valid in a pickle (surrogatepass), but no report can print it
                 raise _fail(path, f"tensor name {_show(name)} contains a lone surrogate (not valid Unicode)")
             member = infos.get(f"{prefix}data/{t.storage.key}")
             if member is None or member.compress_type != zipfile.ZIP_STORED:
@@ -485,11 +486,3 @@ def _read_zip(path: Path, rel: str, fh) -> list[TensorInfo]:
                 raise _fail(path, f"tensor {_show(name)} is a view that repeats its storage elements (strides {list(t.stride)}, shape {list(t.shape)})")
             out.append(TensorInfo(name, t.storage.dtype, t.shape, rel, start, start + numel * item, stride))
         return out
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
