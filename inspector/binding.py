@@ -12,6 +12,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from inspector.adapter import Adapter, AdapterTensor, FullTensor, LoraModule
 from inspector.adapter_config import HEAD_MODULES, HEAD_TASKS
@@ -19,6 +20,9 @@ from inspector.base import CONV1D_MODEL_TYPES, LAYER_INDEX, BaseIndex, VocabLayo
 from inspector.io.checkpoint import MODEL_FIELDS, Checkpoint
 from inspector.io.tensor import TensorInfo
 from inspector.io.tokenizer import TokenizerFacts
+
+if TYPE_CHECKING:
+    from inspector.targets.facts import AdapterFacts
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
 HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
@@ -49,8 +53,9 @@ def shell_command(*words: str) -> str:
 class Binding:
     """What every check and the merge read: the base, the adapter, and lookups derived from them once."""
 
-    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None) -> None:
+    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, targets: tuple[str, ...] = ()) -> None:
         self.base, self.adapter, self.tokenizer = base, adapter, tokenizer
+        self.targets = targets  # check --target: the servers whose rules apply (inspector/targets/)
         self.index = BaseIndex(base)
         self.vocab: VocabLayout = vocab_layout(base)
         self.config = adapter.config
@@ -159,6 +164,13 @@ class Binding:
             if mine != base and len(mine) == len(base) and mine[1:] == base[1:] and 0 not in mine:
                 found.append(full)
         return tuple(found)
+
+    @cached_property
+    def serving_facts(self) -> AdapterFacts:
+        """What check --target's rules look at (inspector/targets/facts.py), read once."""
+        from inspector.targets.facts import AdapterFacts  # the targets package reads bindings: imported late
+
+        return AdapterFacts.of(self)
 
     @cached_property
     def lora_targets(self) -> dict[str, tuple[LoraModule, TensorInfo | None]]:
@@ -271,5 +283,5 @@ def module_of(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def bind(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None) -> Binding:
-    return Binding(base, adapter, tokenizer)
+def bind(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, targets: tuple[str, ...] = ()) -> Binding:
+    return Binding(base, adapter, tokenizer, targets)

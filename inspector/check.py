@@ -16,12 +16,14 @@ from inspector.io.tokenizer import read_tokenizer
 from inspector.units import printable
 
 
-def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str | None = None, *, command: str = "check") -> Diagnosis:
+def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str | None = None, *, command: str = "check",
+              targets: tuple[str, ...] = ()) -> Diagnosis:
     """Read BASE (unless already read) and ADAPTER (headers only) and diagnose them.
 
     The tokenizer is ``tokenizer_dir`` if given, else the adapter directory's (where training
     scripts save the extended tokenizer), else the base directory's. ``command`` words the usage
-    errors for the command that asked (``resize --like`` has no ADAPTER argument).
+    errors for the command that asked (``resize --like`` has no ADAPTER argument). ``targets``: the
+    servers whose serving rules apply (``check --target``).
     """
     base = base_path if isinstance(base_path, Checkpoint) else read_checkpoint(base_path)
     adapter = read_checkpoint(adapter_path)
@@ -51,7 +53,7 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
             raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
     else:
         tokenizer = adapter.tokenizer or base.tokenizer
-    return diagnose(base, read_adapter(adapter), tokenizer)
+    return diagnose(base, read_adapter(adapter), tokenizer, targets=targets)
 
 
 # ---- which findings count: --select / --ignore / --fail-on, and [tool.lora-inspector] -------------

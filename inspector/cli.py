@@ -21,6 +21,7 @@ from inspector import interrupts
 from inspector.errors import InspectorError, UsageError
 from inspector.repair import DEFAULT_MERGE_INIT, INITS, MERGE_INITS  # no torch at import time
 from inspector.report import FORMATS, Failure, Options, Renderer, renderer
+from inspector.targets import TARGET_NAMES
 from inspector.units import human_bytes, printable
 
 if TYPE_CHECKING:
@@ -221,18 +222,21 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
               help="Exit 1 when a finding of this severity or worse exists.  [default: error]")
 @click.option("--select", multiple=True, metavar="CODES", help="Report only these codes (comma-separated; a family such as LI1 is LI1xx).")
 @click.option("--ignore", multiple=True, metavar="CODES", help="Leave these codes out (comma-separated; families as for --select).")
+@click.option("--target", "targets", multiple=True, type=click.Choice(TARGET_NAMES, case_sensitive=False),
+              help="Also check that this server serves the adapter unmerged (repeatable; all = every one).")
 @output_options
 @click.pass_context
-def check(ctx, base, adapter, tokenizer_dir, fail_on, select, ignore, **opts) -> None:
+def check(ctx, base, adapter, tokenizer_dir, fail_on, select, ignore, targets, **opts) -> None:
     """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
 
     Exit 0 clean, 1 findings at or above --fail-on, 2 unreadable input. --select, --ignore and
     --fail-on default to [tool.lora-inspector] in the nearest pyproject.toml (the flags win).
     """
     from inspector.check import apply_rules, rules_for, run_check
+    from inspector.targets import resolve as resolve_targets
 
     rules = rules_for(select, ignore, fail_on)  # before reading anything: a typo in a code fails fast
-    result = apply_rules(run_check(base, adapter, tokenizer_dir), rules)
+    result = apply_rules(run_check(base, adapter, tokenizer_dir, targets=resolve_targets(targets)), rules)
     emit(settings(ctx, **opts), lambda r: r.check(result))
     ctx.exit(1 if result.fails(rules.fail_on) else 0)
 

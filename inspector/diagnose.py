@@ -38,14 +38,16 @@ class Diagnosis:
         return any(severity_rank(f.severity) <= severity_rank(fail_on) for f in self.findings)
 
 
-def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, *, codes: Iterable[Code] | None = None) -> Diagnosis:
-    """Run every check (or those of ``codes``); findings come sorted by severity, then code, then tensor."""
-    binding = bind(base, adapter, tokenizer)
+def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, *, codes: Iterable[Code] | None = None,
+             targets: tuple[str, ...] = ()) -> Diagnosis:
+    """Run every check (or those of ``codes``; the serving rules of ``targets``); findings come sorted
+    by severity, then code, then target, then tensor."""
+    binding = bind(base, adapter, tokenizer, targets)
     wanted = set(Code) if codes is None else set(codes)
     lora = binding.config.peft_type == "LORA"  # the other checks read LoRA layouts
     findings = [f for code, check in REGISTRY.items() if code in wanted and (lora or check.always) for f in check.findings(binding)]
     if any(f.code is Code.QUANTIZED_BASE and f.severity == "error" for f in findings):
         findings = [f for f in findings if f.code not in PACKED_NOISE]  # LI901 says it all
     order = {code: i for i, code in enumerate(Code)}
-    findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.tensor or "", f.adapter_key or ""))
+    findings.sort(key=lambda f: (severity_rank(f.severity), order[f.code], f.target or "", f.tensor or "", f.adapter_key or ""))
     return Diagnosis(base, adapter, tokenizer, binding.target, tuple(findings), binding)

@@ -55,6 +55,19 @@ class Code(Enum):
     UNSUPPORTED_LAYER = ("LI1402", "unsupported-layer", "error", "a LoRA variant no merge reproduces (Conv LoRA, aLoRA, layer_replication)")
     TARGET_PARAMETERS = ("LI1403", "target-parameters", "error", "target_parameters (LoRA on raw parameters) is not supported")
     BASE_MUTATING_INIT = ("LI1404", "base-mutating-init", "error", "init_lora_weights changed the base at init (PiSSA, OLoRA, CorDA, LoftQ): the adapter does not fit the original base")
+    # Serving (check --target NAME): what a server refuses, computes differently from PEFT, or accepts
+    # only with a non-default flag. One code per problem; each server's rules are in inspector/targets/.
+    SERVE_METHOD = ("LI1501", "serve-method", "error", "the server serves no adapter of this PEFT method")
+    SERVE_ARCHITECTURE = ("LI1502", "serve-architecture", "error", "the server has no LoRA support for the base's architecture")
+    SERVE_RANK = ("LI1503", "serve-rank", "error", "the LoRA rank is above what the server accepts (by default, or at all)")
+    SERVE_TARGET_MODULE = ("LI1504", "serve-target-module", "error", "LoRA on a module the server cannot adapt")
+    SERVE_MODULES_TO_SAVE = ("LI1505", "serve-modules-to-save", "error", "full weights (modules_to_save, saved embeddings) the server refuses or drops")
+    SERVE_VOCABULARY = ("LI1506", "serve-vocabulary", "error", "the adapter changes the vocabulary size, which the server does not support")
+    SERVE_DORA = ("LI1507", "serve-dora", "error", "DoRA, which the server refuses or serves as plain LoRA")
+    SERVE_LORA_BIAS = ("LI1508", "serve-lora-bias", "error", "lora_B.bias (lora_bias), which the server refuses or ignores")
+    SERVE_TRAINABLE_TOKENS = ("LI1509", "serve-trainable-tokens", "error", "trainable tokens, which the server refuses or ignores")
+    SERVE_SCALING = ("LI1510", "serve-scaling", "error", "a scaling the server computes differently (rsLoRA, rank_pattern / alpha_pattern)")
+    SERVE_EMBEDDING_LORA = ("LI1511", "serve-embedding-lora", "error", "LoRA on the embedding or the output layer, which the server refuses or ignores")
 
     @property
     def code(self) -> str:
@@ -85,6 +98,8 @@ class Hit:
     adapter_shape: tuple[int, ...] | None = None
     base_shape: tuple[int, ...] | None = None
     repair: str | None = None
+    target: str | None = None  # the server a serving finding is about (check --target)
+    outcome: str | None = None  # what that server does: "refused" | "diverges" | "flag"
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,8 @@ class Finding:
     # How `merge` repairs an error itself: "resize" (it grows the vocabulary to the size the adapter
     # implies), "init" (only with an explicit --init: the rows training saw are lost), or None.
     repair: str | None = None
+    target: str | None = None  # check --target: the server this finding is about (LI15xx)
+    outcome: str | None = None  # what that server does with the adapter: "refused" | "diverges" | "flag"
 
     def __post_init__(self) -> None:
         if not self.severity:
@@ -107,7 +124,7 @@ class Finding:
 
     @classmethod
     def of(cls, code: Code, hit: Hit) -> Finding:
-        return cls(code, hit.message, hit.hint, hit.severity, hit.tensor, hit.adapter_key, hit.adapter_shape, hit.base_shape, hit.repair)
+        return cls(code, hit.message, hit.hint, hit.severity, hit.tensor, hit.adapter_key, hit.adapter_shape, hit.base_shape, hit.repair, hit.target, hit.outcome)
 
     def as_json(self) -> dict:
         return {
@@ -121,6 +138,8 @@ class Finding:
             "adapter_shape": list(self.adapter_shape) if self.adapter_shape is not None else None,
             "base_shape": list(self.base_shape) if self.base_shape is not None else None,
             "repair": self.repair,
+            "target": self.target,
+            "outcome": self.outcome,
         }
 
 

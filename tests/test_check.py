@@ -232,6 +232,8 @@ def seed_findings(seed_dir: Path) -> list[dict]:
             "adapter_shape": SEED_ADAPTER_SHAPE,
             "base_shape": SEED_BASE_SHAPE,
             "repair": "resize",
+            "target": None,
+            "outcome": None,
         }
         for name in (HEAD, EMBED)
     ]
