@@ -40,3 +40,25 @@ def test_diagnose_runs_only_the_codes_asked_for(llama: Built, lora_llama_grown: 
     every = {f.code for f in diagnose(base, adapter).findings}
     assert Code.VOCAB_ROWS in every and len(every) > 1
     assert {f.code for f in diagnose(base, adapter, codes=[Code.VOCAB_ROWS]).findings} == {Code.VOCAB_ROWS}
+
+
+def test_serving_rules_run_only_for_the_targets_asked_for(capsys, monkeypatch, llama: Built, lora_llama: Built) -> None:
+    # The frame of check --target: a rule in a server's table becomes a finding that names the
+    # server and what it does; other servers' tables and runs without --target stay silent.
+    import dataclasses
+    import json
+
+    import inspector.targets as targets
+    from inspector.cli import main
+    from inspector.targets import facts
+    from inspector.targets.rule import Rule
+
+    rule = Rule(Code.SERVE_RANK, facts.rank_above(0), "flag", "rank {rank} is above {limit}.", "Start it with --max-lora-rank {rank}.", "x.py (v0)")
+    monkeypatch.setitem(targets.TARGETS, "vllm", dataclasses.replace(targets.TARGETS["vllm"], rules=(rule,)))
+    for argv, expected in (([], []), (["--target", "sglang"], []), (["--target", "vllm"], [("LI1503", "warning", "vllm", "flag")])):
+        assert main(["check", str(llama.path), str(lora_llama.path), "--format", "json", *argv]) == 0
+        found = json.loads(capsys.readouterr().out)["findings"]
+        assert [(f["code"], f["severity"], f["target"], f["outcome"]) for f in found if f["code"].startswith("LI15")] == expected
+        if expected:
+            rank = next(f for f in found if f["code"] == "LI1503")
+            assert rank["message"].startswith("vLLM: rank ") and rank["hint"].startswith("Start it with --max-lora-rank ")
