@@ -1,4 +1,4 @@
-"""The config.json of a merged task model (issue 11, defect 1).
+"""The config.json of a merged task model.
 
 A SEQ_CLS / TOKEN_CLS / QUESTION_ANS adapter carries the head of the model it was trained on
 (modules_to_save: ``classifier``, ``score``, ``qa_outputs``) but not that model's config: merged

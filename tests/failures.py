@@ -1,4 +1,4 @@
-"""A failed run's stdout (issue 11, defect 6): empty, except with --format json, where it holds the
+"""A failed run's stdout: empty, except with --format json, where it holds the
 same Error/Hint as a schema-1 document, so that stdout always parses."""
 
 from __future__ import annotations

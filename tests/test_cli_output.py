@@ -1,4 +1,4 @@
-"""Output for people and for CI (issue 11): commands and paths printed whole at any width, progress
+"""Output for people and for CI: commands and paths printed whole at any width, progress
 lines in logs, JSON on stdout for failed runs, capped GitHub annotations with the step summary,
 scan's verdict on an adapter's config, --select / --ignore (and [tool.lora-inspector]), and one
 renderer per format for every command."""

@@ -1,4 +1,4 @@
-"""Bounded, seeded fuzzing of every input format through the real CLI (issue 10).
+"""Bounded, seeded fuzzing of every input format through the real CLI.
 
 Real checkpoints from the session fixtures are copied into ``tmp_path`` and mutated: safetensors
 headers, sharded indexes, config.json / adapter_config.json, tokenizer files, and the zipped

@@ -1,4 +1,4 @@
-"""A classifier re-headed for another label count (issue: a 2-label base, an adapter trained with
+"""A classifier re-headed for another label count (a 2-label base, an adapter trained with
 num_labels=5 and ignore_mismatched_sizes=True). PEFT loads and merges it: check warns (LI405, not the
 LI103 error), and the merge writes the adapter's head, equal to PEFT's merge_and_unload."""
 

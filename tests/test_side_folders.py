@@ -1,4 +1,4 @@
-"""Side folders (issue 11, defect 3): a sentence-transformers model keeps its modules in the folders
+"""Side folders: a sentence-transformers model keeps its modules in the folders
 modules.json names (1_Pooling, 2_Dense, 3_Normalize); resize and merge carry them, so that
 ``SentenceTransformer(out)`` loads the written model. Built at test time with the real package."""
 

@@ -1,4 +1,4 @@
-"""Merged classification adapters (issue 11, defect 1): the merged config.json names the task class
+"""Merged classification adapters: the merged config.json names the task class
 and the head's labels, so the task's Auto class loads the model and its logits equal PeftModel's."""
 
 from __future__ import annotations
