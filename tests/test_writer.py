@@ -184,6 +184,23 @@ def test_parse_size_feeds_max_shard_size(tmp_path: Path) -> None:
     ]
 
 
+def test_single_file_names_the_one_file_and_never_shards(tmp_path: Path) -> None:
+    """An adapter's file (convert): PEFT loads adapter_model.safetensors and reads no index."""
+    tensors = {f"t{i}": torch.full((256,), float(i)) for i in range(4)}  # 1 KiB each, over the shard limit together
+    out = write_all(tmp_path / "out", tensors, max_shard_size=1024, single_file="adapter_model.safetensors")
+    assert sorted(os.listdir(out)) == ["adapter_model.safetensors"]
+    assert_same(read_back(out / "adapter_model.safetensors")[0], tensors)
+    for taken in ("adapter_model.safetensors", "model.safetensors"):  # neither can be added as a side file
+        with pytest.raises(ValueError, match="already part of the output"):
+            with CheckpointWriter(tmp_path / "out2", inputs=[], tensors=plan({"x": torch.ones(1)}), single_file="adapter_model.safetensors") as w:
+                w.write("x", torch.ones(1))
+                w.add_file(taken, b"")
+        assert not (tmp_path / "out2").exists()
+    for bad in ("../x.safetensors", "adapter_model.bin", ""):
+        with pytest.raises(ValueError, match="single_file"):
+            CheckpointWriter(tmp_path / "out3", inputs=[], tensors=[], single_file=bad)
+
+
 def _tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -140,13 +140,14 @@ def encode_header(tensors: Sequence[OutputTensor], sizes: list[int], metadata: d
     return len(blob).to_bytes(8, "little") + blob
 
 
-def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int, metadata: dict[str, str]) -> list[Shard]:
-    """Validate the plan and split it into shards (``model.safetensors`` alone when one shard)."""
+def plan_shards(tensors: Sequence[OutputTensor], max_shard_size: int | None, metadata: dict[str, str], *, single_file: str = SINGLE_FILE) -> list[Shard]:
+    """Validate the plan and split it into shards (``single_file`` alone when one shard). A
+    ``max_shard_size`` of None: never split (an adapter, which PEFT loads from one file only)."""
     sizes = check_plan(tensors)
-    bounds = split(sizes, max_shard_size)
+    bounds = split(sizes, max_shard_size) if max_shard_size is not None else [(0, len(sizes))]
     return [
         Shard(
-            file=SINGLE_FILE if len(bounds) == 1 else shard_name(i, len(bounds)),
+            file=single_file if len(bounds) == 1 else shard_name(i, len(bounds)),
             first=a,
             stop=b,
             header=encode_header(tensors[a:b], sizes[a:b], metadata),

@@ -1,4 +1,4 @@
-"""The one safe, streaming checkpoint writer that ``resize`` and ``merge`` share.
+"""The one safe, streaming checkpoint writer that ``resize``, ``merge`` and ``convert`` share.
 
 Every output tensor is planned up front (name, dtype, shape), so each shard's header is known before
 any data exists: a shard is written header first, then filled one tensor at a time as ``write`` is
@@ -122,6 +122,7 @@ class CheckpointWriter:
         metadata: dict[str, str] | None = None,
         extra_bytes: int = 0,
         stamps: Sequence[FileStamp] = (),
+        single_file: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.force = force
@@ -134,8 +135,12 @@ class CheckpointWriter:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise ValueError("safetensors metadata must map strings to strings")
         self.metadata: dict[str, str] = meta
+        if single_file is not None and not (_plain(single_file) and single_file.endswith(".safetensors")):
+            raise ValueError(f"single_file {single_file!r} is not a plain .safetensors file name")
 
-        self._shards = plan_shards(self.tensors, max_shard_size, meta)
+        # single_file: one unsharded file of that name (an adapter's adapter_model.safetensors: PEFT
+        # reads no index), whatever max_shard_size says.
+        self._shards = plan_shards(self.tensors, None, meta, single_file=single_file) if single_file else plan_shards(self.tensors, max_shard_size, meta)
         self._shard_of = [i for i, s in enumerate(self._shards) for _ in range(s.first, s.stop)]
         self.total_size = sum(s.data_size for s in self._shards)  # tensor data bytes, the index's metadata.total_size
         self.planned_bytes = sum(s.file_size for s in self._shards)
@@ -152,7 +157,7 @@ class CheckpointWriter:
         self._created: list[Path] = []  # parent directories we made, removed again on abort
         self._fh: Any = None
         self._next = 0  # index into the plan of the next tensor to write
-        self._names: set[str] = {s.file for s in self._shards} | {INDEX_FILE, SINGLE_FILE}
+        self._names: set[str] = {s.file for s in self._shards} | {INDEX_FILE, SINGLE_FILE, single_file or SINGLE_FILE}
         self._extra: set[str] = set()  # top-level names of added files and folders
         self._folders: set[tuple[str, ...]] = set()  # copy_tree's folders, as path parts
 
