@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from inspector.adapter import foreign_lora, read_adapter
+from inspector.adapter import Adapter, foreign_lora, read_adapter
 from inspector.diagnose import Diagnosis, diagnose
-from inspector.errors import UsageError
+from inspector.errors import InspectorError, UsageError
 from inspector.findings import Code
 from inspector.io.checkpoint import NATIVE_FORMAT_HINT, Checkpoint, read_checkpoint
 from inspector.io.paths import locate
-from inspector.io.tokenizer import read_tokenizer
+from inspector.io.tokenizer import TokenizerFacts, read_tokenizer
+from inspector.targets import TARGETS
 from inspector.units import printable
 
 
@@ -25,8 +26,46 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
     errors for the command that asked (``resize --like`` has no ADAPTER argument). ``targets``: the
     servers whose serving rules apply (``check --target``).
     """
+    return run_checks(base_path, (adapter_path,), tokenizer_dir, command=command, targets=targets)[0]
+
+
+def run_checks(base_path: str | Checkpoint, adapter_paths: Sequence[str], tokenizer_dir: str | None = None, *, command: str = "check",
+               targets: tuple[str, ...] = ()) -> list[Diagnosis]:
+    """``run_check`` for several adapters against one base, which is read once (as is ``tokenizer_dir``).
+
+    Every adapter is read and validated before any is diagnosed: an unreadable one fails the whole
+    run (exit 2) before the work, and with several adapters the hint says which of them it was.
+    """
     base = base_path if isinstance(base_path, Checkpoint) else read_checkpoint(base_path)
-    adapter = read_checkpoint(adapter_path)
+    given: list[TokenizerFacts] = []  # --tokenizer DIR, read at its first use (after the first adapter's checks, as always)
+    read: list[tuple[Adapter, TokenizerFacts | None]] = []
+    for i, path in enumerate(adapter_paths, 1):
+        try:
+            adapter = read_checkpoint(path)
+            _validate(base, adapter, path, command)
+            if tokenizer_dir is not None and not given:
+                given.append(_given_tokenizer(tokenizer_dir))
+            read.append((read_adapter(adapter), given[0] if given else adapter.tokenizer or base.tokenizer))
+        except InspectorError as exc:
+            if len(adapter_paths) > 1 and _about(exc, path):
+                exc.hint = f"{exc.hint} It is ADAPTER {i} of {len(adapter_paths)}: fix it or leave it out (no adapter was checked)."
+            raise
+    return [diagnose(base, adapter, tokenizer, targets=targets) for adapter, tokenizer in read]
+
+
+def _about(exc: InspectorError, given: str) -> bool:
+    """Is the error about the adapter ``given`` (its directory, or a file in it)?"""
+    if exc.path is None:
+        return False
+    try:
+        where, root = Path(exc.path).resolve(), locate(given).resolve()
+    except (OSError, RuntimeError, InspectorError):  # a symlink loop, an ambiguous Hub id: compare as given
+        return exc.path == given
+    return where == root or root in where.parents
+
+
+def _validate(base: Checkpoint, adapter: Checkpoint, adapter_path: str, command: str) -> None:
+    """The usage errors of a BASE / ADAPTER pair, in the order one adapter has always met them."""
     label = "--like ADAPTER" if command == "resize" else "ADAPTER"
     for ckpt, role in ((base, "BASE"), (adapter, label)):
         foreign = foreign_lora(ckpt)
@@ -44,16 +83,16 @@ def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str
                          "whose tensor names PEFT adapters do not use", NATIVE_FORMAT_HINT)
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
-    if tokenizer_dir is not None:
-        folder = locate(tokenizer_dir)
-        if not folder.is_dir():
-            raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")
-        tokenizer = read_tokenizer(folder)
-        if tokenizer is None:
-            raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
-    else:
-        tokenizer = adapter.tokenizer or base.tokenizer
-    return diagnose(base, read_adapter(adapter), tokenizer, targets=targets)
+
+
+def _given_tokenizer(tokenizer_dir: str) -> TokenizerFacts:
+    folder = locate(tokenizer_dir)
+    if not folder.is_dir():
+        raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")
+    tokenizer = read_tokenizer(folder)
+    if tokenizer is None:
+        raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
+    return tokenizer
 
 
 # ---- which findings count: --select / --ignore / --fail-on, and [tool.lora-inspector] -------------
@@ -88,15 +127,19 @@ class Selected(Diagnosis):
     @property
     def note(self) -> str | None:
         """For the reports, where rules are in force: how many findings they left out, and which file set them."""
-        if not self.dropped and self.rules.config is None:
-            return None
-        where = f"; settings from {self.rules.config}" if self.rules.config else ""
-        return f"{self.dropped} finding{'' if self.dropped == 1 else 's'} left out by --select / --ignore{where}"
+        return left_out(self.dropped, self.rules)
 
     def rules_json(self) -> dict:
         r = self.rules
         return {"select": None if r.select is None else sorted(c.code for c in r.select), "ignore": sorted(c.code for c in r.ignore),
                 "fail_on": r.fail_on, "config": str(r.config) if r.config else None, "dropped": self.dropped}
+
+
+def left_out(dropped: int, rules: Rules) -> str | None:
+    if not dropped and rules.config is None:
+        return None
+    where = f"; settings from {rules.config}" if rules.config else ""
+    return f"{dropped} finding{'' if dropped == 1 else 's'} left out by --select / --ignore{where}"
 
 
 def codes_for(selectors: Iterable[str], where: str, path: Path | None = None) -> frozenset[Code]:
@@ -180,3 +223,50 @@ def apply_rules(diagnosis: Diagnosis, rules: Rules) -> Selected:
     kept = tuple(f for f in diagnosis.findings if rules.keeps(f.code))
     own = {f.name: getattr(diagnosis, f.name) for f in fields(diagnosis) if f.init and f.name not in ("dropped", "rules")}
     return Selected(**{**own, "findings": kept}, dropped=len(diagnosis.findings) - len(kept), rules=rules)
+
+
+# ---- several adapters against one base ---------------------------------------------------------
+
+# What a server does with an adapter, worst last: a silent divergence is worse than a refusal.
+OUTCOMES = ("ok", "flag", "refused", "diverges")
+OUTCOME_LABELS = {"ok": "ok", "flag": "flag needed", "refused": "refused", "diverges": "diverges"}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """``check BASE ADAPTER ADAPTER ...``: one diagnosis per adapter (rules applied), one base."""
+
+    results: tuple[Diagnosis, ...]
+    targets: tuple[str, ...] = ()  # the servers asked for (--target), in table order
+    fail_on: str = "error"
+
+    def fails(self) -> bool:
+        """The exit code is the worst over the adapters."""
+        return any(d.fails(self.fail_on) for d in self.results)
+
+    def verdict(self, diagnosis: Diagnosis) -> str:
+        return "fails" if diagnosis.fails(self.fail_on) else "passes"
+
+    def outcome(self, diagnosis: Diagnosis, target: str) -> str:
+        """The worst outcome among the adapter's findings for ``target`` ("ok" when none)."""
+        found = [f.outcome for f in diagnosis.findings if f.target == target and f.outcome in OUTCOMES]
+        return max(found, key=OUTCOMES.index, default="ok")
+
+    @property
+    def base(self) -> Checkpoint:
+        return self.results[0].base
+
+    @property
+    def titles(self) -> tuple[str, ...]:
+        """The targets as reports name them ("vLLM")."""
+        return tuple(TARGETS[t].title for t in self.targets)
+
+    @property
+    def note(self) -> str | None:
+        """As ``Selected.note``, over all the adapters."""
+        rules = [d.rules for d in self.results if isinstance(d, Selected)]
+        return left_out(sum(d.dropped for d in self.results if isinstance(d, Selected)), rules[0]) if rules else None
+
+    def counts(self) -> dict[str, int]:
+        """Findings per severity over all the adapters."""
+        return {s: sum(d.summary[s] for d in self.results) for s in ("error", "warning", "info")}

@@ -216,7 +216,7 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
 
 @cli.command()
 @click.argument("base")
-@click.argument("adapter")
+@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER...")
 @click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer to check against (default: the adapter dir's, else the base dir's).")
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default=None,
               help="Exit 1 when a finding of this severity or worse exists.  [default: error]")
@@ -226,19 +226,26 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
               help="Also check that this server serves the adapter unmerged (repeatable; all = every one).")
 @output_options
 @click.pass_context
-def check(ctx, base, adapter, tokenizer_dir, fail_on, select, ignore, targets, **opts) -> None:
+def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, **opts) -> None:
     """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
 
-    Exit 0 clean, 1 findings at or above --fail-on, 2 unreadable input. --select, --ignore and
-    --fail-on default to [tool.lora-inspector] in the nearest pyproject.toml (the flags win).
+    Several adapters are each checked against BASE (read once), and the report ends with a table of
+    them. Exit 0 clean, 1 findings at or above --fail-on (in any adapter), 2 unreadable input (any
+    adapter: nothing is checked then). --select, --ignore and --fail-on default to
+    [tool.lora-inspector] in the nearest pyproject.toml (the flags win).
     """
-    from inspector.check import apply_rules, rules_for, run_check
+    from inspector.check import Fleet, apply_rules, rules_for, run_checks
     from inspector.targets import resolve as resolve_targets
 
     rules = rules_for(select, ignore, fail_on)  # before reading anything: a typo in a code fails fast
-    result = apply_rules(run_check(base, adapter, tokenizer_dir, targets=resolve_targets(targets)), rules)
-    emit(settings(ctx, **opts), lambda r: r.check(result))
-    ctx.exit(1 if result.fails(rules.fail_on) else 0)
+    servers = resolve_targets(targets)
+    results = tuple(apply_rules(d, rules) for d in run_checks(base, adapters, tokenizer_dir, targets=servers))
+    if len(results) == 1:  # one adapter: the report and JSON shape check has always had
+        emit(settings(ctx, **opts), lambda r: r.check(results[0]))
+        ctx.exit(1 if results[0].fails(rules.fail_on) else 0)
+    fleet = Fleet(results, servers, rules.fail_on)
+    emit(settings(ctx, **opts), lambda r: r.check_many(fleet))
+    ctx.exit(1 if fleet.fails() else 0)
 
 
 class PlainProgress:

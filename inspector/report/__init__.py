@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:  # the results' modules; check/resize/merge pull in more than a scan needs
+    from inspector.check import Fleet
     from inspector.diagnose import Diagnosis
     from inspector.diff import DiffResult
     from inspector.merge import MergeResult
@@ -51,6 +52,10 @@ class Renderer(ABC, Generic[Out]):
 
     @abstractmethod
     def check(self, result: Diagnosis) -> Out: ...
+
+    @abstractmethod
+    def check_many(self, fleet: Fleet) -> Out:
+        """``check BASE ADAPTER ADAPTER ...``: each adapter, then a table of them (one adapter: ``check``)."""
 
     @abstractmethod
     def resize(self, result: ResizeResult) -> Out: ...

@@ -21,6 +21,7 @@ from inspector.scan import ScanResult
 from inspector.units import counts_str, printable, shape_str
 
 if TYPE_CHECKING:
+    from inspector.check import Fleet
     from inspector.diagnose import Diagnosis
     from inspector.findings import Finding
     from inspector.merge import MergeResult
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 MAX_ANNOTATIONS = 10  # per run, the closing notice included
 _LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
+_RANK = {"error": 0, "warning": 1, "notice": 2}
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")  # model.layers.12.mlp -> model.layers.*.mlp
 
 
@@ -134,6 +136,18 @@ class GitHub(Renderer[str]):
         note = diagnosis.note if isinstance(diagnosis, Selected) else None  # check's --select / --ignore at work
         closing = Note("notice", "lora-inspector check", counts_str(diagnosis.summary) + (f" ({note})" if note else ""))
         return capped(notes, closing, self.full_list)
+
+    def check_many(self, fleet: Fleet) -> str:
+        # One cap for the whole step, as for one adapter: every adapter's errors come first, then
+        # warnings, then notices; each title starts with the adapter's path.
+        notes = []
+        for d in fleet.results:
+            path = d.adapter.checkpoint.path
+            notes += [replace(n, title=f"{path}: {n.title}") for n in map(finding_note, grouped(d.findings))]
+        notes.sort(key=lambda n: _RANK[n.level])  # stable: adapters stay in order within a level
+        failing = sum(d.fails(fleet.fail_on) for d in fleet.results)
+        summary = f"{len(fleet.results)} adapters, {failing} fail: {counts_str(fleet.counts())}" + (f" ({fleet.note})" if fleet.note else "")
+        return capped(notes, Note("notice", "lora-inspector check", summary), self.full_list)
 
     def resize(self, result: ResizeResult) -> str:
         plan = result.plan

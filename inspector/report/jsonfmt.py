@@ -11,6 +11,7 @@ from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
 
 if TYPE_CHECKING:
+    from inspector.check import Fleet
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
@@ -36,6 +37,26 @@ def checkpoint_summary(ckpt: Checkpoint) -> dict:
 
 def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def check_report(diagnosis: Diagnosis) -> dict:
+    """check's object for one adapter (also each of ``results`` with several)."""
+    from inspector.check import Selected
+
+    plan = diagnosis.target
+    report = {
+        "schema": SCHEMA,
+        "command": "check",
+        "base": checkpoint_summary(diagnosis.base),
+        "adapter": checkpoint_summary(diagnosis.adapter.checkpoint),
+        "tokenizer": diagnosis.tokenizer.as_json() if diagnosis.tokenizer else None,
+        "vocab": {"base_rows": plan.base_rows, "merged_rows": plan.rows, "source": plan.source},
+        "findings": [f.as_json() for f in diagnosis.findings],
+        "summary": diagnosis.summary,
+    }
+    if isinstance(diagnosis, Selected):  # the findings and summary above are what the rules kept
+        report["rules"] = diagnosis.rules_json()
+    return report
 
 
 class Json(Renderer[str]):
@@ -86,22 +107,11 @@ class Json(Renderer[str]):
         )
 
     def check(self, diagnosis: Diagnosis) -> str:
-        from inspector.check import Selected
+        return dumps(check_report(diagnosis))
 
-        plan = diagnosis.target
-        report = {
-            "schema": SCHEMA,
-            "command": "check",
-            "base": checkpoint_summary(diagnosis.base),
-            "adapter": checkpoint_summary(diagnosis.adapter.checkpoint),
-            "tokenizer": diagnosis.tokenizer.as_json() if diagnosis.tokenizer else None,
-            "vocab": {"base_rows": plan.base_rows, "merged_rows": plan.rows, "source": plan.source},
-            "findings": [f.as_json() for f in diagnosis.findings],
-            "summary": diagnosis.summary,
-        }
-        if isinstance(diagnosis, Selected):  # the findings and summary above are what the rules kept
-            report["rules"] = diagnosis.rules_json()
-        return dumps(report)
+    def check_many(self, fleet: Fleet) -> str:
+        # Each result is exactly what check prints for that adapter alone.
+        return dumps({"schema": SCHEMA, "command": "check", "results": [check_report(d) for d in fleet.results]})
 
     def resize(self, result: ResizeResult) -> str:
         plan, sub = result.plan, result.subword

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from inspector.diff import DiffResult
@@ -10,7 +11,9 @@ from inspector.scan import ScanResult
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 if TYPE_CHECKING:
+    from inspector.check import Fleet
     from inspector.diagnose import Diagnosis
+    from inspector.findings import Finding
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
 
@@ -26,6 +29,25 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 
 _ICON = {"error": "❌ error", "warning": "⚠️ warning", "info": "ℹ️ info"}
+_OUTCOME = {"ok": "✅ ok", "flag": "⚠️ flag needed", "refused": "❌ refused", "diverges": "❌ diverges"}
+
+
+def _findings(findings: Iterable[Finding]) -> list[str]:
+    rows = [
+        [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
+        for f in findings
+    ]
+    return _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
+
+
+def _fleet_table(fleet: Fleet) -> list[str]:
+    """check with several adapters: adapter x target (the worst outcome), or adapter x counts."""
+    heads = list(fleet.titles) if fleet.targets else ["errors", "warnings", "info"]
+    rows = []
+    for number, d in enumerate(fleet.results, 1):
+        cells = [_OUTCOME[fleet.outcome(d, t)] for t in fleet.targets] if fleet.targets else [d.summary[s] for s in ("error", "warning", "info")]
+        rows.append([number, f"`{d.adapter.checkpoint.path}`", *cells, fleet.verdict(d)])
+    return _table(["#", "adapter", *heads, "verdict"], rows)
 
 
 class Markdown(Renderer[str]):
@@ -97,12 +119,31 @@ class Markdown(Renderer[str]):
         if warnings:
             out += [f"warning: {_cell(w)}" for w in warnings] + [""]
         if diagnosis.findings:
-            rows = [
-                [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
-                for f in diagnosis.findings
-            ]
-            out += _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
+            out += _findings(diagnosis.findings)
         return "\n".join(out) + "\n"
+
+    def check_many(self, fleet: Fleet) -> str:
+        # The table of adapters first (what a PR reader wants), then each adapter with errors or
+        # warnings; info is counted, not listed (--format json has every finding).
+        failing = sum(d.fails(fleet.fail_on) for d in fleet.results)
+        out = [
+            f"### lora-inspector check {'fails' if failing else 'passes'}: {failing} of {len(fleet.results)} adapters fail; {counts_str(fleet.counts())}",
+            "",
+            f"base `{fleet.base.path}`" + (f" · targets: {', '.join(fleet.titles)}" if fleet.targets else ""),
+            "",
+        ]
+        if fleet.note:
+            out += [f"_{_cell(fleet.note)}_", ""]
+        out += [f"warning: {_cell(w)}" for w in fleet.base.warnings] + ([""] if fleet.base.warnings else [])
+        out += [*_fleet_table(fleet), ""]
+        for number, d in enumerate(fleet.results, 1):
+            problems = [f for f in d.findings if f.severity != "info"]
+            if not problems and not d.adapter.checkpoint.warnings:
+                continue
+            out += [f"#### #{number} `{d.adapter.checkpoint.path}` {fleet.verdict(d)}: {counts_str(d.summary)}", ""]
+            out += [f"warning: {_cell(w)}" for w in d.adapter.checkpoint.warnings]
+            out += [*_findings(problems), ""] if problems else [""]
+        return "\n".join(out)
 
     def resize(self, result: ResizeResult) -> str:
         plan = result.plan

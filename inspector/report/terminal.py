@@ -28,6 +28,7 @@ from inspector.scan import ScanResult
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 if TYPE_CHECKING:
+    from inspector.check import Fleet
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
@@ -199,11 +200,11 @@ _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 _SHOWN_PER_CODE = 20  # the JSON report always lists everything
 
 
-def _finding_tables(diagnosis: Diagnosis, refs: _References) -> list[Block]:
+def _finding_tables(diagnosis: Diagnosis, refs: _References, severities: tuple[str, ...] = ("error", "warning", "info")) -> list[Block]:
     parts: list[Block] = []
     shown: Counter[str] = Counter()
     hidden: Counter[str] = Counter()
-    for severity in ("error", "warning", "info"):
+    for severity in severities:
         items = [f for f in diagnosis.findings if f.severity == severity]
         if not items:
             continue
@@ -299,6 +300,11 @@ class Terminal(Renderer[Report]):
         if note:
             rows.append(("filtered", note, _has_path(note)))
         return Report([*parts, Text(""), Text("lora-inspector check", style="bold"), *_fields(rows)])
+
+    def check_many(self, fleet: Fleet) -> Report:
+        from inspector.report.terminal_fleet import fleet_report
+
+        return fleet_report(fleet)
 
     def resize(self, result: ResizeResult) -> Report:
         plan = result.plan
