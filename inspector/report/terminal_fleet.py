@@ -26,7 +26,9 @@ def fleet_report(fleet: Fleet) -> Report:
     parts: list[Block] = []
     for number, diagnosis in enumerate(fleet.results, 1):
         parts += _section(number, diagnosis, fleet)
-    parts += [Text(""), matrix(fleet), Text(""), Text("lora-inspector check", style="bold"), *_fields(_summary(fleet))]
+    if not (parts and isinstance(parts[-1], Text) and not parts[-1].plain):  # the last adapter's tables left a gap already
+        parts.append(Text(""))
+    parts += [matrix(fleet), Text(""), Text("lora-inspector check", style="bold"), *_fields(_summary(fleet))]
     return Report(parts)
 
 
