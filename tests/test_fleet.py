@@ -19,8 +19,8 @@ import inspector.check
 from inspector.cli import main
 from inspector.findings import Code
 from inspector.targets import TARGETS, Rule, Target
-from tests.check_cases import edit_config
-from tests.models import Built
+from tests.check_cases import edit_config, make_tokenizer
+from tests.models import Built, copy_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,6 +193,17 @@ def test_github_keeps_its_cap(capsys, monkeypatch, three) -> None:
     lines = out.splitlines()
     assert rc == 1 and len(lines) == 10
     assert lines[-1].startswith("::notice title=lora-inspector check::6 adapters, 2 fail: ") and "more annotations not shown" in lines[-1]
+
+
+def test_adapters_with_the_same_tokenizer_file(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    # Copies of one tokenizer.json beside many adapters are parsed once (a content memo): each adapter
+    # still reports its own directory, and a different file its own counts.
+    dirs = [copy_checkpoint(lora_llama.path, tmp_path / name) for name in ("a", "b", "c")]
+    for folder, size in zip(dirs, (60, 60, 50)):
+        make_tokenizer(folder, size)
+    rc, out, _ = run(capsys, llama.path, *dirs, "--format", "json")
+    seen = [(r["tokenizer"]["directory"], r["tokenizer"]["length"]) for r in json.loads(out)["results"]]
+    assert (rc, seen) == (0, [(str(dirs[0]), 60), (str(dirs[1]), 60), (str(dirs[2]), 50)])
 
 
 # ---- inputs that cannot be read ----------------------------------------------------------------
