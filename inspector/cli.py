@@ -374,6 +374,31 @@ def merge(ctx, base, adapter, out, device, dtype, init, tokenizer_dir, seed, max
     emit(s, lambda r: r.merge(result))
 
 
+@cli.command()
+@click.argument("adapter")
+@click.option("--for", "target", required=True, type=click.Choice([n for n in TARGET_NAMES if n != "all"], case_sensitive=False),
+              help="The server to make the adapter servable by, unmerged.")
+@click.option("--out", required=True, metavar="DIR", help="Where to write the converted adapter (must not exist or be empty; --force replaces).")
+@click.option("--base", metavar="DIR", help="The base model (default: the adapter's base_model_name_or_path when it is a local directory).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Dtype of float tensors (auto: each tensor's own).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out (built and verified first, then swapped in).")
+@output_options
+@click.pass_context
+def convert(ctx, adapter, target, out, base, dtype, force, **opts) -> None:
+    """Write ADAPTER as the server named by --for serves it unmerged, computing what PEFT computes.
+
+    Only lossless repairs: rsLoRA / rank_pattern / alpha_pattern scaling folded into lora_B, frozen
+    copies dropped, keys renamed to PEFT's layout, --dtype. Exit 1 (nothing written) when the server
+    still refuses or diverges: the hint gives the merge command.
+    """
+    from inspector.convert import convert_adapter
+
+    s = settings(ctx, **opts)
+    with progress_bar(s, "convert") as advance:
+        result = convert_adapter(adapter, out, target=target.lower(), base=base, dtype=dtype, force=force, progress=advance)
+    emit(s, lambda r: r.convert(result))
+
+
 @dataclass
 class _Run:
     argv: list[str]

@@ -409,7 +409,8 @@ def test_a_broken_pyproject_of_another_tool_is_ignored(capsys, monkeypatch, tmp_
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path) -> dict:
+def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path, llama: Built) -> dict:
+    from inspector.convert import convert_adapter
     from inspector.diff import diff_checkpoints
     from inspector.io.checkpoint import read_checkpoint
     from inspector.merge import merge_adapter
@@ -424,6 +425,9 @@ def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path) -> dict:
         "check": run_check(str(base), str(adapter)),
         "resize": resize_checkpoint(str(base), str(tmp / "resized"), vocab=32008),
         "merge": merge_adapter(str(base), str(adapter), str(tmp / "merged"), device="cpu"),
+        # the seed adapter grows the vocabulary, which convert refuses: a tiny rsLoRA adapter, cast
+        "convert": convert_adapter(str(make_lora_adapter(llama.path, tmp / "rslora", r=8, target_modules=["q_proj"], use_rslora=True).path),
+                                   str(tmp / "converted"), target="vllm", base=str(llama.path), dtype="bf16"),
     }
 
 

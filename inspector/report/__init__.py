@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:  # the results' modules; check/resize/merge pull in more than a scan needs
     from inspector.check import Fleet
+    from inspector.convert import ConvertResult
     from inspector.diagnose import Diagnosis
     from inspector.diff import DiffResult
     from inspector.merge import MergeResult
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # the results' modules; check/resize/merge pull in more than 
     from inspector.scan import ScanResult
 
 Out = TypeVar("Out")
-COMMANDS = ("scan", "diff", "check", "resize", "merge")
+COMMANDS = ("scan", "diff", "check", "resize", "merge", "convert")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Renderer(ABC, Generic[Out]):
 
     @abstractmethod
     def merge(self, result: MergeResult) -> Out: ...
+
+    @abstractmethod
+    def convert(self, result: ConvertResult) -> Out: ...
 
     @abstractmethod
     def error(self, failure: Failure) -> Out | None:

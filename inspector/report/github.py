@@ -22,6 +22,7 @@ from inspector.units import counts_str, printable, shape_str
 
 if TYPE_CHECKING:
     from inspector.check import Fleet
+    from inspector.convert import ConvertResult
     from inspector.diagnose import Diagnosis
     from inspector.findings import Finding
     from inspector.merge import MergeResult
@@ -163,6 +164,17 @@ class GitHub(Renderer[str]):
         notes += [finding_note(g, level="warning", lead=f"merged with --init {plan.init}: ", hint=False) for g in grouped(plan.accepted)]
         notes += [finding_note(g, level="warning", hint=False) for g in grouped(f for f in plan.diagnosis.findings if f.severity == "warning")]
         closing = Note("notice", "merge", f"merged into {result.out}: {result.stats['tensors']} tensors, {result.stats['lora']} LoRA deltas")
+        return capped(notes, closing, self.full_list)
+
+    def convert(self, result: ConvertResult) -> str:
+        # The flags the server still needs (warnings, with the flag as the hint), check's warnings on
+        # the input, what was repaired and the notes (notices).
+        plan = result.plan
+        notes = [finding_note(g) for g in grouped(plan.flags)]
+        notes += [finding_note(g, hint=False) for g in grouped(plan.warnings)]
+        notes += [Note("notice", f"convert: {r.kind}", r.message, r.kind, len(r.keys)) for r in plan.repairs]
+        notes += [Note("notice", "convert", n, "note") for n in plan.notes]
+        closing = Note("notice", "convert", f"converted for {plan.title} into {result.out}: {result.stats['tensors']} tensors")
         return capped(notes, closing, self.full_list)
 
     def error(self, failure: Failure) -> None:

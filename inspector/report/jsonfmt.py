@@ -12,6 +12,7 @@ from inspector.scan import ScanResult
 
 if TYPE_CHECKING:
     from inspector.check import Fleet
+    from inspector.convert import ConvertResult
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
@@ -161,6 +162,32 @@ class Json(Renderer[str]):
                 "repaired": [f.as_json() for f in plan.repaired],
                 "accepted": [f.as_json() for f in plan.accepted],
                 "warnings": [f.as_json() for f in plan.diagnosis.findings if f.severity == "warning"],
+            }
+        )
+
+    def convert(self, result: ConvertResult) -> str:
+        plan = result.plan
+        d = plan.diagnosis
+        return dumps(
+            {
+                "schema": SCHEMA,
+                "command": "convert",
+                "out": str(result.out),
+                "adapter": d.adapter.checkpoint.path,
+                "base": d.base.path,
+                "base_from": plan.base_from,  # "--base" or "base_model_name_or_path"
+                "target": plan.target,
+                "dtype": plan.dtype,
+                "repairs": [{"kind": r.kind, "message": r.message, "keys": list(r.keys)} for r in plan.repairs],
+                "config_changes": plan.config_changes,  # field -> [before, after]
+                "stats": result.stats,
+                "tokenizer_from": result.tokenizer_from,
+                # the server's findings on the input that the converted adapter no longer has, the
+                # flags it still needs, check's own warnings on the input, and notes (rounding, kept copies)
+                "repaired": [f.as_json() for f in plan.repaired],
+                "flags": [f.as_json() for f in plan.flags],
+                "warnings": [f.as_json() for f in plan.warnings],
+                "notes": list(plan.notes),
             }
         )
 

@@ -12,6 +12,7 @@ from inspector.units import counts_str, dtypes_str, human_bytes, human_count, pr
 
 if TYPE_CHECKING:
     from inspector.check import Fleet
+    from inspector.convert import ConvertResult
     from inspector.diagnose import Diagnosis
     from inspector.findings import Finding
     from inspector.merge import MergeResult
@@ -166,6 +167,22 @@ class Markdown(Renderer[str]):
         done += [(f, f.hint) for f in plan.diagnosis.findings if f.severity == "warning"]
         if done:  # as in the JSON report: errors repaired or merged over with --init, warnings acted on
             out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, how] for f, how in done])]
+        return "\n".join(out) + "\n"
+
+    def convert(self, result: ConvertResult) -> str:
+        plan = result.plan
+        d = plan.diagnosis
+        base = f"`{d.base.path}`" + (" (base_model_name_or_path)" if plan.base_from != "--base" else "")
+        rows = [["adapter", f"`{d.adapter.checkpoint.path}`"], ["base", base], ["for", plan.title], ["tensors", f"{result.stats['tensors']} written"]]
+        out = [f"### converted for {_cell(plan.title)} into `{result.out}`", "", *_table(["field", "value"], rows)]
+        if plan.repairs:
+            out += ["", *_table(["repair", "what"], [[r.kind, r.message] for r in plan.repairs])]
+        else:
+            out += ["", f"nothing to repair: {_cell(plan.title)} serves the adapter as it is"]
+        found = [*plan.flags, *plan.warnings]
+        if found:  # the flags the server still needs on the output, check's warnings on the input
+            out += ["", *_table(["", "code", "what", "fix"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, f.hint] for f in found])]
+        out += [f"note: {_cell(n)}" for n in plan.notes]
         return "\n".join(out) + "\n"
 
     def error(self, failure: Failure) -> None:

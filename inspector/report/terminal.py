@@ -29,6 +29,7 @@ from inspector.units import counts_str, dtypes_str, human_bytes, human_count, pr
 
 if TYPE_CHECKING:
     from inspector.check import Fleet
+    from inspector.convert import ConvertResult
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
@@ -358,6 +359,23 @@ class Terminal(Renderer[Report]):
         rows.append(("written", Text(f"{printable(str(result.out))} ({_tokenizer_note(result.tokenizer_from)})", style="green"), True))
         return Report([Text("lora-inspector merge", style="bold"), *_fields(rows)])
 
+    def convert(self, result: ConvertResult) -> Report:
+        plan = result.plan
+        d = plan.diagnosis
+        rows: list[Row] = [
+            ("adapter", printable(d.adapter.checkpoint.path), True),
+            ("base", printable(d.base.path) + (" (its base_model_name_or_path)" if plan.base_from != "--base" else ""), True),
+            ("for", plan.title, False),
+        ]
+        rows += [(r.kind, printable(r.message), False) for r in plan.repairs]
+        if not plan.repairs:
+            rows.append(("repairs", f"none needed: {plan.title} serves the adapter as it is", False))
+        for f in (*plan.flags, *plan.warnings):  # the flags the server still needs, check's warnings on the input
+            rows.append((Text(f.code.code, style="yellow"), Text(f"{printable(f.message)}\nfix: {printable(f.hint)}"), False))
+        rows += [(Text("note", style="yellow"), printable(n), False) for n in plan.notes]
+        rows.append(("written", Text(f"{printable(str(result.out))} ({result.stats['tensors']} tensors; {_tokenizer_note(result.tokenizer_from)})", style="green"), True))
+        return Report([Text("lora-inspector convert", style="bold"), *_fields(rows)])
+
     def error(self, failure: Failure) -> None:
         return None  # stderr's Error/Hint says it
 
@@ -365,4 +383,4 @@ class Terminal(Renderer[Report]):
 # Shortcuts for code that prints a report itself (console.print(terminal.check(diagnosis))); the CLI
 # picks its renderer from inspector.report.RENDERERS.
 _TERMINAL = Terminal()
-scan, diff, check, resize, merge = _TERMINAL.scan, _TERMINAL.diff, _TERMINAL.check, _TERMINAL.resize, _TERMINAL.merge
+scan, diff, check, resize, merge, convert = _TERMINAL.scan, _TERMINAL.diff, _TERMINAL.check, _TERMINAL.resize, _TERMINAL.merge, _TERMINAL.convert
