@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-merge fixtures clean
+.PHONY: install demo test bench bench-merge bench-fleet fixtures clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-merge: $(STAMP)
 	$(BIN)/python bench/merge_bench.py
+
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet_check.py
 
 fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_seed.py
