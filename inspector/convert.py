@@ -159,10 +159,15 @@ def _rule_findings(target: Target, facts: AdapterFacts, b: Binding, adapter: str
     return found
 
 
+# check's errors about what a merge would do to the base, not about the adapter: a quantized base
+# is what adapters are commonly served on, and convert leaves the base alone.
+MERGE_ONLY = frozenset({Code.QUANTIZED_BASE})
+
+
 def _refuse_check_errors(d: Diagnosis, title: str) -> None:
     """check's own errors (not the server's): an adapter PEFT itself cannot load as it is, or whose
     vocabulary differs from the base's, is not converted."""
-    errors = [f for f in d.findings if f.severity == "error" and not f.code.code.startswith("LI15")]
+    errors = [f for f in d.findings if f.severity == "error" and not f.code.code.startswith("LI15") and f.code not in MERGE_ONLY]
     if not errors:
         return
     codes = ", ".join(dict.fromkeys(f"{f.code.code} {f.code.slug}" for f in errors))

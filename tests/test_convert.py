@@ -23,7 +23,7 @@ from inspector.findings import Code
 from inspector.targets import TARGETS, Target
 from inspector.targets import facts as f
 from inspector.targets.rule import Rule
-from tests.check_cases import edit_config, edit_tensors
+from tests.check_cases import edit_config, edit_json, edit_tensors
 from tests.merge_cases import LOGIT_TOL, header_dtypes, load, model_output
 from tests.models import Built, make_lora_adapter, make_tokenizer
 
@@ -337,3 +337,21 @@ def test_a_legacy_bin_adapter_is_written_as_safetensors(capsys, servers, llama: 
     assert [r["kind"] for r in report["repairs"]] == ["fold"]
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert_same_outputs(llama.path, adapter, out)
+
+
+def test_a_quantized_base_is_no_obstacle(capsys, servers, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
+    """LI901 is about merging into packed weights; convert leaves the base alone, and a quantized base
+    is what adapters are commonly served on. The output is the one the full-precision base gives."""
+    def pack(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        for key in [k for k in ts if k.endswith("_proj.weight")]:
+            ts[key] = torch.zeros(ts[key].numel() // 2, 1, dtype=torch.uint8)
+            ts[key.removesuffix("weight") + "weight.absmax"] = torch.ones(4)
+        return ts
+
+    packed = edit_tensors(llama.path, tmp_path / "packed", pack, filename="model.safetensors")
+    base = edit_json(packed, tmp_path / "bnb", "config.json", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    report = convert_json(capsys, made["rslora"], "sglang", tmp_path / "out", "--base", base)
+    assert [r["kind"] for r in report["repairs"]] == ["fold"]
+    convert_json(capsys, made["rslora"], "sglang", tmp_path / "full", "--base", llama.path)
+    ours, full = tensors(tmp_path / "out"), tensors(tmp_path / "full")
+    assert list(ours) == list(full) and all(torch.equal(ours[k], full[k]) for k in full)
