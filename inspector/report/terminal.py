@@ -373,7 +373,8 @@ class Terminal(Renderer[Report]):
         for f in (*plan.flags, *plan.warnings):  # the flags the server still needs, check's warnings on the input
             rows.append((Text(f.code.code, style="yellow"), Text(f"{printable(f.message)}\nfix: {printable(f.hint)}"), False))
         rows += [(Text("note", style="yellow"), printable(n), False) for n in plan.notes]
-        rows.append(("written", Text(f"{printable(str(result.out))} ({result.stats['tensors']} tensors; {_tokenizer_note(result.tokenizer_from)})", style="green"), True))
+        tokenizer = f"tokenizer files from {printable(result.tokenizer_from)}" if result.tokenizer_from else "no tokenizer files in the adapter directory"
+        rows.append(("written", Text(f"{printable(str(result.out))} ({result.stats['tensors']} tensors; {tokenizer})", style="green"), True))
         return Report([Text("lora-inspector convert", style="bold"), *_fields(rows)])
 
     def error(self, failure: Failure) -> None:
