@@ -68,6 +68,7 @@ class Code(Enum):
     SERVE_TRAINABLE_TOKENS = ("LI1509", "serve-trainable-tokens", "error", "trainable tokens, which the server refuses or ignores")
     SERVE_SCALING = ("LI1510", "serve-scaling", "error", "a scaling the server computes differently (rsLoRA, rank_pattern / alpha_pattern)")
     SERVE_EMBEDDING_LORA = ("LI1511", "serve-embedding-lora", "error", "LoRA on the embedding or the output layer, which the server refuses or ignores")
+    SERVE_PARTIAL_LAYERS = ("LI1512", "serve-partial-layers", "error", "LoRA on a module kind in only some layers, which the server drops in every layer")
 
     @property
     def code(self) -> str:

@@ -6,9 +6,11 @@ not apply, or the values the rule's message and fix quote. Headers and config on
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from inspector.binding import Binding
+from inspector.binding import Binding, layer_of
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class AdapterFacts:
     embedding_lora: tuple[str, ...]  # LoRA modules on a vocabulary matrix (embedding or output layer)
     vocab_rows: int | None  # the vocabulary a merge would need when it differs from the base's, else None
     base_vocab_rows: int | None
+    tied_head_lora: tuple[str, ...] = ()  # LoRA on an output layer the base ties to its embedding (not stored)
+    partial_kinds: tuple[str, ...] = ()  # LoRA kinds in some of the base's layers but not all (layers_to_transform)
 
     @classmethod
     def of(cls, b: Binding) -> AdapterFacts:
@@ -59,7 +63,20 @@ class AdapterFacts:
             embedding_lora=tuple(sorted(m for m in lora if (w := b.lora_targets[m][1]) is not None and w.name in vocab)),
             vocab_rows=b.target.rows if b.target.grows else None,
             base_vocab_rows=b.target.base_rows,
+            tied_head_lora=tuple(sorted(m for m, side in b.tied_lora.items() if side == "head")),
+            partial_kinds=_partial_kinds(lora, b.base_layers),
         )
+
+
+def _partial_kinds(modules: list[str], layers: int | None) -> tuple[str, ...]:
+    """Kinds (last names) whose LoRA sits in some decoder layers but not in all ``layers`` of the base."""
+    if not layers:
+        return ()
+    seen: dict[str, set[int]] = {}
+    for m in modules:
+        if (i := layer_of(m)) is not None:
+            seen.setdefault(m.rpartition(".")[2], set()).add(i)
+    return tuple(sorted(k for k, found in seen.items() if not set(range(layers)) <= found))
 
 
 def _listed(items) -> str:
@@ -78,6 +95,27 @@ def model_type_not_in(supported: frozenset[str]):
     return lambda f: {"model_type": f.model_type or "unknown"} if f.model_type not in supported else None
 
 
+def architecture_in(names: frozenset[str]):
+    """The base's architecture (config.json ``architectures``) is one of ``names``: ``{architecture}``."""
+
+    def when(f: AdapterFacts):
+        found = next((a for a in f.architectures if a in names), None)
+        return {"architecture": found} if found else None
+
+    return when
+
+
+def architecture_not_in(names: frozenset[str]):
+    """The base names architectures and none is in ``names`` (silent when config.json names none)."""
+
+    def when(f: AdapterFacts):
+        if f.architectures and not any(a in names for a in f.architectures):
+            return {"architecture": f.architectures[0]}
+        return None
+
+    return when
+
+
 def rank_above(limit: int, *, below: int | None = None):
     """The stored rank exceeds ``limit`` (and, with ``below``, is at most ``below``): ``{rank}``, ``{limit}``."""
 
@@ -89,22 +127,114 @@ def rank_above(limit: int, *, below: int | None = None):
     return when
 
 
-def lora_on_modules_other_than(allowed: frozenset[str]):
-    """LoRA on modules whose last name is not in ``allowed``: ``{modules}``."""
+def rank_needs_flag(default: int, allowed: tuple[int, ...]):
+    """The rank is above the server's ``default`` limit but within its largest allowed value:
+    ``{rank}``, ``{limit}`` (the default) and ``{value}``, the smallest allowed value that fits."""
 
     def when(f: AdapterFacts):
-        outside = [k for k in f.lora_kinds if k not in allowed]
+        fits = [v for v in sorted(allowed) if v >= f.max_rank]
+        if f.max_rank > default and fits:
+            return {"rank": f.max_rank, "limit": default, "value": fits[0]}
+        return None
+
+    return when
+
+
+def _kinds(f: AdapterFacts, vocab: bool) -> list[str]:
+    """LoRA kinds on vocabulary matrices (``vocab``) or on every other module."""
+    on_vocab = {m.rpartition(".")[2] for m in f.embedding_lora}
+    others = {m.rpartition(".")[2] for m in f.lora_modules if m not in f.embedding_lora}
+    return sorted(on_vocab if vocab else others)
+
+
+def lora_on_modules_other_than(allowed: frozenset[str], *, vocab: bool | None = None):
+    """LoRA on modules whose last name is not in ``allowed``: ``{modules}``. ``vocab`` True looks at
+    LoRA on vocabulary matrices only (embedding, output layer), False at the others, None at all."""
+
+    def when(f: AdapterFacts):
+        kinds = f.lora_kinds if vocab is None else _kinds(f, vocab)
+        outside = [k for k in kinds if k not in allowed]
         return {"modules": _listed(outside)} if outside else None
 
     return when
+
+
+def lora_on_modules_outside(allowed_by_model_type: Mapping[str, frozenset[str]], *, vocab: bool):
+    """``lora_on_modules_other_than`` with the list of the base's model_type (a server whose adaptable
+    layers differ per model); silent for a model_type not in the mapping. Adds ``{allowed}``."""
+
+    def when(f: AdapterFacts):
+        allowed = allowed_by_model_type.get(f.model_type)
+        if allowed is None:
+            return None
+        outside = [k for k in _kinds(f, vocab) if k not in allowed]
+        return {"modules": _listed(outside), "allowed": ", ".join(sorted(allowed))} if outside else None
+
+    return when
+
+
+def lora_on_paths_other_than(pattern: str):
+    """LoRA on (non-vocabulary) modules whose full path does not match ``pattern``: ``{modules}``, the
+    paths with layer numbers written ``*`` (a server that looks LoRA up by exact path, not last name)."""
+    full = re.compile(pattern)
+
+    def when(f: AdapterFacts):
+        outside = sorted({re.sub(r"\.\d+\.", ".*.", m) for m in f.lora_modules if m not in f.embedding_lora and not full.fullmatch(m)})
+        return {"modules": _listed(outside)} if outside else None
+
+    return when
+
+
+def lora_without_partner(group: frozenset[str], needed: frozenset[str]):
+    """LoRA on a kind of ``group`` without every kind of ``needed`` (a server that stacks q/k/v LoRA
+    into one fused matrix and reads some of them unconditionally): ``{modules}``, ``{missing}``."""
+
+    def when(f: AdapterFacts):
+        present = [k for k in f.lora_kinds if k in group]
+        missing = sorted(needed - set(f.lora_kinds))
+        return {"modules": _listed(present), "missing": " and ".join(missing)} if present and missing else None
+
+    return when
+
+
+def has_partial_layers(f: AdapterFacts):
+    return {"modules": _listed(f.partial_kinds)} if f.partial_kinds else None
+
+
+def has_tied_head_lora(f: AdapterFacts):
+    return {"modules": _listed(f.tied_head_lora)} if f.tied_head_lora else None
 
 
 def has_full_weights(f: AdapterFacts):
     return {"modules": _listed(f.full_weights or f.modules_to_save)} if f.full_weights or f.modules_to_save else None
 
 
+def full_weights_matching(pattern: str, *, invert: bool = False):
+    """``has_full_weights`` for the full weights (or modules_to_save names) that ``pattern`` finds
+    (with ``invert``, those it does not): a server that treats some modules apart (norms, heads)."""
+    found = re.compile(pattern)
+
+    def when(f: AdapterFacts):
+        names = [n for n in (f.full_weights or f.modules_to_save) if bool(found.search(n)) != invert]
+        return {"modules": _listed(names)} if names else None
+
+    return when
+
+
 def has_frozen_copies(f: AdapterFacts):
     return {"keys": _listed(f.frozen_copies)} if f.frozen_copies else None
+
+
+def has_base_layer_copies(*, except_suffixes: tuple[str, ...] = ()):
+    """Frozen ``base_layer`` copies of LoRA-wrapped weights (PEFT's save_embedding_layers writes them
+    for embeddings), but for keys ending in ``except_suffixes``: ``{keys}``. The ``original_module``
+    copies that come with modules_to_save are left to the modules_to_save rules."""
+
+    def when(f: AdapterFacts):
+        keys = [k for k in f.frozen_copies if ".base_layer." in k and not k.endswith(except_suffixes)]
+        return {"keys": _listed(keys)} if keys else None
+
+    return when
 
 
 def changes_vocabulary(f: AdapterFacts):
@@ -129,6 +259,14 @@ def uses_rslora(f: AdapterFacts):
 
 def uses_patterns(f: AdapterFacts):
     return {"fields": " and ".join(f.patterns)} if f.patterns else None
+
+
+def uses_rank_pattern(f: AdapterFacts):
+    return {} if "rank_pattern" in f.patterns else None
+
+
+def uses_alpha_pattern(f: AdapterFacts):
+    return {} if "alpha_pattern" in f.patterns else None
 
 
 def has_embedding_lora(f: AdapterFacts):
