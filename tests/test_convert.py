@@ -210,6 +210,22 @@ def test_a_base_layer_copy_that_differs_is_kept_or_refused(capsys, servers, llam
     assert_same_outputs(llama.path, adapter, tmp_path / "kept")
 
 
+def test_an_original_module_copy_is_dropped(capsys, servers, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
+    """modules_to_save's frozen pre-training copy: PEFT uses it only with the adapter disabled."""
+    copy = f"{P}model.embed_tokens.original_module.weight"
+
+    def add_copy(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ts[copy] = ts[f"{P}model.embed_tokens.weight"] * 0  # not even the base's values: never used while the adapter is active
+        return ts
+
+    adapter = edit_tensors(made["modules_to_save"], tmp_path / "adapter", add_copy)
+    out = tmp_path / "converted"
+    report = convert_json(capsys, adapter, "tgi", out, "--base", llama.path)
+    assert [(r["kind"], r["keys"]) for r in report["repairs"]] == [("drop", [copy])]
+    assert sorted(tensors(out)) == sorted(tensors(made["modules_to_save"]))
+    assert_same_outputs(llama.path, adapter, out)
+
+
 def test_embedding_lora_is_refused_where_the_server_has_none(capsys, servers, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
     rc, got, err = convert(capsys, made["embedding"], "llamacpp", tmp_path / "out", "--base", llama.path, "--format", "json")
     assert rc == 1 and not (tmp_path / "out").exists()
@@ -355,3 +371,32 @@ def test_a_quantized_base_is_no_obstacle(capsys, servers, llama: Built, made: di
     convert_json(capsys, made["rslora"], "sglang", tmp_path / "full", "--base", llama.path)
     ours, full = tensors(tmp_path / "out"), tensors(tmp_path / "full")
     assert list(ours) == list(full) and all(torch.equal(ours[k], full[k]) for k in full)
+
+
+# ---- end to end, with the servers' own rule tables (inspector/targets/) ----------------------------
+
+
+def test_rslora_for_sglang_end_to_end(capsys, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
+    """SGLang scales by lora_alpha / r (its table's LI1510): the fold makes it compute PEFT's rsLoRA."""
+    assert ("LI1510", "diverges") in serving_codes(capsys, llama.path, made["rslora"], "sglang")
+    out = tmp_path / "converted"
+    report = convert_json(capsys, made["rslora"], "sglang", out, "--base", llama.path)
+    assert [r["kind"] for r in report["repairs"]] == ["fold"] and report["config_changes"] == {"use_rslora": [True, False]}
+    assert_same_outputs(llama.path, made["rslora"], out)
+    assert serving_codes(capsys, llama.path, out, "sglang") == []
+
+
+def test_patterns_for_sglang_end_to_end(capsys, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
+    """SGLang sizes every module at r (rank_pattern refused) and scales by lora_alpha / r (alpha_pattern diverges)."""
+    assert {c for c, _ in serving_codes(capsys, llama.path, made["patterns"], "sglang")} == {"LI1510"}
+    out = tmp_path / "converted"
+    report = convert_json(capsys, made["patterns"], "sglang", out, "--base", llama.path)
+    assert [r["kind"] for r in report["repairs"]] == ["fold", "pad"]
+    assert_same_outputs(llama.path, made["patterns"], out)
+    assert serving_codes(capsys, llama.path, out, "sglang") == []
+
+
+def test_dora_for_vllm_end_to_end(capsys, llama: Built, made: dict[str, Path], tmp_path: Path) -> None:
+    rc, got, err = convert(capsys, made["dora"], "vllm", tmp_path / "out", "--base", llama.path)
+    assert rc == 1 and not (tmp_path / "out").exists()
+    assert "vLLM: refuses DoRA" in err and f"`lora-inspector merge {llama.path} {made['dora']} --out merged`" in err
