@@ -400,3 +400,18 @@ def test_dora_for_vllm_end_to_end(capsys, llama: Built, made: dict[str, Path], t
     rc, got, err = convert(capsys, made["dora"], "vllm", tmp_path / "out", "--base", llama.path)
     assert rc == 1 and not (tmp_path / "out").exists()
     assert "vLLM: refuses DoRA" in err and f"`lora-inspector merge {llama.path} {made['dora']} --out merged`" in err
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("kind", ["rslora", "patterns", "embedding", "plain"])
+def test_every_server_either_refuses_or_gets_peft_outputs(capsys, llama: Built, made: dict[str, Path], tmp_path: Path, target: str, kind: str) -> None:
+    """For each real table: a conversion is refused (exit 1, nothing written) or its output computes
+    what the input computes and leaves nothing the server refuses or computes otherwise."""
+    out = tmp_path / "converted"
+    rc, got, err = convert(capsys, made[kind], target, out, "--base", llama.path, "--format", "json")
+    if rc == 1:
+        assert not out.exists() and "lora-inspector merge" in json.loads(got)["error"]["hint"]
+        return
+    assert rc == 0, err
+    assert_same_outputs(llama.path, made[kind], out)
+    assert [c for c in serving_codes(capsys, llama.path, out, target) if c[1] != "flag"] == []
