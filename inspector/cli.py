@@ -7,7 +7,6 @@ import io
 import os
 import sys
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from inspector.errors import InspectorError, UsageError
 from inspector.repair import DEFAULT_MERGE_INIT, INITS, MERGE_INITS  # no torch at import time
 from inspector.report import FORMATS, Failure, Options, Renderer, renderer
 from inspector.targets import TARGET_NAMES
-from inspector.units import human_bytes, printable
+from inspector.units import printable
 
 if TYPE_CHECKING:
     from inspector.report.terminal import Report
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 # click >= 8.2 raises this for a bare group; 8.1 printed the help itself and exits 0.
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 # Plain progress lines (stderr not a terminal, as in CI logs): at most one per this many seconds.
-PROGRESS_EVERY = 15.0
 
 
 @dataclass
@@ -248,68 +246,13 @@ def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, 
     ctx.exit(1 if fleet.fails() else 0)
 
 
-class PlainProgress:
-    """Progress for a log (stderr not a terminal): a line every ``every`` seconds at most, and a last
-    one when the run was long enough to print any; short runs print nothing."""
-
-    def __init__(self, label: str, write: Callable[[str], None], clock: Callable[[], float] = time.monotonic, every: float = PROGRESS_EVERY) -> None:
-        self.label, self.write, self.clock, self.every = label, write, clock, every
-        self.start = self.last = clock()
-        self.done, self.total = 0, 0
-        self.printed = False
-
-    def advance(self, n: int, total: int) -> None:
-        self.done += n
-        self.total = total
-        now = self.clock()
-        if now - self.last >= self.every:
-            self.last = now
-            self._line(now, "")
-
-    def finish(self) -> None:
-        now = self.clock()
-        if self.printed or now - self.start >= self.every:
-            self._line(now, "done, ")
-
-    def _line(self, now: float, state: str) -> None:
-        elapsed = now - self.start
-        of = f" of {human_bytes(self.total)} ({min(100 * self.done // self.total, 100)}%)" if self.total else ""  # 99.8% is not done
-        rate = human_bytes(int(self.done / elapsed)) if elapsed > 0 else "-"
-        self.write(f"{self.label}: {state}{human_bytes(self.done)}{of} in {_duration(elapsed)}, {rate}/s\n")
-        self.printed = True
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes else f"{seconds:.0f} s"
-
-
-def _stderr_line(line: str) -> None:
-    sys.stderr.write(line)
-    sys.stderr.flush()  # a CI log shows it now, not when the buffer fills
-
-
 @contextmanager
 def progress_bar(s: Settings, label: str, clock: Callable[[], float] | None = None) -> Iterator[Callable[[int, int], None] | None]:
-    """Progress on stderr unless --quiet: a rich bar on a terminal, plain lines a few times a minute
-    otherwise (CI logs). Yields advance(done_bytes, total_bytes), or None."""
-    from rich.console import Console
+    """Progress on stderr unless --quiet (report/progress.py): yields advance(done_bytes, total_bytes), or None."""
+    from inspector.report.progress import progress
 
-    console = Console(stderr=True, **_colors(s))
-    if s.quiet:
-        yield None
-        return
-    if not console.is_terminal:
-        plain = PlainProgress(label, _stderr_line, clock or time.monotonic, PROGRESS_EVERY)
-        yield plain.advance
-        plain.finish()  # not reached when the work raised: Error/Hint says how it ended
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n, total: bar.update(task, advance=n, total=total)
+    with progress(label, quiet=s.quiet, colors=_colors(s), clock=clock) as advance:
+        yield advance
 
 
 def write_options(func):

@@ -19,6 +19,7 @@ from inspector import cli
 from inspector.check import run_check
 from inspector.cli import main
 from inspector.findings import Code, Finding
+from inspector.report import progress as progress_mod
 from tests.check_cases import edit_config
 from tests.models import Built, make_llama, make_lora_adapter
 
@@ -103,7 +104,7 @@ class FakeClock:
 
 def test_plain_progress_a_few_lines_a_minute() -> None:
     clock, lines = FakeClock(), []
-    progress = cli.PlainProgress("merge", lines.append, clock, every=15)
+    progress = progress_mod.PlainProgress("merge", lines.append, clock, every=15)
     total = 600 * 2**20
     for _ in range(600):  # 600 MiB at 1 MiB every 0.5 s: five minutes
         clock.now += 0.5
@@ -116,7 +117,7 @@ def test_plain_progress_a_few_lines_a_minute() -> None:
 
 def test_plain_progress_quiet_for_a_short_run() -> None:
     clock, lines = FakeClock(), []
-    progress = cli.PlainProgress("resize", lines.append, clock, every=15)
+    progress = progress_mod.PlainProgress("resize", lines.append, clock, every=15)
     clock.now += 3
     progress.advance(100, 100)
     progress.finish()
@@ -141,7 +142,7 @@ def test_progress_bar_writes_plain_lines_to_stderr_unless_quiet(capsys) -> None:
 
 
 def test_merge_progress_in_a_log(capsys, monkeypatch, seed_dir: Path, tmp_path: Path) -> None:
-    monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)  # a line per tensor: what a long merge prints every 15 s
+    monkeypatch.setattr(progress_mod, "PROGRESS_EVERY", 0.0)  # a line per tensor: what a long merge prints every 15 s
     rc, out, err = run(capsys, "merge", seed_dir / "base", seed_dir / "adapter", "--out", tmp_path / "m", "--device", "cpu", "--format", "json")
     assert rc == 0 and json.loads(out)["command"] == "merge"
     lines = err.splitlines()
