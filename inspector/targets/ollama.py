@@ -42,7 +42,7 @@ TARGET = Target("ollama", "Ollama", f"Ollama {V} (convert/, server/create.go, ll
          MERGE, f"convert/convert.go ConvertAdapter ({V}), src/llama-adapter.cpp llama_adapter_lora_init_impl ({RT})"),
     Rule(Code.SERVE_MODULES_TO_SAVE, f.has_base_layer_copies(), "refused",
          f"converts the frozen copies {{keys}} as they are and {UNEXPECTED}.",
-         "`lora-inspector convert {adapter} --for ollama --out converted` drops copies equal to the base's weights (lossless); use converted/ as ADAPTER.",
+         "`lora-inspector convert {adapter} --for ollama --out converted` drops copies equal to the base's weights (lossless; one that differs is what PEFT computes with: merge instead); use converted/ as ADAPTER.",
          f"convert/convert.go ConvertAdapter ({V}), src/llama-adapter.cpp llama_adapter_lora_init_impl ({RT})"),
     Rule(Code.SERVE_VOCABULARY, f.changes_vocabulary, "refused",
          "the adapter's vocabulary has {rows} rows, the base's {base_rows}: an adapter GGUF carries no embedding rows or tokens "

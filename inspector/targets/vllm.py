@@ -16,7 +16,7 @@ from inspector.targets.rule import Rule, Target
 
 V = "v0.34.0"
 MERGE = "Serve the merged model instead: `lora-inspector merge {base} {adapter} --out merged`."
-CONVERT = "`lora-inspector convert {adapter} --for vllm --out converted` drops them (lossless); serve converted/."
+CONVERT = "`lora-inspector convert {adapter} --for vllm --out converted` drops copies equal to the base's weights (lossless; one that differs is what PEFT computes with: merge instead); serve converted/."
 
 # --max-lora-rank takes one of these (vllm/config/lora.py MaxLoRARanks); the default is 16.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
