@@ -76,6 +76,11 @@ class TensorReader:
 
     def read(self, info: TensorInfo):
         """The tensor ``info`` describes, on the CPU, in its stored dtype."""
+        return self._read(info, None)
+
+    def _read(self, info: TensorInfo, into):
+        """``read``; ``into``: a uint8 CPU tensor of at least its bytes to read into and view (the
+        merge reuses one: no allocation per block), ignored for a strided view."""
         import torch
 
         try:
@@ -84,7 +89,7 @@ class TensorReader:
             raise InvalidInputError("Cannot load tensor", self.root / info.file, f"{info.name} is {info.dtype}, which has no torch dtype here", exc.hint) from exc
         fh = self._open(info.file)
         size = info.span
-        buf = torch.empty(size, dtype=torch.uint8)
+        buf = into[:size] if into is not None and info.stride is None else torch.empty(size, dtype=torch.uint8)
         fh.seek(info.start)
         got = fh.readinto(memoryview(buf.numpy())) if size else 0
         if got != size:
@@ -93,10 +98,10 @@ class TensorReader:
             return torch.as_strided(buf.view(dtype), info.shape, info.stride).contiguous()
         return buf.view(dtype).reshape(info.shape)
 
-    def read_rows(self, info: TensorInfo, start: int, stop: int):
-        """Rows [start, stop) of a tensor (dim 0), reading only their bytes."""
+    def read_rows(self, info: TensorInfo, start: int, stop: int, into=None):
+        """Rows [start, stop) of a tensor (dim 0), reading only their bytes (into ``into``, as ``read``)."""
         if not info.shape or (start == 0 and stop >= info.shape[0]):
-            return self.read(info)
+            return self.read(info) if into is None else self._read(info, into)
         if info.stride is not None:
             # A view's rows are spread over its storage (w.T: every block spans nearly all of it):
             # read it whole once, then slice each block from that.
@@ -108,7 +113,7 @@ class TensorReader:
         row_bytes = info.nbytes // rows
         begin = info.start + start * row_bytes
         part = TensorInfo(info.name, info.dtype, (stop - start, *info.shape[1:]), info.file, begin, begin + (stop - start) * row_bytes)
-        return self.read(part)
+        return self.read(part) if into is None else self._read(part, into)
 
     def close(self) -> None:
         """Close every file, refusing results when a file changed while it was read (the open file
