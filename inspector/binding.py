@@ -23,6 +23,7 @@ from inspector.io.tokenizer import TokenizerFacts
 
 if TYPE_CHECKING:
     from inspector.targets.facts import AdapterFacts
+    from inspector.values import ValueScan
 
 # Output layers by name (Whisper's proj_out, DistilBERT's vocab_projector, BERT's cls.predictions.decoder, ...).
 HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output|decoder|proj_out|vocab_projector)\.weight$")
@@ -53,9 +54,10 @@ def shell_command(*words: str) -> str:
 class Binding:
     """What every check and the merge read: the base, the adapter, and lookups derived from them once."""
 
-    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, targets: tuple[str, ...] = ()) -> None:
+    def __init__(self, base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None, targets: tuple[str, ...] = (), values: bool = False) -> None:
         self.base, self.adapter, self.tokenizer = base, adapter, tokenizer
         self.targets = targets  # check --target: the servers whose rules apply (inspector/targets/)
+        self.values = values  # check --values: the LI16xx checks read the tensors' values (value_scan)
         self.index = BaseIndex(base)
         self.vocab: VocabLayout = vocab_layout(base)
         self.config = adapter.config
@@ -173,6 +175,15 @@ class Binding:
         return AdapterFacts.of(self)
 
     @cached_property
+    def value_scan(self) -> ValueScan | None:
+        """check --values: one streaming pass over the adapter's values (torch is imported only then)."""
+        if not self.values:
+            return None
+        from inspector.values import scan_values
+
+        return scan_values(self)
+
+    @cached_property
     def lora_targets(self) -> dict[str, tuple[LoraModule, TensorInfo | None]]:
         return {m: (lm, self.tensor(f"{m}.weight")) for m, lm in self.adapter.lora.items()}
 
@@ -283,5 +294,5 @@ def module_of(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def bind(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, targets: tuple[str, ...] = ()) -> Binding:
-    return Binding(base, adapter, tokenizer, targets)
+def bind(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, targets: tuple[str, ...] = (), values: bool = False) -> Binding:
+    return Binding(base, adapter, tokenizer, targets, values)

@@ -18,19 +18,20 @@ from inspector.units import printable
 
 
 def run_check(base_path: str | Checkpoint, adapter_path: str, tokenizer_dir: str | None = None, *, command: str = "check",
-              targets: tuple[str, ...] = ()) -> Diagnosis:
+              targets: tuple[str, ...] = (), values: bool = False) -> Diagnosis:
     """Read BASE (unless already read) and ADAPTER (headers only) and diagnose them.
 
     The tokenizer is ``tokenizer_dir`` if given, else the adapter directory's (where training
     scripts save the extended tokenizer), else the base directory's. ``command`` words the usage
     errors for the command that asked (``resize --like`` has no ADAPTER argument). ``targets``: the
-    servers whose serving rules apply (``check --target``).
+    servers whose serving rules apply (``check --target``); ``values``: also read the adapter's values
+    (``check --values``, the LI16xx checks).
     """
-    return run_checks(base_path, (adapter_path,), tokenizer_dir, command=command, targets=targets)[0]
+    return run_checks(base_path, (adapter_path,), tokenizer_dir, command=command, targets=targets, values=values)[0]
 
 
 def run_checks(base_path: str | Checkpoint, adapter_paths: Sequence[str], tokenizer_dir: str | None = None, *, command: str = "check",
-               targets: tuple[str, ...] = ()) -> list[Diagnosis]:
+               targets: tuple[str, ...] = (), values: bool = False) -> list[Diagnosis]:
     """``run_check`` for several adapters against one base, which is read once (as is ``tokenizer_dir``).
 
     Every adapter is read and validated before any is diagnosed: an unreadable one fails the whole
@@ -50,7 +51,7 @@ def run_checks(base_path: str | Checkpoint, adapter_paths: Sequence[str], tokeni
             if len(adapter_paths) > 1 and _about(exc, path):
                 exc.hint = f"{exc.hint} It is ADAPTER {i} of {len(adapter_paths)}: fix it or leave it out (no adapter was checked)."
             raise
-    return [diagnose(base, adapter, tokenizer, targets=targets) for adapter, tokenizer in read]
+    return [diagnose(base, adapter, tokenizer, targets=targets, values=values) for adapter, tokenizer in read]
 
 
 def _about(exc: InspectorError, given: str) -> bool:

@@ -222,9 +222,10 @@ def diff(ctx, a, b, values, atol, **opts) -> None:
 @click.option("--ignore", multiple=True, metavar="CODES", help="Leave these codes out (comma-separated; families as for --select).")
 @click.option("--target", "targets", multiple=True, type=click.Choice(TARGET_NAMES, case_sensitive=False),
               help="Also check that this server serves the adapter unmerged (repeatable; all = every one).")
+@click.option("--values", is_flag=True, help="Also stream the adapter's values: NaN / Inf, all-zero lora_B, untrained new rows (LI16xx).")
 @output_options
 @click.pass_context
-def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, **opts) -> None:
+def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, values, **opts) -> None:
     """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
 
     Several adapters are each checked against BASE (read once), and the report ends with a table of
@@ -237,7 +238,7 @@ def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, 
 
     rules = rules_for(select, ignore, fail_on)  # before reading anything: a typo in a code fails fast
     servers = resolve_targets(targets)
-    results = tuple(apply_rules(d, rules) for d in run_checks(base, adapters, tokenizer_dir, targets=servers))
+    results = tuple(apply_rules(d, rules) for d in run_checks(base, adapters, tokenizer_dir, targets=servers, values=values))
     if len(results) == 1:  # one adapter: the report and JSON shape check has always had
         emit(settings(ctx, **opts), lambda r: r.check(results[0]))
         ctx.exit(1 if results[0].fails(rules.fail_on) else 0)

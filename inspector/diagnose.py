@@ -39,10 +39,11 @@ class Diagnosis:
 
 
 def diagnose(base: Checkpoint, adapter: Adapter, tokenizer: TokenizerFacts | None = None, *, codes: Iterable[Code] | None = None,
-             targets: tuple[str, ...] = ()) -> Diagnosis:
+             targets: tuple[str, ...] = (), values: bool = False) -> Diagnosis:
     """Run every check (or those of ``codes``; the serving rules of ``targets``); findings come sorted
-    by severity, then code, then target, then tensor."""
-    binding = bind(base, adapter, tokenizer, targets)
+    by severity, then code, then target, then tensor. ``values``: also the LI16xx checks, which stream
+    the adapter's tensors (check --values)."""
+    binding = bind(base, adapter, tokenizer, targets, values)
     wanted = set(Code) if codes is None else set(codes)
     lora = binding.config.peft_type == "LORA"  # the other checks read LoRA layouts
     findings = [f for code, check in REGISTRY.items() if code in wanted and (lora or check.always) for f in check.findings(binding)]

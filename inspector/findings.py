@@ -1,13 +1,13 @@
 """Finding codes (stable, never renumbered) and the Finding record every check returns.
 
-The hundreds digit is the family (LI1xx vocabulary, ..., LI14xx unsupported; docs/design.md lists
+The hundreds digit is the family (LI1xx vocabulary, ..., LI16xx values; docs/design.md lists
 the families). docs/findings.md documents every code with its causes and fix; each code is raised by
 exactly one registered check in inspector/checks/.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 SEVERITIES = ("error", "warning", "info")
@@ -69,6 +69,11 @@ class Code(Enum):
     SERVE_SCALING = ("LI1510", "serve-scaling", "error", "a scaling the server computes differently (rsLoRA, rank_pattern / alpha_pattern)")
     SERVE_EMBEDDING_LORA = ("LI1511", "serve-embedding-lora", "error", "LoRA on the embedding or the output layer, which the server refuses or ignores")
     SERVE_PARTIAL_LAYERS = ("LI1512", "serve-partial-layers", "error", "LoRA on a module kind in only some layers, which the server drops in every layer")
+    # Values (check --values): one streaming pass over the adapter's tensor values (inspector/values.py).
+    VALUE_NONFINITE = ("LI1601", "value-nonfinite", "error", "an adapter tensor holds NaN or Inf (a diverged run, or an fp16 overflow)")
+    LORA_B_ZERO = ("LI1602", "lora-b-zero", "error", "lora_B is all zeros: the LoRA delta is zero (every module: the adapter does nothing)")
+    NEW_ROWS_UNTRAINED = ("LI1603", "new-rows-untrained", "warning", "new vocabulary rows equal the old rows' mean, zero, or each other: never trained")
+    NEW_ROW_NORMS = ("LI1604", "new-row-norm-outlier", "warning", "new vocabulary rows' norms lie far outside the old rows' norms")
 
     @property
     def code(self) -> str:
@@ -101,6 +106,7 @@ class Hit:
     repair: str | None = None
     target: str | None = None  # the server a serving finding is about (check --target)
     outcome: str | None = None  # what that server does: "refused" | "diverges" | "flag"
+    data: dict | None = field(default=None, compare=False)  # measured numbers (check --values), in JSON as "data"
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Finding:
     repair: str | None = None
     target: str | None = None  # check --target: the server this finding is about (LI15xx)
     outcome: str | None = None  # what that server does with the adapter: "refused" | "diverges" | "flag"
+    data: dict | None = field(default=None, compare=False)  # measured numbers (LI16xx); JSON "data" only when set
 
     def __post_init__(self) -> None:
         if not self.severity:
@@ -125,7 +132,7 @@ class Finding:
 
     @classmethod
     def of(cls, code: Code, hit: Hit) -> Finding:
-        return cls(code, hit.message, hit.hint, hit.severity, hit.tensor, hit.adapter_key, hit.adapter_shape, hit.base_shape, hit.repair, hit.target, hit.outcome)
+        return cls(code, hit.message, hit.hint, hit.severity, hit.tensor, hit.adapter_key, hit.adapter_shape, hit.base_shape, hit.repair, hit.target, hit.outcome, hit.data)
 
     def as_json(self) -> dict:
         return {
@@ -141,7 +148,7 @@ class Finding:
             "repair": self.repair,
             "target": self.target,
             "outcome": self.outcome,
-        }
+        } | ({"data": self.data} if self.data is not None else {})
 
 
 def severity_rank(severity: str) -> int:

@@ -55,6 +55,8 @@ def check_report(diagnosis: Diagnosis) -> dict:
         "findings": [f.as_json() for f in diagnosis.findings],
         "summary": diagnosis.summary,
     }
+    if diagnosis.binding.values:  # check --values: what the value pass measured (docs/json.md)
+        report["values"] = diagnosis.binding.value_scan.as_json()
     if isinstance(diagnosis, Selected):  # the findings and summary above are what the rules kept
         report["rules"] = diagnosis.rules_json()
     return report

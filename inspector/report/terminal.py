@@ -233,6 +233,24 @@ def _finding_tables(diagnosis: Diagnosis, refs: _References, severities: tuple[s
     return parts
 
 
+def _row_norms(diagnosis: Diagnosis, width: int = 24) -> list[Block]:
+    """check --values: old vs new vocabulary rows' norms, one text histogram per grown matrix."""
+    scan = diagnosis.binding.value_scan if diagnosis.binding.values else None
+    out: list[Block] = []
+    for r in scan.rows if scan else ():
+        h = r.histogram
+        out += [Text(""), Text(f"row norms of {printable(r.tensor)}: {r.old_rows} old rows, {r.new_rows} new", style="bold")]
+        # Each side scaled to its own fullest bin: the shapes compare, whatever the row counts.
+        top_old, top_new = max([*h["old"], 1]), max([*h["new"], 1])
+        for i, (old, new) in enumerate(zip(h["old"], h["new"])):
+            bars = Text(f"  {h['edges'][i]:>9.4g} - {h['edges'][i + 1]:<9.4g} old ")
+            bars.append(f"{'#' * round(width * old / top_old):<{width}} {old:>5}", style="cyan")
+            bars.append("  new ")
+            bars.append(f"{'#' * round(width * new / top_new):<{width}} {new:>5}", style="magenta")
+            out.append(bars)
+    return out
+
+
 def _sized(ckpt: Checkpoint) -> str:
     return f"{printable(ckpt.path)} ({ckpt.tensor_count} tensors, {human_bytes(ckpt.total_bytes)})"
 
@@ -287,6 +305,7 @@ class Terminal(Renderer[Report]):
         refs = _References()
         parts = _finding_tables(diagnosis, refs)
         parts += refs.lines()  # after the tables that cite them, before the summary
+        parts += _row_norms(diagnosis)
         s, plan = diagnosis.summary, diagnosis.target
         rows: list[Row] = [("base", _sized(diagnosis.base), True), ("adapter", _sized(diagnosis.adapter.checkpoint), True)]
         rows += _warnings(diagnosis.base) + _warnings(diagnosis.adapter.checkpoint)  # stale index, other named adapters, ...
