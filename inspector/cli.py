@@ -191,25 +191,31 @@ def scan(ctx, paths, tensors, match, **opts) -> None:
 @click.option("--values", is_flag=True, help="Also stream both and report per-tensor max-abs and relative differences.")
 @click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_not_nan,
               help="With --values: differences up to this max-abs count as equal.")
+@click.option("--adapter", metavar="DIR", help="With --values, A the base and B a merge of it: exit 1 when B equals A in every tensor ADAPTER changes (a no-op).")
 @output_options
 @click.pass_context
-def diff(ctx, a, b, values, atol, **opts) -> None:
+def diff(ctx, a, b, values, atol, adapter, **opts) -> None:
     """Tensors added, removed, reshaped and re-typed from A to B. Exit 1 when they differ.
 
-    With --values (e.g. a merge against a reference merge), also the largest value differences.
+    With --values (e.g. a merge against a reference merge), also the largest value differences and
+    the tensors whose relative change ||dW||/||W|| is an outlier.
     """
-    from inspector.diff import compare_values, diff_checkpoints
+    import dataclasses
+
+    from inspector.diff import adapter_targets, compare_values, diff_checkpoints
     from inspector.io.checkpoint import read_checkpoint
 
     s = settings(ctx, **opts)
-    if atol and not values:
-        raise click.UsageError("--atol applies to value differences: add --values.", ctx=ctx)
+    if (atol or adapter) and not values:
+        raise click.UsageError(f"{'--atol' if atol else '--adapter'} applies to value differences: add --values.", ctx=ctx)
     result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
+    if adapter:
+        result = dataclasses.replace(result, targeted=adapter_targets(result.a, read_checkpoint(adapter)))
     if values:
         with progress_bar(s, "diff --values") as advance:
             result = compare_values(result, atol=atol, progress=advance)
     emit(s, lambda r: r.diff(result))
-    ctx.exit(0 if result.identical else 1)
+    ctx.exit(0 if result.identical and not result.noop else 1)
 
 
 @cli.command()

@@ -13,6 +13,10 @@ from inspector.io.checkpoint import Checkpoint
 from inspector.io.tensor import STREAM_BLOCK_BYTES, TensorInfo
 
 
+# A relative change this many times the median of the changed tensors' is an outlier.
+OUTLIER_FACTOR = 10.0
+
+
 @dataclass(frozen=True)
 class Change:
     name: str
@@ -34,10 +38,31 @@ class DiffResult:
     same_shape: tuple[Change, ...] = ()  # tensors in both with equal shapes: what --values compares
     values: tuple[ValueDiff, ...] | None = None  # with --values
     atol: float = 0.0
+    targeted: tuple[str, ...] | None = None  # with --adapter: the tensors its LoRA / full copies change
 
     @property
     def values_differ(self) -> bool:
         return self.values is not None and any(v.nonfinite or v.max_abs > self.atol for v in self.values)
+
+    @property
+    def noop(self) -> bool | None:
+        """With --values --adapter: B equals A in every tensor the adapter changes (a merge that did nothing)."""
+        if self.values is None or self.targeted is None:
+            return None
+        by_name = {v.name: v for v in self.values}
+        compared = [by_name[n] for n in self.targeted if n in by_name]
+        return bool(compared) and not any(v.nonfinite or v.max_abs > self.atol for v in compared)
+
+    @property
+    def outliers(self) -> tuple[str, ...]:
+        """Changed tensors whose relative change ||dW|| / ||W|| (``change``) is over OUTLIER_FACTOR times
+        the median of the changed tensors' (3 or more changed): one tensor changed far more than the others."""
+        changed = [v for v in self.values or () if v.change > 0]
+        if len(changed) < 3:
+            return ()
+        rels = sorted(v.change for v in changed)
+        median = rels[len(rels) // 2]
+        return tuple(v.name for v in changed if v.change > OUTLIER_FACTOR * median)
 
     @property
     def identical(self) -> bool:
@@ -51,6 +76,7 @@ class ValueDiff:
     rel: float  # ||a - b|| / ||b|| (Frobenius); 0 when both are zero
     nonfinite: bool  # NaN or Inf on one side where the other holds something else
     shared_nonfinite: int = 0  # elements that are the same NaN / Inf on both sides (equal, but worth knowing)
+    change: float = 0.0  # ||a - b|| / ||a||: how far B moved from A (A the base, B a merge of it)
 
 
 def _adapter_view(adapter: Checkpoint, model: Checkpoint) -> dict[str, TensorInfo]:
@@ -108,7 +134,7 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
             rows = c.a.shape[0] if c.a.shape else 1
             row_numel = max(1, c.a.numel // rows) if rows else 1
             step = max(1, block_bytes // (4 * row_numel))
-            max_abs, diff_sq, ref_sq, nonfinite, shared = 0.0, 0.0, 0.0, False, 0
+            max_abs, diff_sq, ref_sq, a_sq, nonfinite, shared = 0.0, 0.0, 0.0, 0.0, False, 0
             # fp32 holds every narrower float; F64 is compared as F64 (1e300 and 2e300 are no "same Inf").
             wide = torch.float64 if "F64" in (c.a.dtype, c.b.dtype) else torch.float32
             for r0 in range(0, rows, step):
@@ -128,8 +154,35 @@ def compare_values(result: DiffResult, *, atol: float = 0.0, progress=None, bloc
                 max_abs = max(max_abs, float(d.max()))
                 diff_sq += float(d.double().square().sum())
                 ref_sq += float(y.double().square().sum())
+                a_sq += float(x.double().square().sum())
             rel = math.sqrt(diff_sq / ref_sq) if ref_sq else (0.0 if diff_sq == 0 else math.inf)
-            out.append(ValueDiff(c.name, max_abs, rel, nonfinite, shared))
+            change = math.sqrt(diff_sq / a_sq) if a_sq else (0.0 if diff_sq == 0 else math.inf)
+            out.append(ValueDiff(c.name, max_abs, rel, nonfinite, shared, change))
             if progress:
                 progress(c.a.nbytes + c.b.nbytes, total)
     return dataclasses.replace(result, values=tuple(out), atol=atol)
+
+
+def value_notes(result: DiffResult) -> list[str]:
+    """What every format says under the value differences: a no-op merge, relative-change outliers."""
+    notes = []
+    if result.noop:
+        notes.append(f"no-op: B equals A in every one of the {len(result.targeted or ())} tensors the adapter changes (atol {result.atol:g}): "
+                     "the merge changed nothing")  # fmt: skip
+    rel = {v.name: v.change for v in result.values or ()}
+    if result.outliers:
+        listed = ", ".join(f"{n} ({rel[n]:.3g})" for n in result.outliers[:5]) + (f" and {len(result.outliers) - 5} more" if len(result.outliers) > 5 else "")
+        notes.append(f"relative-change outliers (over {OUTLIER_FACTOR:g}x the median ||dW||/||W||): {listed}")
+    return notes
+
+
+def adapter_targets(base: Checkpoint, adapter: Checkpoint) -> tuple[str, ...]:
+    """diff --adapter: the base tensors the adapter changes (LoRA-adapted weights, full copies), by
+    the binding check and merge use. A merge of it into ``base`` must change at least one of them."""
+    from inspector.adapter import read_adapter
+    from inspector.binding import bind
+
+    b = bind(base, read_adapter(adapter))
+    names = {w.name for lm, w in b.lora_targets.values() if w is not None and (lm.A or lm.B)}
+    names |= {b.resolve(f.target) for f in b.adapter.full.values() if f.chosen.copy != "original_module"}
+    return tuple(sorted(n for n in names if n is not None))

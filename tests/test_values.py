@@ -128,3 +128,45 @@ def test_check_values_in_every_format(capsys, llama: Built, lora_llama_grown: Bu
     for fmt in ("markdown", "github"):
         main(["check", str(llama.path), str(lora_llama_grown.path), "--values", "--format", fmt])
         assert capsys.readouterr().out
+
+
+# ---- diff --values: a no-op merge, relative-change outliers ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def merged_llama(tmp_path_factory: pytest.TempPathFactory, llama: Built, lora_llama: Built) -> Path:
+    out = tmp_path_factory.mktemp("merged") / "m"
+    assert main(["merge", str(llama.path), str(lora_llama.path), "--out", str(out), "--quiet", "--format", "json"]) == 0
+    return out
+
+
+def _diff(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(["diff", *argv, "--values", "--format", "json"])
+    return code, json.loads(capsys.readouterr().out)["values"]
+
+
+def test_diff_finds_a_noop_merge(capsys, llama: Built, lora_llama: Built, merged_llama: Path) -> None:
+    code, values = _diff(capsys, str(llama.path), str(merged_llama), "--adapter", str(lora_llama.path))
+    assert code == 1 and values["noop"] is False and len(values["targeted"]) == 4  # q/v_proj of 2 layers
+    code, values = _diff(capsys, str(llama.path), str(llama.path), "--adapter", str(lora_llama.path))
+    assert code == 1 and values["noop"] is True
+    for fmt in ("rich", "markdown", "github"):
+        main(["diff", str(llama.path), str(llama.path), "--values", "--adapter", str(lora_llama.path), "--format", fmt])
+        assert "no-op" in capsys.readouterr().out
+    # Without --adapter, the same diff is what it always was: identical, exit 0, fields added only.
+    code, values = _diff(capsys, str(llama.path), str(llama.path))
+    assert code == 0 and values["noop"] is None and values["outliers"] == []
+    assert main(["diff", str(llama.path), str(merged_llama), "--adapter", str(lora_llama.path)]) == 2
+    capsys.readouterr()
+
+
+def test_diff_flags_relative_change_outliers(capsys, tmp_path: Path, llama: Built, merged_llama: Path) -> None:
+    shutil.copytree(merged_llama, tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    state = load_file(path)
+    state["model.layers.1.mlp.down_proj.weight"] *= 30
+    save_file(state, path, metadata={"format": "pt"})
+    _, values = _diff(capsys, str(llama.path), str(tmp_path / "m"))
+    assert values["outliers"] == ["model.layers.1.mlp.down_proj.weight"]
+    assert [t["name"] for t in values["tensors"] if t["outlier"]] == values["outliers"]
+    assert next(t["change"] for t in values["tensors"] if t["outlier"]) == pytest.approx(29, rel=1e-4)

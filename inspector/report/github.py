@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from inspector.diff import DiffResult
+from inspector.diff import DiffResult, value_notes
 from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
 from inspector.units import counts_str, printable, shape_str
@@ -126,6 +126,7 @@ class GitHub(Renderer[str]):
         for v in result.values or ():
             if v.shared_nonfinite:
                 notes.append(Note("warning", "values", f"{v.name}: {v.shared_nonfinite} NaN/Inf values, at the same places on both sides"))
+        notes += [Note("error" if text.startswith("no-op") else "warning", "values", text) for text in value_notes(result)]
         if not notes:
             notes.append(Note("notice", "diff", f"identical: {result.unchanged} tensors"))
         return capped(notes, None, self.full_list)

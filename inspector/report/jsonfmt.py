@@ -103,8 +103,11 @@ class Json(Renderer[str]):
                     "compared": len(result.values),
                     "differ": sum(1 for v in result.values if v.nonfinite or v.max_abs > result.atol),
                     "max_abs": max((v.max_abs for v in result.values), default=0.0),
-                    "tensors": [{"name": v.name, "max_abs": v.max_abs, "rel": v.rel, "nonfinite": v.nonfinite, "shared_nonfinite": v.shared_nonfinite}
-                                for v in result.values],
+                    "tensors": [{"name": v.name, "max_abs": v.max_abs, "rel": v.rel, "nonfinite": v.nonfinite, "shared_nonfinite": v.shared_nonfinite,
+                                 "change": v.change, "outlier": v.name in result.outliers} for v in result.values],
+                    "outliers": list(result.outliers),
+                    "targeted": None if result.targeted is None else list(result.targeted),
+                    "noop": result.noop,
                 },
             }
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from inspector.diff import DiffResult
+from inspector.diff import DiffResult, value_notes
 from inspector.report import Failure, Renderer
 from inspector.scan import ScanResult
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
@@ -100,6 +100,7 @@ class Markdown(Renderer[str]):
             shared = [v for v in result.values if v.shared_nonfinite]
             if shared:
                 out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"`{_cell(v.name)}` ({v.shared_nonfinite})" for v in shared)]
+            out += [line for note in value_notes(result) for line in ("", _cell(note))]
         return "\n".join(out) + "\n"
 
     def check(self, diagnosis: Diagnosis) -> str:

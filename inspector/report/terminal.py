@@ -20,7 +20,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from inspector.diff import DiffResult
+from inspector.diff import DiffResult, value_notes
 from inspector.io.checkpoint import Checkpoint
 from inspector.io.tensor import TensorInfo
 from inspector.report import Failure, Renderer
@@ -146,6 +146,10 @@ def tensor_table(tensors: tuple[TensorInfo, ...], *, show_file: bool, title: str
 def _values(result: DiffResult, shown: int = 20) -> list[RenderableType]:
     if result.values is None:
         return []
+    return [*_value_table(result, shown), *(Text(n, style="red" if n.startswith("no-op") else "yellow") for n in value_notes(result))]
+
+
+def _value_table(result: DiffResult, shown: int) -> list[RenderableType]:
     worst = sorted(result.values, key=lambda v: (not v.nonfinite, -v.max_abs))
     differ = [v for v in worst if v.nonfinite or v.max_abs > result.atol]
     title = f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"
