@@ -349,6 +349,29 @@ def convert(ctx, adapter, target, out, base, dtype, force, **opts) -> None:
     emit(s, lambda r: r.convert(result))
 
 
+@cli.command()
+@click.argument("base")
+@click.argument("adapter")
+@click.argument("merged")
+@click.option("--tokenizer", "tokenizer_dir", metavar="DIR", help="Tokenizer for the prompts (default: the adapter dir's, else the base dir's).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Prompts, one per line (text, or whitespace-separated token ids).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Dtype both models run in; sets the tolerance.")
+@output_options
+@click.pass_context
+def verify(ctx, base, adapter, merged, tokenizer_dir, prompts_file, device, dtype, **opts) -> None:
+    """Check that MERGED computes what PeftModel(BASE, ADAPTER) computes, on the same tokens.
+
+    One model in memory at a time. Exit 0 when every prompt agrees within the dtype's tolerance, 1
+    when not (naming the first diverging layer, or a no-op merge), 2 unreadable input.
+    """
+    from inspector.verify import verify as run_verify
+
+    result = run_verify(base, adapter, merged, tokenizer_dir=tokenizer_dir, prompts_file=prompts_file, device=device, dtype=dtype)
+    emit(settings(ctx, **opts), lambda r: r.verify(result))
+    ctx.exit(0 if result.agrees else 1)
+
+
 @dataclass
 class _Run:
     argv: list[str]

@@ -417,6 +417,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path, llama: Bui
     from inspector.merge import merge_adapter
     from inspector.resize import resize_checkpoint
     from inspector.scan import scan
+    from inspector.verify import PromptResult, VerifyResult
 
     tmp = tmp_path_factory.mktemp("rendered")
     base, adapter = seed_dir / "base", seed_dir / "adapter"
@@ -429,6 +430,9 @@ def results(tmp_path_factory: pytest.TempPathFactory, seed_dir: Path, llama: Bui
         # the seed adapter grows the vocabulary, which convert refuses: a tiny rsLoRA adapter, cast
         "convert": convert_adapter(str(make_lora_adapter(llama.path, tmp / "rslora", r=8, target_modules=["q_proj"], use_rslora=True).path),
                                    str(tmp / "converted"), target="vllm", base=str(llama.path), dtype="bf16"),
+        # verify runs two models (tests/test_verify.py): here its result as the renderers get it
+        "verify": VerifyResult(str(base), str(adapter), str(tmp / "merged"), "causal-lm", "cpu", "fp32", 1e-4,
+                               (PromptResult("Hello", 3, 0.5, 0.01, 2 / 3, False), PromptResult("ids 0..63", 16, 0.0, 0.0, 1.0, True)), "layer 1"),
     }
 
 

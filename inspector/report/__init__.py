@@ -21,9 +21,10 @@ if TYPE_CHECKING:  # the results' modules; check/resize/merge pull in more than 
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
     from inspector.scan import ScanResult
+    from inspector.verify import VerifyResult
 
 Out = TypeVar("Out")
-COMMANDS = ("scan", "diff", "check", "resize", "merge", "convert")
+COMMANDS = ("scan", "diff", "check", "resize", "merge", "convert", "verify")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Renderer(ABC, Generic[Out]):
 
     @abstractmethod
     def convert(self, result: ConvertResult) -> Out: ...
+
+    @abstractmethod
+    def verify(self, result: VerifyResult) -> Out: ...
 
     @abstractmethod
     def error(self, failure: Failure) -> Out | None:

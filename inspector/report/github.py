@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from inspector.findings import Finding
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
+    from inspector.verify import VerifyResult
 
 MAX_ANNOTATIONS = 10  # per run, the closing notice included
 _LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
@@ -177,6 +178,13 @@ class GitHub(Renderer[str]):
         notes += [Note("notice", "convert", n, "note") for n in plan.notes]
         closing = Note("notice", "convert", f"converted for {plan.title} into {result.out}: {result.stats['tensors']} tensors")
         return capped(notes, closing, self.full_list)
+
+    def verify(self, result: VerifyResult) -> str:
+        from inspector.verify import verdict
+
+        notes = [Note("error", "verify", f"{p.label}: max |diff| {p.max_abs:.3g}" + (f", KL {p.kl:.3g}" if p.kl is not None else "")
+                      + (f", top-1 {p.top1:.0%}" if p.top1 is not None else ""), "prompt") for p in result.prompts if not p.agrees]  # fmt: skip
+        return capped(notes, Note("notice" if result.agrees else "error", "verify", verdict(result)), self.full_list)
 
     def error(self, failure: Failure) -> None:
         return None  # stderr's Error/Hint is in the log already

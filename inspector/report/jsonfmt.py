@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
+    from inspector.verify import VerifyResult
 
 SCHEMA = 1
 
@@ -195,6 +196,9 @@ class Json(Renderer[str]):
                 "notes": list(plan.notes),
             }
         )
+
+    def verify(self, result: VerifyResult) -> str:
+        return dumps({"schema": SCHEMA, "command": "verify", **result.as_json()})
 
     def error(self, failure: Failure) -> str:
         # The same lines as stderr's Error/Hint, so a script reading stdout alone learns what failed.

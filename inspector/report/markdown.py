@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from inspector.findings import Finding
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
+    from inspector.verify import VerifyResult
 
 
 def _cell(value: object) -> str:
@@ -184,6 +185,13 @@ class Markdown(Renderer[str]):
         if found:  # the flags the server still needs on the output, check's warnings on the input
             out += ["", *_table(["", "code", "what", "fix"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, f.hint] for f in found])]
         out += [f"note: {_cell(n)}" for n in plan.notes]
+        return "\n".join(out) + "\n"
+
+    def verify(self, result: VerifyResult) -> str:
+        from inspector.verify import PROMPT_COLUMNS, prompt_cells, verdict
+
+        out = [f"### verify `{result.merged}`", "", f"{'✅' if result.agrees else '❌'} {_cell(verdict(result))}", ""]
+        out += _table(PROMPT_COLUMNS, [prompt_cells(p) for p in result.prompts])
         return "\n".join(out) + "\n"
 
     def error(self, failure: Failure) -> None:

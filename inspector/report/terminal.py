@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from inspector.diagnose import Diagnosis
     from inspector.merge import MergeResult
     from inspector.repair import ResizeResult
+    from inspector.verify import VerifyResult
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,20 @@ class Terminal(Renderer[Report]):
         tokenizer = f"tokenizer files from {printable(result.tokenizer_from)}" if result.tokenizer_from else "no tokenizer files in the adapter directory"
         rows.append(("written", Text(f"{printable(str(result.out))} ({result.stats['tensors']} tensors; {tokenizer})", style="green"), True))
         return Report([Text("lora-inspector convert", style="bold"), *_fields(rows)])
+
+    def verify(self, result: VerifyResult) -> Report:
+        from inspector.verify import PROMPT_COLUMNS, prompt_cells, verdict
+
+        table = Table(title="prompts", title_justify="left")
+        for col in PROMPT_COLUMNS:
+            table.add_column(col, overflow="fold", justify="left" if col in ("prompt", "") else "right")
+        for p in result.prompts:
+            cells = prompt_cells(p)
+            table.add_row(*[printable(c) for c in cells[:-1]], Text(cells[-1], style="green" if p.agrees else "red"))
+        rows: list[Row] = [("base", printable(result.base), True), ("adapter", printable(result.adapter), True), ("merged", printable(result.merged), True),
+                           ("run", f"{result.head}, {result.dtype} on {result.device}", False),
+                           ("result", Text(verdict(result), style="bold green" if result.agrees else "bold red"), False)]  # fmt: skip
+        return Report([table, Text(""), Text("lora-inspector verify", style="bold"), *_fields(rows)])
 
     def error(self, failure: Failure) -> None:
         return None  # stderr's Error/Hint says it
