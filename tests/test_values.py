@@ -104,6 +104,22 @@ def test_untrained_new_rows(capsys, tmp_path: Path, llama: Built, lora_llama_gro
         "mean": (16, 0, True), "zero": (0, 16, True), "same": (0, 0, True)}[init]
 
 
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_rows_of_a_resize_never_trained(capsys, tmp_path: Path, llama: Built, lora_llama_grown: Built, init: str) -> None:
+    # `resize --init mean|zero` wrote the rows; the adapter saved the embedding without training it.
+    assert main(["resize", str(llama.path), "--vocab", "80", "--init", init, "--out", str(tmp_path / "r"), "--quiet", "--format", "json"]) == 0
+    capsys.readouterr()
+    resized = load_file(tmp_path / "r" / "model.safetensors")["model.embed_tokens.weight"]
+
+    def saved_untrained(state: dict) -> None:
+        for key in _keys(state, "embed_tokens"):
+            state[key] = resized.clone()
+
+    _, found, _ = check_values(capsys, llama, edited(lora_llama_grown.path, tmp_path / init, saved_untrained))
+    assert [(f["code"], f["tensor"], f["data"]["untrained"]) for f in found] == [("LI1603", "model.embed_tokens.weight", 16)]
+    assert (found[0]["data"]["mean_rows"], found[0]["data"]["zero_rows"]) == ((16, 0) if init == "mean" else (0, 16))
+
+
 def test_new_row_norm_outliers(capsys, tmp_path: Path, llama: Built, lora_llama_grown: Built) -> None:
     def huge(state: dict) -> None:
         for key in _keys(state, "lm_head"):
