@@ -175,13 +175,14 @@ def cli(ctx: click.Context, format_, output, quiet, debug, no_color) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--tensors", is_flag=True, help="List every tensor: name, shape, dtype, bytes.")
 @click.option("--match", metavar="REGEX", help="Only list tensors whose name matches REGEX (implies --tensors).")
+@click.option("--values", is_flag=True, help="Also stream the values: NaN / Inf, and vocabulary rows ending in an identical (untrained) tail.")
 @output_options
 @click.pass_context
-def scan(ctx, paths, tensors, match, **opts) -> None:
+def scan(ctx, paths, tensors, match, values, **opts) -> None:
     """Show what is in each checkpoint: kind, files, counts, bytes, dtypes, key config fields."""
     from inspector.scan import scan as run_scan
 
-    result = run_scan(list(paths), tensors=tensors, match=match)
+    result = run_scan(list(paths), tensors=tensors, match=match, values=values)
     emit(settings(ctx, **opts), lambda r: r.scan(result))
 
 

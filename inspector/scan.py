@@ -23,6 +23,7 @@ class ScannedCheckpoint:
     # Adapters only: why check and merge would refuse its adapter_config.json (None: it is valid).
     # scan stays descriptive (exit 0) but must not show a broken adapter as if it were fine.
     invalid: str | None = None
+    values: dict | None = None  # scan --values: inspector.values.scan_checkpoint_values
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ def adapter_problem(ckpt: Checkpoint) -> str | None:
     return None
 
 
-def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = None) -> ScanResult:
-    """Read each path's headers; with ``tensors`` or ``match`` keep the tensor list (filtered by ``match``)."""
+def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = None, values: bool = False) -> ScanResult:
+    """Read each path's headers; with ``tensors`` or ``match`` keep the tensor list (filtered by ``match``);
+    with ``values`` also stream each checkpoint's values (torch imported then only)."""
     matches = compile_match(match)
     out = []
     for path in paths:
@@ -74,5 +76,21 @@ def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = 
         shown = None
         if tensors or matches is not None:
             shown = tuple(t for t in ckpt.tensors if matches is None or matches(t.name))
-        out.append(ScannedCheckpoint(ckpt, shown, adapter_problem(ckpt)))
+        measured = None
+        if values:
+            from inspector.values import scan_checkpoint_values
+
+            measured = scan_checkpoint_values(ckpt)
+        out.append(ScannedCheckpoint(ckpt, shown, adapter_problem(ckpt), measured))
     return ScanResult(tuple(out), match)
+
+
+def value_lines(values: dict | None) -> list[str]:
+    """What every format says of scan --values' findings (nothing when there are none)."""
+    if values is None:
+        return []
+    lines = [f"{v['name']} ({v['dtype']}) holds {v['nan']} NaN and {v['inf']} Inf" for v in values["nonfinite"]]
+    for t in values["identical_tail"]:
+        what = "all zeros" if t["zero"] else "identical"
+        lines.append(f"{t['tensor']}: its last {t['tail_rows']} of {t['rows']} rows are {what}: new rows a resize initialised and no one trained?")
+    return lines

@@ -201,3 +201,52 @@ def _histogram(torch, old, new) -> dict:
 def _num(value) -> float:
     v = float(value)
     return v if math.isfinite(v) else 0.0
+
+
+def scan_checkpoint_values(ckpt, block_bytes: int = STREAM_BLOCK_BYTES) -> dict:
+    """``scan --values``: NaN / Inf in any float tensor, and in a model's vocabulary matrices the tail
+    of identical rows a resize leaves untrained (``--init mean`` / ``zero``: the new rows all alike)."""
+    from inspector.base import vocab_layout
+    from inspector.interrupts import heavy_import
+    from inspector.io.loader import TensorReader
+
+    torch = heavy_import("torch")
+    matrices = set(vocab_layout(ckpt).matrices) if ckpt.kind == "model" else set()
+    nonfinite, tails = [], []
+    with TensorReader(ckpt.root, ckpt.stamps) as reader:
+        for info in ckpt.tensors:
+            if info.dtype not in FLOAT_DTYPES or 0 in info.shape:
+                continue
+            nan = inf = 0
+            tail = _Tail(torch) if info.name in matrices and len(info.shape) == 2 else None
+            for block in _blocks(reader, info, block_bytes):
+                x = block.to(torch.float64 if info.dtype == "F64" else torch.float32)
+                nan += int(torch.isnan(x).sum())
+                inf += int(torch.isinf(x).sum())
+                if tail is not None:
+                    tail.add(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+            if nan or inf:
+                nonfinite.append({"name": info.name, "dtype": info.dtype, "nan": nan, "inf": inf})
+            if tail is not None and tail.run >= 2:
+                tails.append({"tensor": info.name, "rows": info.shape[0], "tail_rows": tail.run, "zero": tail.zero})
+    return {"nonfinite": nonfinite, "identical_tail": tails}
+
+
+class _Tail:
+    """The run of consecutive identical rows that ends the matrix, fed one block of rows at a time."""
+
+    def __init__(self, torch) -> None:
+        self.torch, self.last, self.run, self.zero = torch, None, 0, False
+
+    def add(self, x) -> None:
+        torch = self.torch
+        x = x.double()
+        prev = torch.cat([self.last[None], x[:-1]]) if self.last is not None else x[:-1]
+        rows = x if self.last is not None else x[1:]
+        eq = (rows - prev).norm(dim=1) <= SAME_ROW_RTOL * prev.norm(dim=1)
+        if self.last is None:
+            eq = torch.cat([torch.tensor([False]), eq])
+        breaks = (~eq).nonzero()
+        self.run = self.run + x.shape[0] if not breaks.numel() else x.shape[0] - int(breaks[-1])
+        self.last = x[-1].clone()
+        self.zero = bool((self.last == 0).all())

@@ -186,3 +186,29 @@ def test_diff_flags_relative_change_outliers(capsys, tmp_path: Path, llama: Buil
     assert values["outliers"] == ["model.layers.1.mlp.down_proj.weight"]
     assert [t["name"] for t in values["tensors"] if t["outlier"]] == values["outliers"]
     assert next(t["change"] for t in values["tensors"] if t["outlier"]) == pytest.approx(29, rel=1e-4)
+
+
+# ---- scan --values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_scan_finds_the_untrained_tail_of_a_resize(capsys, tmp_path: Path, llama: Built, init: str) -> None:
+    assert main(["resize", str(llama.path), "--vocab", "80", "--init", init, "--out", str(tmp_path / "r"), "--quiet", "--format", "json"]) == 0
+    capsys.readouterr()
+    assert main(["scan", str(tmp_path / "r"), str(llama.path), "--values", "--format", "json"]) == 0
+    resized, base = json.loads(capsys.readouterr().out)["checkpoints"]
+    tails = {t["tensor"]: (t["tail_rows"], t["zero"]) for t in resized["values"]["identical_tail"]}
+    assert tails == {"model.embed_tokens.weight": (16, init == "zero"), "lm_head.weight": (16, init == "zero")}
+    assert base["values"] == {"nonfinite": [], "identical_tail": []}
+    for fmt in ("rich", "markdown", "github"):
+        main(["scan", str(tmp_path / "r"), "--values", "--format", fmt])
+        assert "last 16 of 80 rows" in capsys.readouterr().out
+
+
+def test_scan_finds_nan(capsys, tmp_path: Path, lora_llama: Built) -> None:
+    def nan(state: dict) -> None:
+        state[_key(state, "lora_B")][0, 0] = float("inf")
+
+    main(["scan", str(edited(lora_llama.path, tmp_path / "a", nan)), "--values", "--format", "json"])
+    values = json.loads(capsys.readouterr().out)["checkpoints"][0]["values"]
+    assert [(v["nan"], v["inf"]) for v in values["nonfinite"]] == [(0, 1)]

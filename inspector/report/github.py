@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from inspector.diff import DiffResult, value_notes
 from inspector.report import Failure, Renderer
-from inspector.scan import ScanResult
+from inspector.scan import ScanResult, value_lines
 from inspector.units import counts_str, printable, shape_str
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ class GitHub(Renderer[str]):
             notes += [Note("warning", "scan", f"{c.path}: {w}", "warning") for w in c.warnings]
             if entry.invalid:
                 notes.append(Note("warning", "scan", f"{c.path}: {entry.invalid} (check and merge refuse this adapter)", "invalid adapter"))
+            notes += [Note("warning", "scan --values", f"{c.path}: {line}", "value") for line in value_lines(entry.values)]
         return capped(notes, None, self.full_list)
 
     def diff(self, result: DiffResult) -> str:

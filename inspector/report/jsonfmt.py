@@ -75,6 +75,8 @@ class Json(Renderer[str]):
                 item["invalid_reason"] = entry.invalid
             if entry.shown is not None:
                 item["tensors"] = [t.as_json() for t in entry.shown]
+            if entry.values is not None:
+                item["values"] = entry.values
             items.append(item)
         return dumps({"schema": SCHEMA, "command": "scan", "match": result.match, "checkpoints": items})
 

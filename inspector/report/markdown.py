@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from inspector.diff import DiffResult, value_notes
 from inspector.report import Failure, Renderer
-from inspector.scan import ScanResult
+from inspector.scan import ScanResult, value_lines
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class Markdown(Renderer[str]):
             rows += [["warning", w] for w in ckpt.warnings]
             if entry.invalid:
                 rows.append(["warning", f"{entry.invalid} (check and merge refuse this adapter)"])
+            rows += [["values", line] for line in value_lines(entry.values)]
             out += [f"### `{ckpt.path}`", "", *_table(["field", "value"], rows), ""]
             if entry.shown is not None:
                 trows = [[f"`{t.name}`", shape_str(t.shape), t.dtype, t.file] for t in entry.shown]

@@ -24,7 +24,7 @@ from inspector.diff import DiffResult, value_notes
 from inspector.io.checkpoint import Checkpoint
 from inspector.io.tensor import TensorInfo
 from inspector.report import Failure, Renderer
-from inspector.scan import ScanResult
+from inspector.scan import ScanResult, value_lines
 from inspector.units import counts_str, dtypes_str, human_bytes, human_count, printable, shape_str, value_str
 
 if TYPE_CHECKING:
@@ -272,6 +272,9 @@ class Terminal(Renderer[Report]):
             # A Text, not markup: a path like "m[/red]" is a name, not a closing tag (MarkupError).
             parts.append(Whole(Text(printable(ckpt.path), style="bold")))
             parts += _fields(_facts(ckpt, entry.invalid))
+            parts += [Text(f"  {printable(line)}", style="yellow") for line in value_lines(entry.values)]
+            if entry.values is not None and not value_lines(entry.values):
+                parts.append(Text("  values: finite; no identical tail of vocabulary rows", style="green"))
             if entry.shown is not None:
                 title = f"{len(entry.shown)} of {ckpt.tensor_count} tensors" + (f" matching {result.match!r}" if result.match else "")
                 parts.append(tensor_table(entry.shown, show_file=len(ckpt.files) > 1, title=title))
