@@ -22,6 +22,7 @@ from inspector.errors import UsageError
 # in another order than PeftModel's x@W + s·(x@A)@B, so equal models differ by rounding only.
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+STORED = {"F32": "fp32", "F64": "fp32", "BF16": "bf16", "F16": "fp16"}  # safetensors dtype -> its tolerance's name
 DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "def fibonacci(n):\n    return", "Hello")
 MAX_NEW_TOKEN_IDS = 32  # the adapter's new tokens, one prompt of at most this many
 
@@ -49,7 +50,7 @@ class VerifyResult:
     head: str  # "causal-lm" | "classification" | "hidden-state"
     device: str
     dtype: str
-    tolerance: float
+    tolerance: float  # TOLERANCE of the coarsest of --dtype and MERGED's stored float dtypes
     prompts: tuple[PromptResult, ...]
     diverging: str | None = None  # the first layer whose hidden states diverge ("embeddings", "layer 3")
     noop: bool = False  # MERGED computes what BASE computes, PeftModel does not
@@ -74,6 +75,7 @@ def verify(base: str, adapter: str, merged: str, *, tokenizer_dir: str | None = 
            device: str = "auto", dtype: str = "fp32") -> VerifyResult:
     from inspector.check import run_check
     from inspector.interrupts import heavy_import
+    from inspector.io.checkpoint import read_checkpoint
 
     torch = heavy_import("torch")
     diagnosis = run_check(base, adapter, tokenizer_dir, command="verify")  # names, the vocabulary the merge gives BASE
@@ -84,7 +86,9 @@ def verify(base: str, adapter: str, merged: str, *, tokenizer_dir: str | None = 
     with torch.no_grad():
         peft, plain = _run_peft(diagnosis, head, sequences, device, torch_dtype, merged)
         mine = _run(_load(merged, head, torch_dtype).to(device), sequences, device)
-    tol = TOLERANCE[dtype]
+    # A MERGED stored in bf16 / fp16 carries W + s·B@A rounded to it, whatever dtype both run in.
+    stored = [STORED[d] for d in read_checkpoint(merged).dtypes if d in STORED]
+    tol = max(TOLERANCE[d] for d in (dtype, *stored))
     results = tuple(_compare(label, ids, a, b, tol, head) for (label, ids), a, b in zip(sequences, peft.main, mine.main))
     diverging = noop = None
     if not all(r.agrees for r in results):

@@ -138,3 +138,10 @@ def test_real_all_minilm_l6_v2(capsys, tmp_path: Path) -> None:
     assert code == 0 and report["head"] == "hidden-state" and report["prompts"][-1]["prompt"] == "new token ids 30522..30526"
     code, report = _verify(capsys, base, str(adapter), base)
     assert code == 1 and report["noop"] is True
+
+
+def test_a_merge_stored_in_bf16_is_held_to_bf16s_tolerance(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    assert main(["merge", str(llama.path), str(lora_llama.path), "--out", str(tmp_path / "m"), "--dtype", "bf16", "--quiet", "--format", "json"]) == 0
+    capsys.readouterr()
+    code, report = _verify(capsys, str(llama.path), str(lora_llama.path), str(tmp_path / "m"))
+    assert code == 0 and report["dtype"] == "fp32" and report["tolerance"] == 5e-2
