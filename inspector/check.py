@@ -73,7 +73,7 @@ def _validate(base: Checkpoint, adapter: Checkpoint, adapter_path: str, command:
         if foreign is not None:
             raise UsageError("Not a PEFT checkpoint", ckpt.path, f"{role} is {foreign[0]}", foreign[1])
     if base.kind == "adapter" and adapter.kind == "model" and command != "resize":
-        raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{'' if command == 'check' else ' --out DIR'}`.")
+        raise UsageError("Arguments swapped", base.path, f"BASE is a PEFT adapter and {label} is a model", f"Run `lora-inspector {command} {adapter_path} {base.path}{_rest(command)}`.")
     if base.kind != "model":
         raise UsageError("Not a base model", base.path, "BASE is a PEFT adapter, not a model checkpoint", "Pass the base model directory first, then the adapter.")
     if not base.tensors:
@@ -84,6 +84,11 @@ def _validate(base: Checkpoint, adapter: Checkpoint, adapter_path: str, command:
                          "whose tensor names PEFT adapters do not use", NATIVE_FORMAT_HINT)
     if adapter.kind != "adapter":
         raise UsageError("Not an adapter", adapter_path, f"{label} has no adapter_config.json and no LoRA keys", "Pass the directory PEFT's save_pretrained() wrote for the adapter.")
+
+
+def _rest(command: str) -> str:
+    """What a command takes after BASE ADAPTER, for the hint that swaps them."""
+    return {"check": "", "verify": " MERGED"}.get(command, " --out DIR")
 
 
 def _given_tokenizer(tokenizer_dir: str) -> TokenizerFacts:

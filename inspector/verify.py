@@ -77,8 +77,11 @@ def verify(base: str, adapter: str, merged: str, *, tokenizer_dir: str | None = 
     from inspector.interrupts import heavy_import
     from inspector.io.checkpoint import read_checkpoint
 
-    torch = heavy_import("torch")
     diagnosis = run_check(base, adapter, tokenizer_dir, command="verify")  # names, the vocabulary the merge gives BASE
+    merged_ckpt = read_checkpoint(merged)
+    if merged_ckpt.kind != "model" or not merged_ckpt.tensors:
+        raise UsageError("Not a merged model", merged, "MERGED is not a model checkpoint", "Pass the directory `lora-inspector merge` (or merge_and_unload + save_pretrained) wrote.")
+    torch = heavy_import("torch")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     head = _head(diagnosis)
     sequences = _prompts(diagnosis, tokenizer_dir, prompts_file)
@@ -87,7 +90,7 @@ def verify(base: str, adapter: str, merged: str, *, tokenizer_dir: str | None = 
         peft, plain = _run_peft(diagnosis, head, sequences, device, torch_dtype, merged)
         mine = _run(_load(merged, head, torch_dtype).to(device), sequences, device)
     # A MERGED stored in bf16 / fp16 carries W + s·B@A rounded to it, whatever dtype both run in.
-    stored = [STORED[d] for d in read_checkpoint(merged).dtypes if d in STORED]
+    stored = [STORED[d] for d in merged_ckpt.dtypes if d in STORED]
     tol = max(TOLERANCE[d] for d in (dtype, *stored))
     results = tuple(_compare(label, ids, a, b, tol, head) for (label, ids), a, b in zip(sequences, peft.main, mine.main))
     diverging = noop = None
@@ -196,6 +199,9 @@ def _prompts(diagnosis, tokenizer_dir: str | None, prompts_file: str | None) -> 
         elif tokenizer is not None:
             ids = [i for i in tokenizer(line)["input_ids"] if i < rows]
             out.append((line[:40], ids or [0]))
+        elif prompts_file:
+            raise UsageError("Cannot tokenize prompts", prompts_file, "a line is text and no tokenizer was found (--tokenizer, the adapter's, the base's)",
+                             "Pass --tokenizer DIR, or write each prompt as whitespace-separated token ids.")
     if not out:  # no tokenizer: token ids spread over the old vocabulary
         base_rows = diagnosis.target.base_rows or rows
         out.append((f"ids 0..{base_rows - 1} (every {max(1, base_rows // 16)}th)", list(range(0, base_rows, max(1, base_rows // 16)))))

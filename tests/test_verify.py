@@ -145,3 +145,14 @@ def test_a_merge_stored_in_bf16_is_held_to_bf16s_tolerance(capsys, tmp_path: Pat
     capsys.readouterr()
     code, report = _verify(capsys, str(llama.path), str(lora_llama.path), str(tmp_path / "m"))
     assert code == 0 and report["dtype"] == "fp32" and report["tolerance"] == 5e-2
+
+
+def test_usage_errors(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    assert main(["verify", str(llama.path), str(lora_llama.path), str(lora_llama.path)]) == 2
+    assert "Error: Not a merged model" in capsys.readouterr().err
+    assert main(["verify", str(lora_llama.path), str(llama.path), str(llama.path)]) == 2
+    assert f"lora-inspector verify {llama.path} {lora_llama.path} MERGED" in capsys.readouterr().err
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("some text\n")
+    assert main(["verify", str(llama.path), str(lora_llama.path), str(llama.path), "--prompts", str(prompts)]) == 2
+    assert "Error: Cannot tokenize prompts" in capsys.readouterr().err
