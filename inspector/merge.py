@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,9 @@ from inspector.merge_plan import DTYPES, Job, MergePlan, plan_merge
 from inspector.repair import MERGE_INITS, grow, initializer_range
 
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
+AHEAD = 2  # blocks the compute thread may run ahead of the writer
+SLOTS = AHEAD + 2  # output buffers in turn: those queued, the one being written, the one being filled
+_END = object()  # after a tensor's last row block
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
 
@@ -124,6 +129,7 @@ class _Arena:
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, str], object] = {}
+        self._turn = 0
 
     def get(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu"):
         """A contiguous tensor of ``shape``, its contents undefined (the caller fills all of it)."""
@@ -135,6 +141,12 @@ class _Arena:
             buf = self._bufs[(role, dev)] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=dev)
         return buf[:nbytes].view(dtype).view(shape)
 
+    def slot(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu"):
+        """``get`` for a block handed to the writer: one of ``SLOTS`` buffers in turn, so that a block
+        is not overwritten while it waits in the read-ahead queue or is being written."""
+        self._turn = (self._turn + 1) % SLOTS
+        return self.get(f"{role}{self._turn}", dtype, shape, dev)
+
 
 def _copied(job: Job, reader: TensorReader, info, step: int, arena: _Arena) -> Iterator:
     """A tensor copied through as stored, in row blocks: the bytes as read (no decode or encode),
@@ -142,8 +154,8 @@ def _copied(job: Job, reader: TensorReader, info, step: int, arena: _Arena) -> I
     import torch
 
     row_bytes = info.nbytes // max(1, info.shape[0])
-    raw = arena.get("raw", torch.uint8, (min(step, job.shape[0]) * row_bytes,))
     for r0 in range(0, job.shape[0], step):
+        raw = arena.slot("raw", torch.uint8, (min(step, job.shape[0]) * row_bytes,))
         block = reader.read_rows(info, r0, r0 + step, into=raw)
         _finite(block, job)
         yield block
@@ -209,7 +221,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     dora = [(d, A, B) for d, A, B in loras if d.magnitude is not None]
     tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), dev)) for idx, info in job.tokens]
     block_shape = (min(step, rows), *job.shape[1:])
-    wbuf, obuf = arena.get("w", torch.float32, block_shape, dev), arena.get("out", out_dtype, block_shape, dev)
+    wbuf = arena.get("w", torch.float32, block_shape, dev)
     raw = arena.get("raw", torch.uint8, (block_shape[0] * (source.nbytes // max(1, source.shape[0])),)) if whole is None else None
 
     def rows_fp32(r0: int, r1: int):
@@ -237,10 +249,70 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
             hit = (idx >= r0) & (idx < r1)
             if bool(hit.any()):
                 w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
-        out = obuf[: r1 - r0]
+        out = arena.slot("out", out_dtype, block_shape, dev)[: r1 - r0]
         out.copy_(w)  # round to the output dtype: the bits of w.to(out_dtype)
         _finite(out, job, w)
         yield out if dev == "cpu" else out.cpu()
+
+
+def _in_rows(job: Job, plan: MergePlan) -> bool:
+    """Row blocks for matrices; vocabulary biases ([V] or [1, V], grown along the last axis) whole."""
+    return len(job.shape) >= 2 and job.name not in plan.diagnosis.binding.vocab.biases
+
+
+def _produced(plan: MergePlan, base: TensorReader, adapter: TensorReader, seed: int) -> Iterator:
+    """Every job's data in plan order: a whole tensor, or its row blocks followed by ``_END``."""
+    arena = _Arena()
+    for job in plan.jobs:
+        if _in_rows(job, plan):
+            yield from _blocks(job, base, adapter, plan, seed, arena)
+            yield _END
+        else:
+            yield _whole(job, base, adapter, plan, seed)
+
+
+class _Ahead:
+    """Runs ``items`` (reading and computing) in one thread, up to AHEAD blocks ahead of the caller,
+    which writes them: on 2 cores the write()s into the page cache and the compute overlap. The
+    writer stays in the main thread, so Ctrl-C, a full disk and the last input checks act as before."""
+
+    def __init__(self, items: Iterator) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name="merge-compute", daemon=True)
+        self._thread.start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put((True, item)):
+                    return
+        except BaseException as exc:  # handed to the main thread, raised there
+            self._put((False, exc))
+
+    def _put(self, message: tuple[bool, object]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self):
+        ok, value = self._queue.get()
+        if not ok:
+            raise value
+        return value
+
+    def rows(self) -> Iterator:
+        while (block := self.next()) is not _END:
+            yield block
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next block) and wait for it: no file is read after this."""
+        self._stop.set()
+        self._thread.join()
 
 
 def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, max_shard_size: int = 5_000_000_000, progress: Progress | None = None) -> MergeResult:
@@ -251,27 +323,28 @@ def execute(plan: MergePlan, out: str, *, seed: int = 0, force: bool = False, ma
     extras = output_side_files(base_root, tok_source)
     folders = output_side_folders(base_root, tok_source)  # sentence-transformers modules, chat templates
     planned = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
-    biases = plan.diagnosis.binding.vocab.biases
     stats = {"tensors": len(plan.jobs), "lora": 0, "replaced": 0, "tokens": 0, "grown": 0, "copied": 0}
     inputs = [base_root, adapter_root] + ([tok_source] if tok_source not in (base_root, adapter_root) else [])
     stamps = diagnosis.base.stamps + diagnosis.adapter.checkpoint.stamps
     with CheckpointWriter(out, inputs=inputs, tensors=planned, max_shard_size=max_shard_size, force=force,
                           extra_bytes=side_bytes(extras, folders), stamps=stamps) as writer:
-        arena = _Arena()
         with TensorReader(base_root, diagnosis.base.stamps) as base, TensorReader(adapter_root, diagnosis.adapter.checkpoint.stamps) as adapter:
-            for job in plan.jobs:
-                stats["lora"] += len(job.deltas)
-                stats["replaced"] += job.replace is not None
-                stats["tokens"] += len(job.tokens)
-                stats["grown"] += job.shape != job.source.shape and job.replace is None
-                stats["copied"] += job.unchanged
-                # Row blocks for matrices; vocabulary biases ([V] or [1, V], grown along the last axis) whole.
-                if len(job.shape) >= 2 and job.name not in biases:
-                    writer.write_rows(job.name, _blocks(job, base, adapter, plan, seed, arena))
-                else:
-                    writer.write(job.name, _whole(job, base, adapter, plan, seed))
-                if progress:
-                    progress(job.source.nbytes, diagnosis.base.total_bytes)
+            ahead = _Ahead(_produced(plan, base, adapter, seed))
+            try:
+                for job in plan.jobs:
+                    stats["lora"] += len(job.deltas)
+                    stats["replaced"] += job.replace is not None
+                    stats["tokens"] += len(job.tokens)
+                    stats["grown"] += job.shape != job.source.shape and job.replace is None
+                    stats["copied"] += job.unchanged
+                    if _in_rows(job, plan):
+                        writer.write_rows(job.name, ahead.rows())
+                    else:
+                        writer.write(job.name, ahead.next())
+                    if progress:
+                        progress(job.source.nbytes, diagnosis.base.total_bytes)
+            finally:
+                ahead.close()  # before the readers close: the thread may still be reading
         writer.add_file("config.json", json.dumps(plan.config, indent=2) + "\n")
         copy_side(writer, extras, folders)
         writer.commit()
