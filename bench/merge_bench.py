@@ -177,7 +177,8 @@ def run_measured(cmd: list[str], env: dict) -> dict:
             rss = int(m.group(1)) * 1024
         stderr = stderr[: stderr.rfind("\tCommand being timed")] if "\tCommand being timed" in stderr else stderr
     cpu = usage.ru_utime + usage.ru_stime  # the child tree's CPU seconds (less sensitive to other load than wall)
-    return {"wall": wall, "cpu": cpu, "rss": rss, "tree": sampled[0], "rc": proc.returncode, "stdout": out_chunks["out"].decode(errors="replace"), "stderr": stderr}
+    # minor page faults of the child tree: fresh buffers per block cost one per 4 KB page they touch
+    return {"wall": wall, "cpu": cpu, "rss": rss, "minflt": usage.ru_minflt, "tree": sampled[0], "rc": proc.returncode, "stdout": out_chunks["out"].decode(errors="replace"), "stderr": stderr}
 
 
 # ----------------------------------------------------------------------------------------- verify
@@ -317,6 +318,7 @@ def main() -> int:
                         pass
 
     results: dict[str, list[dict]] = {k: [] for k in cmds}
+    cmp, out_bytes = None, 0
     load = [os.getloadavg()[0]]
     rounds = ([] if args.no_warmup else ["warm-up"]) + list(range(1, args.runs + 1))
     for rnd in rounds:
@@ -332,11 +334,18 @@ def main() -> int:
             if key == "ours":
                 json.loads(r["stdout"])  # --format json must stay parseable
             print(f"  {rnd} {key:7s} {r['wall']:7.2f} s wall {r['cpu']:7.2f} s CPU {mib(r['rss']):>10s} (tree sampled {mib(r['tree'])})", file=sys.stderr, flush=True)
+            r["bytes"] = dir_bytes(outs[key]) if key in outs else 0
             if rnd != "warm-up":
                 results[key].append(r)
             load.append(os.getloadavg()[0])
-
-    cmp = compare(outs["ours"], outs["peft"], base)
+            # Each output goes once measured (and ours once compared with this round's PEFT output):
+            # the 3.76 GB case needs the inputs plus two outputs on disk, not four.
+            if key == "ours":
+                out_bytes = r["bytes"]
+                cmp = compare(outs["ours"], outs["peft"], base)
+                shutil.rmtree(outs["peft"], ignore_errors=True)
+            if key in outs and key != "peft":
+                shutil.rmtree(outs[key], ignore_errors=True)
 
     med = {k: (statistics.median(r["wall"] for r in v), statistics.median(r["rss"] for r in v)) for k, v in results.items()}
     pw, pr = med["peft"]
@@ -348,14 +357,16 @@ def main() -> int:
         "floor": "`python -c \"import torch\"` (interpreter floor)",
     }
     lines = [
-        "| command | wall (median) | wall min-max | CPU user+sys | peak RSS (median) | tree RSS sampled | wall / PEFT | RSS / PEFT |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| command | wall (median) | wall min-max | CPU user+sys | peak RSS (median) | tree RSS sampled | page faults / GB written | wall / PEFT | RSS / PEFT |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k, v in results.items():
         w, r = med[k]
         tree = statistics.median(x["tree"] for x in v)
         cpu = statistics.median(x["cpu"] for x in v)
-        lines.append(f"| {labels[k]} | {w:.2f} s | {min(x['wall'] for x in v):.2f}-{max(x['wall'] for x in v):.2f} s | {cpu:.2f} s | {mib(r)} | {mib(tree)} | {w / pw:.2f}x | {r / pr:.2f}x |")
+        faults = statistics.median(x["minflt"] / (x["bytes"] / 1e9) if x["bytes"] else x["minflt"] for x in v)
+        per_gb = f"{faults:,.0f}" if k in outs else f"({faults:,.0f} in all)"
+        lines.append(f"| {labels[k]} | {w:.2f} s | {min(x['wall'] for x in v):.2f}-{max(x['wall'] for x in v):.2f} s | {cpu:.2f} s | {mib(r)} | {mib(tree)} | {per_gb} | {w / pw:.2f}x | {r / pr:.2f}x |")
 
     c = CASES[case]
     warm = "no warm-up" if args.no_warmup else "after an untimed warm-up"
@@ -364,7 +375,7 @@ def main() -> int:
     print(
         f"Base: Llama-shaped bf16, hidden {c['hidden']}, intermediate {c['intermediate']}, {c['layers']} layers, {c['heads']} heads, "
         f"vocab {c['vocab']:,}: {info['base_bytes'] / 1e6:,.1f} MB. Adapter (PEFT save_pretrained): r=16 LoRA on {', '.join(TARGET_MODULES)} + "
-        f"modules_to_save embed_tokens/lm_head at {NEW_VOCAB:,} rows: {info['adapter_bytes'] / 1e6:,.1f} MB. Output: {dir_bytes(outs['ours']) / 1e6:,.1f} MB.\n"
+        f"modules_to_save embed_tokens/lm_head at {NEW_VOCAB:,} rows: {info['adapter_bytes'] / 1e6:,.1f} MB. Output: {out_bytes / 1e6:,.1f} MB.\n"
     )
     print("\n".join(lines))
     print()
