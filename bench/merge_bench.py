@@ -10,7 +10,7 @@ Then measures, each as a separate subprocess, in the same run, round-robin:
          with mean_resizing=False (see peft_merge.py), PeftModel.from_pretrained, merge_and_unload,
          save_pretrained; --peft-mean-resizing adds one run with transformers' default)
   ours   lora-inspector merge BASE ADAPTER --out OUT --device DEV --force --quiet --format json
-  cp     cp -r BASE OUT                                (the copy floor)
+  cp     cp -r BASE OUT && sync                        (the copy floor, on disk as ours is)
   floor  python -c "import torch"                      (interpreter + torch import, for reference)
 
 Wall time is the parent's clock around the child; peak RSS is the child's ru_maxrss (from
@@ -303,7 +303,7 @@ def main() -> int:
     cmds = {
         "peft": peft_cmd("peft"),
         "ours": [*cli_path(), "merge", str(base), str(adapter), "--out", str(outs["ours"]), "--device", args.device, "--force", "--quiet", "--format", "json"],
-        "cp": ["cp", "-r", str(base), str(outs["cp"])],
+        "cp": ["sh", "-c", 'cp -r "$0" "$1" && sync', str(base), str(outs["cp"])],  # the copy on disk, as ours fsyncs
         "peft-mr": [*peft_cmd("peft-mr"), "--mean-resizing"],
         "floor": [sys.executable, "-c", "import torch"],
     }
@@ -353,7 +353,7 @@ def main() -> int:
         "peft": "PEFT: from_pretrained + resize + PeftModel + merge_and_unload + save_pretrained",
         "peft-mr": "PEFT as above, resize with transformers' default mean_resizing=True",
         "ours": f"`lora-inspector merge --device {args.device}`",
-        "cp": "`cp -r BASE` (copy floor)",
+        "cp": "`cp -r BASE` + `sync` (copy floor)",
         "floor": "`python -c \"import torch\"` (interpreter floor)",
     }
     lines = [
