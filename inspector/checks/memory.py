@@ -22,7 +22,7 @@ def _peft_bytes(b: Binding) -> int:
 
 
 def _stream_bytes(b: Binding) -> tuple[int, bool]:
-    """A row block (64 MiB of fp32 at most) a few times over, the LoRA pair of the module at hand,
+    """A row block (STREAM_BLOCK_BYTES of fp32 at most) a few times over, the LoRA pair of the module at hand,
     and, when grown rows nobody carries must be invented, that matrix in fp32; and whether it must."""
     largest = max([t.numel for t in b.base.tensors] + [0])
     block = min(4 * largest, STREAM_BLOCK_BYTES)
