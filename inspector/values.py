@@ -106,11 +106,17 @@ def scan_values(b: Binding, block_bytes: int = STREAM_BLOCK_BYTES) -> ValueScan:
             zero = True
             for block in _blocks(reader, info, block_bytes):
                 x = block.to(torch.float64 if info.dtype == "F64" else torch.float32)
-                nan += int(torch.isnan(x).sum())
-                inf += int(torch.isinf(x).sum())
-                zero = zero and not bool((x != 0).any())
+                # One vectorized pass in the common case: min and max say "finite" and "all zero"
+                # (NaN propagates into them); the counts are taken only when something is off.
+                lo, hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+                finite = bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+                if not finite:
+                    nan += int(torch.isnan(x).sum())
+                    inf += int(torch.isinf(x).sum())
+                    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                zero = zero and (float(lo) == 0.0 and float(hi) == 0.0 if finite else not bool((x != 0).any()))
                 if stats is not None:
-                    stats.add(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+                    stats.add(x)
             tensors.append(TensorValues(t.key, info.dtype, info.numel, nan, inf, zero))
             if stats is not None:
                 rows.append(stats.result(t.key))
@@ -138,13 +144,13 @@ class _RowStats:
 
     def add(self, x) -> None:
         torch = self.torch
-        x = x.double().reshape(x.shape[0], -1)
-        self.norms.append(x.norm(dim=1))
+        x = x.reshape(x.shape[0], -1)
+        self.norms.append(x.norm(dim=1, dtype=torch.float64))
         old = x[: max(0, self.old_rows - self.seen)]
-        new = x[old.shape[0]:]
+        new = x[old.shape[0]:].double()  # few rows: compared exactly
         self.seen += x.shape[0]
         if old.shape[0]:
-            s = old.sum(dim=0)
+            s = old.sum(dim=0, dtype=torch.float64)  # accumulated in float64: the mean of 70,000 rows stays exact
             self.sum = s if self.sum is None else self.sum + s
         if not new.shape[0]:
             return
