@@ -24,6 +24,7 @@ import inspector.io.publish as publish_mod
 import inspector.io.writer as writer_mod
 import inspector.merge as merge_mod
 from inspector.cli import main
+from inspector.errors import InspectorError
 from inspector.io.loader import TensorReader
 from tests.hostile_corpus import copy_dir, snapshot
 from tests.models import Built
@@ -278,15 +279,19 @@ def test_killed_right_after_the_exchange_leaves_a_complete_out(tmp_path: Path, o
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert sorted(os.listdir(old_out)) == ["model.safetensors"]  # the new output, complete: one step swapped them
     assert torch.equal(load_file(old_out / "model.safetensors")["x"], torch.ones(2))
-    [left] = _hidden(old_out.parent)
-    assert (old_out.parent / left / "old.txt").exists()  # the old output, aside
+    # The old output, at the staging name the exchange gave it, and the empty .old- directory made
+    # ready before the exchange (so that nothing can fail after it).
+    left = _hidden(old_out.parent)
+    assert [n.split("-")[0] for n in left] == [".merged.old", ".merged.staging"], left
+    assert (old_out.parent / left[1] / "old.txt").exists() and not os.listdir(old_out.parent / left[0])
     # The next run names what the killed one left, and does not delete it.
     rc, out, err = cli(capsys, "resize", tmp_path / "base", "--out", tmp_path / "resized", "--vocab", "80")
     assert rc == 0 and "left" not in err  # another --out: nothing to say
     rc, out, err = merge(capsys, tmp_path, old_out, "--force")
     assert rc == 0, err
-    assert f"Warning: an earlier run writing here was stopped and left '{old_out.parent / left}'." in err
-    assert (old_out.parent / left / "old.txt").exists()
+    named = ", ".join(f"'{old_out.parent / n}'" for n in left)
+    assert f"Warning: an earlier run writing here was stopped and left {named}." in err
+    assert (old_out.parent / left[1] / "old.txt").exists()
 
 
 def test_killed_between_two_renames_names_the_old_output(tmp_path: Path, old_out: Path, capsys) -> None:
@@ -416,3 +421,54 @@ def test_input_directory_without_permission(tmp_path: Path, llama: Built) -> Non
     finally:
         os.chmod(base, 0o755)
     assert_clean_error(proc.returncode, proc.stderr, "Permission denied", str(base))
+
+
+# ---- found in review: the publish itself, interrupted or failing --------------------------------------------------
+
+
+def test_ctrl_c_during_a_force_publish_still_removes_the_old_output(tmp_path: Path, old_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C while the swap runs is delivered once the whole publish is done, the old output's removal
+    # included (it was delivered between the two, leaving the previous output in .merged.old-*).
+    from inspector import interrupts
+    from inspector.io.shards import OutputTensor
+    from inspector.io.writer import CheckpointWriter
+
+    real = writer_mod.ensure_unchanged
+
+    def interrupted(stamps):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(stamps)
+
+    monkeypatch.setattr(writer_mod, "ensure_unchanged", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with CheckpointWriter(old_out, inputs=[], tensors=[OutputTensor("x", "F32", (2,))], force=True) as w:
+                w.write("x", torch.ones(2))
+                w.commit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert interrupts.PUBLISHED[-1] == old_out
+    assert sorted(os.listdir(old_out)) == ["model.safetensors"] and _hidden(tmp_path) == []
+
+
+def test_a_failure_right_after_the_exchange_cannot_happen(tmp_path: Path, old_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The aside directory is made before the exchange: a full disk refuses that mkdir while nothing has
+    # moved, so the old output stays and "nothing was written" is true (it was deleted as "staging").
+    from inspector.io.shards import OutputTensor
+    from inspector.io.writer import CheckpointWriter
+
+    real = publish_mod.make_dir_beside
+
+    def full_disk(target, tag):
+        if tag == "old":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, tag)
+
+    monkeypatch.setattr(publish_mod, "make_dir_beside", full_disk)
+    with pytest.raises(InspectorError, match="No space left on device") as info:
+        with CheckpointWriter(old_out, inputs=[], tensors=[OutputTensor("x", "F32", (2,))], force=True) as w:
+            w.write("x", torch.ones(2))
+            w.commit()
+    assert "Nothing was written" in info.value.hint
+    assert sorted(os.listdir(old_out)) == ["old.txt"] and _hidden(tmp_path) == []

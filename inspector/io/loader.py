@@ -122,8 +122,10 @@ class TensorReader:
         self._view = None
         errors = []
         for rel, fh in files.items():
-            st = os.fstat(fh.fileno())
-            fh.close()
+            try:
+                st = os.fstat(fh.fileno())
+            finally:
+                fh.close()  # every file, even when one cannot be examined
             errors += [changed(self._stamps[rel], st), changed(self._stamps[rel])]
         error = next((e for e in errors if e is not None), None)
         if error is not None:

@@ -217,16 +217,24 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def swap(staging: Path, target: Path) -> Path:
-    """Put ``staging`` at ``target`` and the old ``target`` aside; return where the old one now is."""
-    if exchange(staging, target):
-        aside = make_dir_beside(target, "old")
+    """Put ``staging`` at ``target`` and the old ``target`` aside; return where the old one now is.
+
+    The aside directory is made first: once the exchange has happened nothing may fail before the
+    writer records the publish (a full disk failing a later mkdir would have the old output, then
+    sitting at the staging path, removed as if it were staging)."""
+    aside = make_dir_beside(target, "old")
+    try:
+        exchanged = exchange(staging, target)
+    except BaseException:
+        os.rmdir(aside)
+        raise
+    if exchanged:
         try:
-            os.rename(staging, aside)  # the old output, under a name that says what it is
+            os.rename(staging, aside)  # the old output, under a name that says what it is (replaces the empty placeholder)
         except OSError:
             os.rmdir(aside)
             return staging
         return aside
-    aside = make_dir_beside(target, "old")
     # Two renames (no RENAME_EXCHANGE here): between them --out does not exist; a run killed there
     # leaves the old output in .NAME.old-*, which the next run names.
     try:

@@ -122,7 +122,7 @@ def side_bytes(files: list[Path], folders: list[SideFolder]) -> int:
 
 def copy_side(writer: CheckpointWriter, files: list[Path], folders: list[SideFolder]) -> None:
     for path in files:
-        writer.copy_file(path)
+        writer.copy_file(path, root=path.parent)  # listed inside that directory: still there when opened
     for folder in folders:
         writer.copy_tree(folder.path, folder.name, root=folder.root)
 

@@ -292,9 +292,10 @@ class CheckpointWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def copy_file(self, src: str | Path, name: str | None = None) -> None:
+    def copy_file(self, src: str | Path, name: str | None = None, *, root: str | Path | None = None) -> None:
         """Copy ``src`` into the output as ``name`` (default: its own name), refusing a file that
-        changes while it is copied (size or mtime differ before and after)."""
+        changes while it is copied (size or mtime differ before and after). ``root``: the input
+        directory ``src`` was found in; the file opened must still live there (not a link swapped since)."""
         with self._guard():
             self._check_open()
             src = Path(src)
@@ -302,7 +303,7 @@ class CheckpointWriter:
             self._check_name(name)
             staging = self._ensure_staging()
             self._extra.add(name)
-            self._copy_bytes(src, staging / name)
+            self._copy_bytes(src, staging / name, root=Path(root) if root is not None else None)
 
     def copy_tree(self, src: str | Path, name: str, *, root: str | Path) -> None:
         """Copy the folder ``src`` (a sentence-transformers module folder, ...) into the output as
@@ -474,12 +475,12 @@ class CheckpointWriter:
             if len(self._shards) > 1:
                 self._write_index(staging)
             _fsync_dir(staging)
-            # Held: the last input check, the swap and the removal of an old output (--force) run to
-            # the end; a Ctrl-C meanwhile arrives once the output is in place, and PUBLISHED says so.
-            with interrupts.held(), publish_lock(self._target.parent):
+        # Held as one: the last input check, the swap, and the removal of an old output (--force) run
+        # to the end; a Ctrl-C meanwhile arrives once all of it is done, and PUBLISHED says so.
+        with interrupts.held():
+            with self._guard(), publish_lock(self._target.parent):
                 ensure_unchanged(self.stamps)  # an input re-saved during the run: its bytes may be mixed in
                 old = self._publish(staging)
-        with interrupts.held():
             self._close_staging_fd()
             self._after_publish(old)
         return self.out_dir
