@@ -216,6 +216,9 @@ def rules_for(select: Iterable[str] = (), ignore: Iterable[str] = (), fail_on: s
     if unknown:
         raise UsageError(f"Invalid [tool.{CONFIG_TABLE}]", path, f"unknown key {printable(str(unknown[0]))!r}", f"The keys are {', '.join(CONFIG_KEYS)}.")
     chosen = codes_for(select, "--select") if select else (_file_codes(table, "select", path) if "select" in table else None)
+    if chosen is not None and not chosen:  # `--select "$CODES"` with CODES empty would pass every adapter
+        where = "--select" if select else f"[tool.{CONFIG_TABLE}] select"
+        raise UsageError(f"Invalid {where}", None if select else path, "it names no finding code, so every finding would be left out", _CODE_HINT)
     dropped = codes_for(ignore, "--ignore") if ignore else _file_codes(table, "ignore", path)
     if fail_on is None:
         fail_on = table.get("fail-on", "error")

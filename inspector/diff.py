@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from inspector.io.checkpoint import Checkpoint
 from inspector.io.tensor import STREAM_BLOCK_BYTES, TensorInfo
 
-
 # A relative change this many times the median of the changed tensors' is an outlier.
 OUTLIER_FACTOR = 10.0
 

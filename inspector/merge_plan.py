@@ -17,7 +17,7 @@ from pathlib import Path
 from inspector import interrupts
 from inspector.adapter import FullTensor, is_transposed
 from inspector.base import known_tied_head
-from inspector.binding import Binding
+from inspector.binding import Binding, shell_command
 from inspector.diagnose import Diagnosis
 from inspector.errors import InvalidInputError, RefusedError
 from inspector.findings import Code
@@ -98,7 +98,8 @@ def _refuse_unrepairable(diagnosis: Diagnosis, init_explicit: bool) -> None:
     if all(f.repair == "init" for f in blocking):
         hint = "What training saw for those rows is lost; merge anyway with an explicit --init (e.g. --init mean)."
     else:
-        others = f" `lora-inspector check {diagnosis.base.path} {diagnosis.adapter.checkpoint.path}` lists all {len(blocking)}." if len(blocking) > 1 else ""
+        check = shell_command("lora-inspector", "check", diagnosis.base.path, diagnosis.adapter.checkpoint.path)
+        others = f" `{check}` lists all {len(blocking)}." if len(blocking) > 1 else ""
         hint = f"{first.code.code}: {first.hint}{others}"
     raise RefusedError("Merge refused", diagnosis.adapter.checkpoint.path, f"{len(blocking)} error finding(s) the merge cannot repair ({', '.join(codes)}): {first.message}", hint)
 

@@ -12,6 +12,7 @@ imported only here.
 from __future__ import annotations
 
 import gc
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,18 +114,31 @@ def _head(diagnosis) -> str:
     return "hidden-state"
 
 
-def _load(path: str, head: str, torch_dtype):
+def _load(path: str, head: str, torch_dtype, num_labels: int | None = None):
     import transformers
 
     cls = {"causal-lm": transformers.AutoModelForCausalLM, "classification": transformers.AutoModelForSequenceClassification}.get(head, transformers.AutoModel)
-    return cls.from_pretrained(path, dtype=torch_dtype).eval()
+    # BASE under an adapter trained with another label count: built with the adapter's head size, as
+    # training did (num_labels=N, ignore_mismatched_sizes=True); PEFT's copy of the head replaces it.
+    extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels else {}
+    return cls.from_pretrained(path, dtype=torch_dtype, **extra).eval()
+
+
+def _labels(merged: str) -> int | None:
+    """How many labels MERGED's config names (the adapter's head), or None."""
+    try:
+        config = json.loads((Path(merged) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    labels = config.get("id2label") if isinstance(config, dict) else None
+    return len(labels) if isinstance(labels, dict) and labels else None
 
 
 def _run_peft(diagnosis, head: str, sequences, device: str, torch_dtype, merged: str) -> tuple[_Outputs, _Outputs]:
     """PeftModel's outputs, and BASE's (the adapter disabled); then the model is freed."""
     from peft import PeftModel
 
-    model = _load(diagnosis.base.path, head, torch_dtype)
+    model = _load(diagnosis.base.path, head, torch_dtype, _labels(merged) if head == "classification" else None)
     rows = diagnosis.target.rows
     if diagnosis.target.grows and rows:
         model.resize_token_embeddings(rows, mean_resizing=False)

@@ -62,3 +62,12 @@ def test_serving_rules_run_only_for_the_targets_asked_for(capsys, monkeypatch, l
         if expected:
             rank = next(f for f in found if f["code"] == "LI1503")
             assert rank["message"].startswith("vLLM: rank ") and rank["hint"].startswith("Start it with --max-lora-rank ")
+
+
+def test_an_empty_select_is_a_usage_error(capsys, llama: Built, lora_llama: Built) -> None:
+    # `--select "$CODES"` with an empty variable in CI must not turn every check into a pass.
+    from inspector.cli import main
+
+    assert main(["check", str(llama.path), str(lora_llama.path), "--select", ""]) == 2
+    err = capsys.readouterr().err
+    assert "Error: Invalid --select: it names no finding code" in err and "Hint: " in err

@@ -71,3 +71,16 @@ def test_merged_model_loads_with_its_five_labels(capsys, tmp_path: Path, reheade
         reference.eval()
         expected = reference(input_ids=ids).logits
     assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_verify_builds_the_base_with_the_adapters_labels(capsys, tmp_path: Path, reheaded) -> None:
+    # PeftModel on the 2-label base cannot take the 5-label head; verify builds the base as training
+    # did (num_labels=5, ignore_mismatched_sizes) and the merge agrees with it.
+    base, adapter, _ = reheaded
+    assert main(["merge", str(base), str(adapter), "--out", str(tmp_path / "merged"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    rc = main(["verify", str(base), str(adapter), str(tmp_path / "merged"), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["head"] == "classification" and all(p["agrees"] for p in report["prompts"])

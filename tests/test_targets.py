@@ -33,6 +33,9 @@ ADAPTERS: dict[str, tuple[str, dict, int | None]] = {
     "rank1024": ("llama", dict(r=1024, lora_alpha=16, target_modules=QV), None),
     "patterns": ("llama", dict(r=4, lora_alpha=8, target_modules=[*QV, "down_proj"], rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 16}), None),
     "some_layers": ("llama", dict(r=2, lora_alpha=4, target_modules=QV, layers_to_transform=[0]), None),
+    # Patterns and rsLoRA that change no module's scale: nothing for a server to get wrong.
+    "idle_patterns": ("llama", dict(r=4, lora_alpha=8, target_modules=QV, rank_pattern={"q_proj": 4}, alpha_pattern={"o_proj": 3}), None),
+    "rslora_r1": ("llama", dict(r=1, lora_alpha=8, target_modules=QV, use_rslora=True), None),
     "k_only": ("llama", dict(r=2, lora_alpha=4, target_modules=["k_proj"]), None),
     "lm_head": ("llama", dict(r=2, lora_alpha=4, target_modules=[*QV, "lm_head"]), None),
     "norm_saved": ("llama", dict(r=2, lora_alpha=4, target_modules=QV, modules_to_save=["model.norm"]), None),
@@ -65,6 +68,8 @@ EXPECTED: dict[str, set[tuple]] = {
     "rank1024": {("LI1503", "vllm", "refused")},
     "patterns": per_server("LI1510", None, "diverges", "diverges", "diverges", "diverges", "diverges") | {("LI1510", "sglang", "refused")},
     "some_layers": per_server("LI1512", None, None, None, "diverges", "diverges", None),
+    "idle_patterns": set(),
+    "rslora_r1": set(),
     "k_only": {("LI1504", "sglang", "refused")},
     "lm_head": per_server("LI1511", None, None, None, None, "diverges", "refused") | {("LI1505", "ollama", "refused")},
     "norm_saved": per_server("LI1505", "refused", "diverges", "diverges", "diverges", "diverges", "refused"),

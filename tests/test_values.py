@@ -90,6 +90,18 @@ def test_zero_lora_b(capsys, tmp_path: Path, llama: Built, lora_llama: Built) ->
     assert code == 0 and [(f["code"], f["severity"], f["data"]["zero"]) for f in found] == [("LI1602", "warning", 1)]
 
 
+def test_zero_lora_b_with_dora_is_not_a_no_op(capsys, tmp_path: Path, llama: Built, dora_llama: Built) -> None:
+    # DoRA's trained magnitude still rescales the weights when every lora_B is zero: a warning, not "no-op".
+    def all_zero(state: dict) -> None:
+        for k in state:
+            if "lora_B" in k:
+                state[k].zero_()
+
+    code, found, _ = check_values(capsys, llama, edited(dora_llama.path, tmp_path / "dora", all_zero))
+    assert code == 0 and [(f["code"], f["severity"]) for f in found] == [("LI1602", "warning")]
+    assert "no-op" not in found[0]["message"]
+
+
 @pytest.mark.parametrize("init", ["mean", "zero", "same"])
 def test_untrained_new_rows(capsys, tmp_path: Path, llama: Built, lora_llama_grown: Built, init: str) -> None:
     def untrained(state: dict) -> None:

@@ -39,9 +39,11 @@ def lora_b_zero(b: Binding) -> Iterator[Hit]:
         return
     data = {"zero": len(zeros), "lora_b": len(keys)}
     if len(zeros) == len(keys):
-        # Full copies or trainable tokens still change the model; LoRA alone then does nothing.
-        others = bool(b.adapter.full) or bool(b.adapter.trainable_tokens)
-        what = "the LoRA part changes nothing (the adapter's full tensors still do)" if others else "the adapter is a no-op: merged or not, it changes nothing"
+        # Full copies, trainable tokens, a DoRA magnitude or a non-zero lora_B.bias still change the
+        # model; the LoRA products alone then do nothing.
+        acting = any(lm.magnitude is not None or (lm.B_bias is not None and lm.B_bias.key not in zero) for lm in b.adapter.lora.values())
+        others = bool(b.adapter.full) or bool(b.adapter.trainable_tokens) or acting
+        what = "the LoRA products change nothing (the adapter's other tensors still do)" if others else "the adapter is a no-op: merged or not, it changes nothing"
         yield Hit(f"every lora_B ({len(keys)} modules) is all zeros: {what}.",
                   "Was it saved before training, or from the wrong process / step? PEFT initialises lora_B to zeros.",
                   severity="warning" if others else "", data=data)  # fmt: skip

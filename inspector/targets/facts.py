@@ -20,10 +20,10 @@ class AdapterFacts:
     architectures: tuple[str, ...]  # the base's config architectures
     r: int
     max_rank: int  # the largest rank stored in the tensors (rank_pattern included), r when none
-    use_rslora: bool
+    use_rslora: bool  # rsLoRA, where it changes some module's scale (not with r = 1 or alpha = 0)
     use_dora: bool
     lora_bias: bool  # lora_bias with lora_B.bias tensors saved
-    patterns: tuple[str, ...]  # "rank_pattern" / "alpha_pattern" when set
+    patterns: tuple[str, ...]  # "rank_pattern" / "alpha_pattern" where they change some module's rank or alpha
     modules_to_save: tuple[str, ...]  # the config's list
     full_weights: tuple[str, ...]  # base tensors the adapter replaces with trained copies
     frozen_copies: tuple[str, ...]  # base_layer / original_module copies (redundant to a server)
@@ -50,10 +50,13 @@ class AdapterFacts:
             architectures=tuple(a for a in b.base.config.get("architectures") or () if isinstance(a, str)),
             r=c.r,
             max_rank=max(ranks, default=c.r),
-            use_rslora=c.use_rslora,
+            # Only what changes some module's scale counts: rsLoRA with r = 1 or alpha = 0 scales as
+            # alpha / r does, and a pattern matching no module (or restating r / alpha) changes nothing.
+            use_rslora=c.use_rslora and any(c.rank_for(m) != 1 and c.alpha_for(m) != 0 for m in lora),
             use_dora=c.use_dora,
             lora_bias=c.lora_bias and any(lm.B_bias is not None for lm in b.adapter.lora.values()),
-            patterns=tuple(n for n, v in (("rank_pattern", c.rank_pattern), ("alpha_pattern", c.alpha_pattern)) if v),
+            patterns=tuple(n for n, differs in (("rank_pattern", lambda m: c.rank_for(m) != c.r), ("alpha_pattern", lambda m: c.alpha_for(m) != c.lora_alpha))
+                           if any(differs(m) for m in lora)),
             modules_to_save=tuple(c.modules_to_save),
             full_weights=tuple(sorted(f.target for f in trained)),
             frozen_copies=tuple(sorted(frozen)),
