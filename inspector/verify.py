@@ -48,7 +48,7 @@ class VerifyResult:
     base: str
     adapter: str
     merged: str
-    head: str  # "causal-lm" | "classification" | "hidden-state"
+    head: str  # "causal-lm" | "classification" | "token-classification" | "question-answering" | "hidden-state"
     device: str
     dtype: str
     tolerance: float  # TOLERANCE of the coarsest of --dtype and MERGED's stored float dtypes
@@ -109,6 +109,10 @@ def _head(diagnosis) -> str:
     task = diagnosis.adapter.config.task_type
     if task in ("SEQ_CLS",):
         return "classification"
+    if task == "TOKEN_CLS":
+        return "token-classification"
+    if task == "QUESTION_ANS":
+        return "question-answering"
     if task == "CAUSAL_LM" or any(str(a).endswith("ForCausalLM") for a in diagnosis.base.config.get("architectures") or ()):
         return "causal-lm"
     return "hidden-state"
@@ -117,7 +121,9 @@ def _head(diagnosis) -> str:
 def _load(path: str, head: str, torch_dtype, num_labels: int | None = None):
     import transformers
 
-    cls = {"causal-lm": transformers.AutoModelForCausalLM, "classification": transformers.AutoModelForSequenceClassification}.get(head, transformers.AutoModel)
+    cls = {"causal-lm": transformers.AutoModelForCausalLM, "classification": transformers.AutoModelForSequenceClassification,
+           "token-classification": transformers.AutoModelForTokenClassification,
+           "question-answering": transformers.AutoModelForQuestionAnswering}.get(head, transformers.AutoModel)  # fmt: skip
     # BASE under an adapter trained with another label count: built with the adapter's head size, as
     # training did (num_labels=N, ignore_mismatched_sizes=True); PEFT's copy of the head replaces it.
     extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels else {}
@@ -138,7 +144,7 @@ def _run_peft(diagnosis, head: str, sequences, device: str, torch_dtype, merged:
     """PeftModel's outputs, and BASE's (the adapter disabled); then the model is freed."""
     from peft import PeftModel
 
-    model = _load(diagnosis.base.path, head, torch_dtype, _labels(merged) if head == "classification" else None)
+    model = _load(diagnosis.base.path, head, torch_dtype, _labels(merged) if head in ("classification", "token-classification") else None)
     rows = diagnosis.target.rows
     if diagnosis.target.grows and rows:
         model.resize_token_embeddings(rows, mean_resizing=False)
@@ -187,6 +193,8 @@ def _run(model, sequences, device: str) -> _Outputs:
             continue
         out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
         logits = getattr(out, "logits", None)
+        if logits is None and getattr(out, "start_logits", None) is not None:  # a QA head: start and end per token
+            logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
         main.append((logits if logits is not None else out.last_hidden_state)[0].float().cpu())
         hidden.append([h[0].float().cpu() for h in out.hidden_states or ()])
     del model

@@ -153,3 +153,18 @@ def test_task_config() -> None:
 def test_module_imports_without_torch() -> None:
     code = "import sys, inspector.task_config; assert not {'torch', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize("case", ["bert-seq", "bert-token"])
+def test_verify_runs_the_trained_head(built, case: str, capsys) -> None:
+    # verify compares the task model's own head (sequence or token labels), built with the adapter's
+    # label count, not the bare encoder.
+    from inspector.cli import main
+
+    base, adapter, merged = built[case]
+    rc = main(["verify", str(base), str(adapter), str(merged), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["head"] == {"bert-seq": "classification", "bert-token": "token-classification"}[case]
+    assert all(p["agrees"] for p in report["prompts"])
