@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from inspector.io.tensor import STREAM_BLOCK_BYTES, TensorInfo
+from inspector.io.tensor import FLOAT_DTYPES, STREAM_BLOCK_BYTES, TensorInfo
 
 if TYPE_CHECKING:
     from inspector.binding import Binding
 
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+# The float dtypes whose values are scanned: FP8 is widened to fp32 first (torch has no isfinite for it).
+SCANNED_DTYPES = FLOAT_DTYPES | {"F8_E4M3", "F8_E5M2"}
 # A new row within this relative distance of the old rows' mean (or of the first new row) is that
 # vector: bf16 rounding of a mean-initialised row stays far below it, a trained row far above.
 SAME_ROW_RTOL = 1e-2
@@ -99,7 +100,7 @@ def scan_values(b: Binding, block_bytes: int = STREAM_BLOCK_BYTES) -> ValueScan:
     with TensorReader(ckpt.root, ckpt.stamps) as reader:
         for t in b.adapter.tensors:
             info = t.info
-            if info.dtype not in FLOAT_DTYPES or 0 in info.shape:
+            if info.dtype not in SCANNED_DTYPES or 0 in info.shape:
                 continue
             stats = _RowStats(torch, *grown[t.key]) if t.key in grown else None
             nan = inf = 0
@@ -221,7 +222,7 @@ def scan_checkpoint_values(ckpt, block_bytes: int = STREAM_BLOCK_BYTES) -> dict:
     nonfinite, tails = [], []
     with TensorReader(ckpt.root, ckpt.stamps) as reader:
         for info in ckpt.tensors:
-            if info.dtype not in FLOAT_DTYPES or 0 in info.shape:
+            if info.dtype not in SCANNED_DTYPES or 0 in info.shape:
                 continue
             nan = inf = 0
             tail = _Tail(torch) if info.name in matrices and len(info.shape) == 2 else None

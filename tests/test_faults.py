@@ -472,3 +472,17 @@ def test_a_failure_right_after_the_exchange_cannot_happen(tmp_path: Path, old_ou
             w.commit()
     assert "Nothing was written" in info.value.hint
     assert sorted(os.listdir(old_out)) == ["old.txt"] and _hidden(tmp_path) == []
+
+
+def test_an_os_error_no_reader_words_is_still_error_and_hint(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CLI's last net for the environment: an OSError from anywhere is Error/Hint exit 2, naming the file.
+    import inspector.scan as scan_mod
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/models/base/config.json")
+
+    monkeypatch.setattr(scan_mod, "scan", refused)
+    rc, out, err = cli(capsys, "scan", "/models/base")
+    assert rc == 2 and out == ""
+    assert err.splitlines() == ["Error: Cannot access for '/models/base/config.json': Permission denied.",
+                                "Hint: Check the path, its permissions and the disk, then run again."]

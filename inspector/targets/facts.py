@@ -150,21 +150,10 @@ def _kinds(f: AdapterFacts, vocab: bool) -> list[str]:
     return sorted(on_vocab if vocab else others)
 
 
-def lora_on_modules_other_than(allowed: frozenset[str], *, vocab: bool | None = None):
-    """LoRA on modules whose last name is not in ``allowed``: ``{modules}``. ``vocab`` True looks at
-    LoRA on vocabulary matrices only (embedding, output layer), False at the others, None at all."""
-
-    def when(f: AdapterFacts):
-        kinds = f.lora_kinds if vocab is None else _kinds(f, vocab)
-        outside = [k for k in kinds if k not in allowed]
-        return {"modules": _listed(outside)} if outside else None
-
-    return when
-
-
 def lora_on_modules_outside(allowed_by_model_type: Mapping[str, frozenset[str]], *, vocab: bool):
-    """``lora_on_modules_other_than`` with the list of the base's model_type (a server whose adaptable
-    layers differ per model); silent for a model_type not in the mapping. Adds ``{allowed}``."""
+    """LoRA on modules whose last name is not in the base's model_type's list (a server whose adaptable
+    layers differ per model; ``vocab``: look at LoRA on vocabulary matrices only, or only at the others):
+    ``{modules}`` and ``{allowed}``. Silent for a model_type not in the mapping."""
 
     def when(f: AdapterFacts):
         allowed = allowed_by_model_type.get(f.model_type)
