@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError, UsageError
+from inspector.io.direct import DirectFile
 from inspector.io.header import read_header
 from inspector.io.outdir import check_out
 from inspector.io.publish import hold, input_identities, leftovers, make_dir_beside, publish_lock, remove_tree, swap
@@ -222,7 +223,7 @@ class CheckpointWriter:
     # ------------------------------------------------------------------------------ tensor data
 
     def _open_shard(self, shard: Shard) -> None:
-        self._fh = open(self._ensure_staging() / shard.file, "xb", buffering=_CHUNK)
+        self._fh = DirectFile(self._ensure_staging() / shard.file)  # around the page cache where allowed
         _write_all(self._fh, shard.header)
 
     def _close_shard(self) -> None:
