@@ -440,7 +440,7 @@ def test_every_format_renders_every_command(results: dict) -> None:
     from inspector.report import COMMANDS, FORMATS, Failure, Renderer, renderer
     from inspector.report.terminal import Report, write
 
-    assert set(FORMATS) == {"rich", "json", "markdown", "github"} and set(COMMANDS) == set(results)
+    assert set(FORMATS) == {"rich", "json", "markdown", "github", "html"} and set(COMMANDS) == set(results)
     for fmt in FORMATS:
         r = renderer(fmt)
         assert isinstance(r, Renderer)
@@ -452,10 +452,12 @@ def test_every_format_renders_every_command(results: dict) -> None:
                 console = Console(file=io.StringIO(), width=100)
                 write(console, out)
                 assert isinstance(out, Report) and console.file.getvalue().strip()
+            elif fmt == "html":  # one page each (tests/test_html.py opens them in a browser)
+                assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>") and f"lora-inspector {command}" in out
             else:
                 assert out.strip(), (fmt, command)
         failure = r.error(Failure("scan", "Cannot read x.", "x", "Check it."))
-        assert (failure is not None) == (fmt == "json")
+        assert (failure is not None) == (fmt in ("json", "html"))  # the formats whose stdout a script or a CI artifact keeps
 
 
 def test_a_format_without_a_command_cannot_be_made() -> None:

@@ -1,5 +1,6 @@
 """Turn results into output: rich renderables for people, JSON for machines, markdown for PR
-comments, GitHub workflow annotations for CI logs. Nothing here reads files or decides anything.
+comments, GitHub workflow annotations for CI logs, one self-contained HTML page for CI artifacts.
+Nothing here reads files or decides anything.
 
 Every format is a ``Renderer``: one method per command, plus ``error`` for a run that ended in an
 error. The methods are abstract, so a format that lacks one cannot even be instantiated, and
@@ -94,6 +95,12 @@ def _markdown(options: Options) -> Renderer:
     return Markdown()
 
 
+def _html(options: Options) -> Renderer:
+    from inspector.report.htmlfmt import Html
+
+    return Html()
+
+
 def _github(options: Options) -> Renderer:
     from inspector.report.github import GitHub
 
@@ -101,7 +108,7 @@ def _github(options: Options) -> Renderer:
 
 
 # --format value -> the renderer's factory (modules are imported on use: a JSON run loads no rich).
-RENDERERS: dict[str, Callable[[Options], Renderer]] = {"rich": _rich, "json": _json, "markdown": _markdown, "github": _github}
+RENDERERS: dict[str, Callable[[Options], Renderer]] = {"rich": _rich, "json": _json, "markdown": _markdown, "github": _github, "html": _html}
 FORMATS = tuple(RENDERERS)
 
 
