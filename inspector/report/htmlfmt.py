@@ -56,7 +56,8 @@ _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg);margin:0 auto;padding:1rem 1.5rem;max-width:78rem}
 h1{font-size:1.35rem;margin:.2rem 0 .8rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}h3{font-size:1rem;margin:1rem 0 .4rem}
 code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;overflow-wrap:anywhere}
-code.cmd{display:inline;background:var(--head);border:1px solid var(--line);border-radius:4px;padding:0 .3em;white-space:pre-wrap}
+code.cmd .flag{white-space:nowrap}
+code.cmd{display:inline;background:var(--head);border:1px solid var(--line);border-radius:4px;padding:0 .3em;white-space:pre-wrap;overflow-wrap:break-word}
 .error{color:var(--err)}.warning{color:var(--warn)}.info{color:var(--info)}.ok,.passes{color:var(--ok)}.fails{color:var(--err)}
 .verdict{font-weight:600}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}
@@ -173,13 +174,22 @@ def page(title: str, body: Iterable[Fragment], command: str | None = None) -> st
 _BACKTICKS = re.compile(r"`([^`\n]*)`")
 
 
+_FLAG = re.compile(r"(?<!\S)(--?[\w-]+)")
+
+
+def _command(text: str) -> Fragment:
+    """A command, its flags kept whole (a browser may break a line after any hyphen: "--" / "out");
+    the copy button copies the text, which the spans leave as it is."""
+    return _FLAG.sub(lambda m: f'<span class="flag">{m.group(1)}</span>', _e(text))
+
+
 def prose(text: str) -> Fragment:
     """A message or hint: escaped, with its backticked commands as ``<code class="cmd">``."""
     out, last = [], 0
     for m in _BACKTICKS.finditer(text):
         out.append(_e(text[last:m.start()]))
         inner = m.group(1)
-        out.append(f'<code class="cmd">{_e(inner)}</code>' if " " in inner.strip() else f"<code>{_e(inner)}</code>")
+        out.append(f'<code class="cmd">{_command(inner)}</code>' if " " in inner.strip() else f"<code>{_e(inner)}</code>")
         last = m.end()
     out.append(_e(text[last:]))
     return "".join(out)
@@ -308,7 +318,7 @@ def row_norm_svg(r: RowValues) -> Fragment:
     bar = slot * 0.4
     label = f"Row norms of {r.tensor}: {r.old_rows} old rows, {r.new_rows} new"
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" aria-label="{_e(label)}">',
-             f'<text x="{_PAD_L}" y="12"><tspan class="old">&#9632;</tspan> old rows ({r.old_rows})  <tspan class="new">&#9632;</tspan> new rows ({r.new_rows})</text>']
+             f'<text x="{_PAD_L}" y="12"><tspan class="old">&#9632;</tspan> old rows ({r.old_rows})  <tspan class="new">&#9632;</tspan> new rows ({r.new_rows}); each scaled to its fullest bin</text>']
     base_y = _PAD_T + plot_h
     for i in range(len(old)):
         x0 = _PAD_L + i * slot + slot * 0.1
