@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from inspector.adapter import Adapter, foreign_lora, read_adapter
@@ -44,6 +44,10 @@ def run_checks(base_path: str | Checkpoint, adapter_paths: Sequence[str], tokeni
         try:
             adapter = read_checkpoint(path)
             _validate(base, adapter, path, command)
+            if values and adapter.remote is not None:
+                from inspector.io.hub import refuse_data
+
+                refuse_data((adapter,), "check --values")
             if tokenizer_dir is not None and not given:
                 given.append(_given_tokenizer(tokenizer_dir))
             read.append((read_adapter(adapter), given[0] if given else adapter.tokenizer or base.tokenizer))
@@ -58,6 +62,8 @@ def _about(exc: InspectorError, given: str) -> bool:
     """Is the error about the adapter ``given`` (its directory, or a file in it)?"""
     if exc.path is None:
         return False
+    if exc.path == given:  # (a Hub id read remotely is named as given)
+        return True
     try:
         where, root = Path(exc.path).resolve(), locate(given).resolve()
     except (OSError, RuntimeError, InspectorError):  # a symlink loop, an ambiguous Hub id: compare as given
@@ -96,6 +102,8 @@ def _given_tokenizer(tokenizer_dir: str) -> TokenizerFacts:
     if not folder.is_dir():
         raise UsageError("Cannot read tokenizer", tokenizer_dir, "not a directory", "Pass the directory tokenizer.save_pretrained() wrote.")
     tokenizer = read_tokenizer(folder)
+    if tokenizer is not None and folder != Path(tokenizer_dir):  # a Hub id (cached or read remotely): named as given
+        tokenizer = replace(tokenizer, directory=tokenizer_dir)
     if tokenizer is None:
         raise UsageError("Cannot read tokenizer", tokenizer_dir, "no tokenizer.json, tokenizer.model, vocab.txt or vocab.json in it", "Pass the directory tokenizer.save_pretrained() wrote.")
     return tokenizer

@@ -455,12 +455,19 @@ def test_hub_id_follows_refs_main_among_several_snapshots(capsys: pytest.Capture
 
 
 def test_uncached_hub_id_says_how_to_get_it(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Commands that read tensor data never download, and --offline never reads remotely (tests/test_hub.py: the remote reads).
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run(capsys, "check", "meta-llama/Llama-2-7b-hf", "adapter")
+    rc, out, err = run(capsys, "merge", "meta-llama/Llama-2-7b-hf", "adapter", "--out", "merged")
     assert rc == 2 and out == ""
-    assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': no such file or directory, and no Hub snapshot of it in the cache ({tmp_path / 'hub'}).\n"
-                   "Hint: Check the path; if 'meta-llama/Llama-2-7b-hf' is a Hub id, download it first with `hf download meta-llama/Llama-2-7b-hf` (lora-inspector never downloads).\n")
+    assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': no such file or directory, and no Hub snapshot of it with its weights in the cache ({tmp_path / 'hub'}).\n"
+                   "Hint: Check the path; if 'meta-llama/Llama-2-7b-hf' is a Hub id, download it first with `hf download meta-llama/Llama-2-7b-hf` "
+                   "(this command reads tensor data; scan, check and diff read a Hub id's headers remotely).\n")
+    rc, out, err = run(capsys, "check", "meta-llama/Llama-2-7b-hf", "adapter", "--offline")
+    assert rc == 2 and out == ""
+    assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': it is not in the local Hugging Face cache ({tmp_path / 'hub'}) with its weights, "
+                   "and offline mode (--offline or HF_HUB_OFFLINE) rules out the network.\n"
+                   "Hint: Run without --offline to read its headers from the Hub, or download it first: `hf download meta-llama/Llama-2-7b-hf`.\n")
 
 
 @pytest.mark.parametrize("plain", ["flag", "env"])

@@ -147,6 +147,7 @@ def _not_a_copy(b: Binding, local: Path) -> str | None:
     for _, weight in b.lora_targets.values():
         theirs = other.by_name.get(weight.name) if weight is not None else None
         comparable = theirs is not None and theirs.dtype == weight.dtype and theirs.contiguous and weight.contiguous
+        comparable = comparable and b.base.remote is None  # a base read from the Hub has headers, not data
         if comparable and _peek(b.base, weight) != _peek(other, theirs):
             return f"{weight.name} holds other values there (a merged or further-trained model)"
     return None

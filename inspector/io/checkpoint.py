@@ -7,17 +7,19 @@ and small JSON files are read; neither torch nor transformers is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from inspector.errors import InvalidInputError
+from inspector.errors import InspectorError, InvalidInputError
 from inspector.io.header import read_header
 from inspector.io.paths import locate, resolves_inside
 from inspector.io.stamp import FileStamp, changed
@@ -25,6 +27,9 @@ from inspector.io.tensor import TensorInfo
 from inspector.io.tokenizer import TokenizerFacts, read_tokenizer
 from inspector.io.torchbin import read_torch_bin
 from inspector.units import printable
+
+if TYPE_CHECKING:
+    from inspector.io.hub import RemoteRead
 
 Kind = Literal["model", "adapter"]
 Format = Literal["safetensors", "pytorch-bin"]
@@ -83,6 +88,8 @@ class Checkpoint:
     # Every file read for this checkpoint as it was then (data files, index, config): readers of tensor
     # data and the writer compare against these, so a file changed meanwhile is never mixed in.
     stamps: tuple[FileStamp, ...] = ()
+    # Read from the Hub (headers and small files only, inspector/io/hub.py): root is a stub without tensor data.
+    remote: RemoteRead | None = None
 
     @cached_property
     def by_name(self) -> dict[str, TensorInfo]:
@@ -318,7 +325,21 @@ def read_checkpoint(path: str | Path, *, with_tokenizer: bool = True) -> Checkpo
 
 def _read_checkpoint(path: str | Path, with_tokenizer: bool) -> Checkpoint:
     given = str(path)
-    path = locate(path)  # a Hub id ("org/name") resolves to its snapshot in the local cache
+    path = locate(path)  # a Hub id ("org/name") resolves to its snapshot in the local cache, or to a remote read's stub
+    hub = sys.modules.get("inspector.io.hub")  # imported only where a Hub id was read remotely
+    remote = hub.remote_of(path) if hub is not None else None
+    if remote is None:
+        return _read_located(given, path, with_tokenizer)
+    try:
+        ckpt = _read_located(given, path, with_tokenizer)
+        # The stub directory is temporary: reports name the repository.
+        tokenizer = dataclasses.replace(ckpt.tokenizer, directory=remote.shown) if ckpt.tokenizer is not None else None
+        return dataclasses.replace(ckpt, remote=remote, tokenizer=tokenizer)
+    except InspectorError as exc:
+        raise hub.reword(exc, path, remote) from exc.__cause__
+
+
+def _read_located(given: str, path: Path, with_tokenizer: bool) -> Checkpoint:
     if not path.exists():
         raise _input_error(path, "no such file or directory", "Check the path; a checkpoint is a directory with config.json or adapter_config.json, or a .safetensors file.")
     if path.is_dir():

@@ -34,6 +34,7 @@ def checkpoint_summary(ckpt: Checkpoint) -> dict:
         "config": ckpt.key_config(),
         "tokenizer": ckpt.tokenizer.as_json() if ckpt.tokenizer else None,
         "warnings": list(ckpt.warnings),
+        **({"remote": ckpt.remote.as_json()} if ckpt.remote is not None else {}),  # read from the Hub (docs/json.md)
     }
 
 

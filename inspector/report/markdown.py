@@ -70,6 +70,8 @@ class Markdown(Renderer[str]):
             ]
             if ckpt.tokenizer:
                 rows.append(["tokenizer", f"{ckpt.tokenizer.length:,} tokens ({ckpt.tokenizer.source})"])
+            if ckpt.remote is not None:
+                rows.append(["remote", ckpt.remote.summary()])
             rows += [["warning", w] for w in ckpt.warnings]
             if entry.invalid:
                 rows.append(["warning", f"{entry.invalid} (check and merge refuse this adapter)"])
@@ -119,6 +121,9 @@ class Markdown(Renderer[str]):
         note = diagnosis.note if isinstance(diagnosis, Selected) else None  # check's --select / --ignore at work
         if note:
             out += [f"_{_cell(note)}_", ""]
+        remote = [f"{role} `{c.path}` {c.remote.summary()}" for role, c in (("base", diagnosis.base), ("adapter", diagnosis.adapter.checkpoint)) if c.remote]
+        if remote:
+            out += [f"_{_cell(line)}_" for line in remote] + [""]
         warnings = [*diagnosis.base.warnings, *diagnosis.adapter.checkpoint.warnings]
         if warnings:
             out += [f"warning: {_cell(w)}" for w in warnings] + [""]

@@ -121,6 +121,8 @@ def _facts(ckpt: Checkpoint, invalid: str | None) -> list[Row]:
     if ckpt.tokenizer:
         tok = ckpt.tokenizer
         rows.append(("tokenizer", f"{tok.length:,} tokens ({tok.source}, {tok.added} added)", False))
+    if ckpt.remote is not None:
+        rows.append(("remote", ckpt.remote.summary(), False))
     warning = Text("warning", style="yellow bold")
     rows += _warnings(ckpt)
     if invalid:
@@ -316,6 +318,7 @@ class Terminal(Renderer[Report]):
         parts += _row_norms(diagnosis)
         s, plan = diagnosis.summary, diagnosis.target
         rows: list[Row] = [("base", _sized(diagnosis.base), True), ("adapter", _sized(diagnosis.adapter.checkpoint), True)]
+        rows += [(f"{role} remote", c.remote.summary(), False) for role, c in (("base", diagnosis.base), ("adapter", diagnosis.adapter.checkpoint)) if c.remote]
         rows += _warnings(diagnosis.base) + _warnings(diagnosis.adapter.checkpoint)  # stale index, other named adapters, ...
         if plan.base_rows is not None:
             vocab = f"{plan.base_rows}" if not plan.grows else f"{plan.base_rows} -> {plan.rows} ({printable(plan.source)})"

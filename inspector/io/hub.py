@@ -1,0 +1,394 @@
+"""Read a Hub repository's checkpoint without its tensor data (docs/commands.md, "Hub ids").
+
+``scan``, ``check`` and a header-level ``diff`` need a checkpoint's headers, configs and tokenizer
+files, never its tensor data. For a Hub id that is not in the local cache, this module fetches
+exactly that through huggingface_hub (its endpoint, token, offline mode, cache and retries): the small
+files whole with ``hf_hub_download`` (into the normal Hugging Face cache), each safetensors file's
+``8 + N`` header bytes with two range requests. It lays them out in a private temporary directory
+as the repository would look on disk, each safetensors file a sparse stub of its real size (its
+header, then a hole), so ``read_checkpoint`` reads a remote checkpoint through the very parser and
+bounds a local one meets (docs/threat-model.md) and the findings and JSON are the same.
+
+A stub holds no tensor data: it is registered here, ``Checkpoint.remote`` says it was read remotely,
+and whatever needs data (``--values``, merge, resize, convert, verify) refuses a Hub id that is not
+cached, suggesting ``hf download``. Remote reads happen only inside ``remote_reads()``, which
+scan / check / diff and the Python API open; huggingface_hub is imported only then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from inspector.errors import InspectorError, InvalidInputError
+from inspector.io.tokenizer import TOKENIZER_FILES
+from inspector.units import human_bytes, printable
+
+# The non-tensor files read_checkpoint and check may open, fetched whole (params.json: Meta's and
+# Mistral's native layouts, which check names).
+SMALL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "params.json", *TOKENIZER_FILES)
+# Copied from read_checkpoint's order (checkpoint.py): the file it would pick is the one whose header is read.
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")
+_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MAX_SMALL_FILE = 64_000_000  # a "small" file larger than this (a hostile tokenizer.json) is not downloaded for a header check
+_WORKERS = 8  # header fetches in flight: a 29-shard base in a handful of round trips
+_RETRIES = 3  # per range request, on network errors and 5xx, with huggingface_hub's backoff
+
+
+@dataclass(frozen=True)
+class RemoteRead:
+    """What was read from the Hub for one checkpoint, for the reports (docs/json.md, ``remote``)."""
+
+    repo_id: str
+    revision: str  # as asked: a branch, tag or commit ("main" when none was given)
+    commit: str  # the commit every file was read at
+    endpoint: str
+    downloaded: tuple[str, ...] = ()  # small files fetched whole into the Hugging Face cache
+    cached: tuple[str, ...] = ()  # small files already in the cache (no transfer)
+    headers: tuple[str, ...] = ()  # safetensors files whose header alone was range-read
+    bytes_transferred: int = 0  # body bytes received: downloaded files plus header ranges
+
+    @property
+    def shown(self) -> str:
+        return self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+
+    def as_json(self) -> dict:
+        return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit, "endpoint": self.endpoint,
+                "downloaded": list(self.downloaded), "cached": list(self.cached), "headers": list(self.headers),
+                "bytes_transferred": self.bytes_transferred}
+
+    def summary(self) -> str:
+        """One line for the text reports."""
+        files = len(self.downloaded) + len(self.cached)
+        return (f"read remotely from {self.endpoint} at {self.commit[:12]}: {len(self.headers)} safetensors header(s) and "
+                f"{files} small file(s), {human_bytes(self.bytes_transferred)} transferred")
+
+
+@dataclass(frozen=True)
+class _Mode:
+    offline: bool
+    reads: dict = field(default_factory=dict)  # (endpoint, repo, revision) -> stub: one remote read per repository per block
+
+
+_MODE: ContextVar[_Mode | None] = ContextVar("lora_inspector_remote", default=None)
+_STUBS: dict[Path, RemoteRead] = {}  # stub directory -> what was read into it
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def remote_reads(*, offline: bool = False) -> Iterator[None]:
+    """Within this block, a Hub id that is not cached is read remotely (headers and small files), unless
+    ``offline`` (or HF_HUB_OFFLINE), which means the cache only."""
+    token = _MODE.set(_Mode(offline))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def enabled() -> bool:
+    return _MODE.get() is not None
+
+
+def offline() -> bool:
+    """--offline, or huggingface_hub's own switches (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
+    mode = _MODE.get()
+    if mode is not None and mode.offline:
+        return True
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")  # already imported (the API in a training script)
+    return bool(constants is not None and constants.is_offline_mode())
+
+
+def remote_of(root: Path) -> RemoteRead | None:
+    """The remote read behind stub directory ``root``, or None for a real directory."""
+    return _STUBS.get(Path(root))
+
+
+def reword(exc: InspectorError, root: Path, remote: RemoteRead) -> InspectorError:
+    """``exc`` (raised reading stub ``root``) naming the repository instead of the temporary directory."""
+    here = str(root)
+
+    def fix(text: str | None) -> str | None:
+        return None if text is None else text.replace(here, remote.shown)
+
+    exc.path, exc.why, exc.hint = fix(exc.path), fix(exc.why), fix(exc.hint)
+    exc.args = (exc.message,)
+    return exc
+
+
+def _safe_name(name: object) -> bool:
+    """A repository file name that stays inside the stub directory (the index and listing are the server's word)."""
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name or ":" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") and len(p.encode()) <= 255 for p in parts)
+
+
+def _error(what: str, given: str, why: str, hint: str) -> InvalidInputError:
+    return InvalidInputError(what, given, why, hint)
+
+
+def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
+    """Fetch ``repo_id``'s small files and safetensors headers; return the stub directory to read."""
+    from huggingface_hub import HfApi, constants
+
+    endpoint = constants.ENDPOINT
+    rev = revision or "main"
+    mode = _MODE.get()
+    key = (endpoint, repo_id, rev)
+    if mode is not None and key in mode.reads:  # read once per run: check's error path locates an adapter again
+        return mode.reads[key]
+    with _hub_errors(given, repo_id, rev, endpoint):
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=rev, files_metadata=True)
+        commit = info.sha or rev
+        sizes = {s.rfilename: s.size for s in (info.siblings or []) if _safe_name(s.rfilename)}
+        remote = RemoteRead(repo_id, rev, commit, endpoint)
+        root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
+        with _LOCK:
+            if not _STUBS:
+                atexit.register(_cleanup)
+            _STUBS[root] = remote  # registered at once: removed at exit whatever happens
+        try:
+            remote = _fill(root, remote, sizes, given)
+        except BaseException:
+            _forget(root)
+            raise
+        _STUBS[root] = remote
+        if mode is not None:
+            mode.reads[key] = root
+        return root
+
+
+def _cleanup() -> None:
+    for root in list(_STUBS):
+        _forget(root)
+
+
+def _forget(root: Path) -> None:
+    with _LOCK:
+        _STUBS.pop(root, None)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _fill(root: Path, remote: RemoteRead, sizes: dict[str, int | None], given: str) -> RemoteRead:
+    """Download the small files, pick the weight file read_checkpoint would, range-read its header(s)."""
+    downloaded, cached = [], []
+    transferred = 0
+    for name in SMALL_FILES:
+        if name in sizes:
+            got = _small_file(root, remote, name, sizes[name], given)
+            (cached if got is None else downloaded).append(name)
+            transferred += got or 0
+    names = _ADAPTER_FILES if "adapter_config.json" in sizes else _MODEL_FILES
+    entry = next((n for n in names if n in sizes), None)
+    if entry is None:
+        loose = [n for n in sizes if n.endswith(".safetensors") and "/" not in n]
+        entry = loose[0] if len(loose) == 1 else None
+    if entry is None:
+        _placeholders(root, sizes)  # names only: read_checkpoint's own words for a repository it cannot read
+        return replace(remote, downloaded=tuple(downloaded), cached=tuple(cached), bytes_transferred=transferred)
+    if entry.endswith((".bin", ".bin.index.json")):
+        raise _bin_only(given, remote, entry)
+    shards = [entry]
+    if entry.endswith(".index.json"):
+        got = _small_file(root, remote, entry, sizes[entry], given)
+        (cached if got is None else downloaded).append(entry)
+        transferred += got or 0
+        shards = _index_shards(root / entry, sizes)
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        transferred += sum(pool.map(lambda name: _header(root, remote, name, sizes[name], given), shards))
+    return replace(remote, downloaded=tuple(downloaded), cached=tuple(cached), headers=tuple(shards), bytes_transferred=transferred)
+
+
+def _placeholders(root: Path, sizes: dict[str, int | None]) -> None:
+    for name in sizes:
+        if "/" not in name and not (root / name).exists():
+            (root / name).touch()
+
+
+def _index_shards(index: Path, sizes: dict[str, int | None]) -> list[str]:
+    """The shards an index names that the repository holds; read_checkpoint judges the rest (missing,
+    outside the checkpoint) with the words it has for a local index."""
+    try:
+        weight_map = json.loads(index.read_bytes()).get("weight_map")
+    except (ValueError, RecursionError, AttributeError):
+        return []  # not a JSON object: read_checkpoint says so
+    if not isinstance(weight_map, dict):
+        return []
+    return sorted({v for v in weight_map.values() if isinstance(v, str) and _safe_name(v) and v in sizes and v.endswith(".safetensors")})
+
+
+def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, given: str) -> int | None:
+    """Download ``name`` into the Hugging Face cache (unless there) and copy it into the stub; the bytes
+    transferred, or None when it was already cached."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from inspector.io.paths import hub_cache
+
+    if size is not None and size > MAX_SMALL_FILE:
+        raise _error("Cannot read Hub repository", given, f"{name} is {size} bytes, more than the {MAX_SMALL_FILE} a header check downloads",
+                     f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
+    cache = hub_cache()
+    before = try_to_load_from_cache(remote.repo_id, name, cache_dir=cache, revision=remote.commit)
+    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint)
+    target = root / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(local, target)  # a copy, not a link: read_checkpoint refuses links leading out of a checkpoint
+    return None if isinstance(before, str) else os.path.getsize(local)
+
+
+def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given: str) -> int:
+    """Write ``name``'s stub: its first ``8 + N`` bytes (N its header length), then a hole up to its real
+    size. Returns the bytes transferred. A header whose length or size is wrong is written as far as it
+    goes, for read_checkpoint to refuse in the words it has for the same local file."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import hf_hub_url
+
+    url = hf_hub_url(remote.repo_id, name, revision=remote.commit, endpoint=remote.endpoint)
+    first, size = _range(url, 0, 8)
+    size = size if size is not None else listed
+    if size is None:
+        raise _error("Cannot read Hub repository", given, f"the Hub gave no size for {name}", "Retry; if it persists, download the file and check the local copy.")
+    blob = first
+    if len(first) == 8:
+        (n,) = struct.unpack("<Q", first)
+        if n > constants.SAFETENSORS_MAX_HEADER_LENGTH:
+            raise _error("Cannot read safetensors header", f"{remote.shown}/{name}",
+                         f"its header is {n} bytes, more than the {constants.SAFETENSORS_MAX_HEADER_LENGTH} huggingface_hub reads remotely",
+                         f"Download the file and check the local copy: `hf download {remote.repo_id} {name}`"
+                         + (f" --revision {remote.revision}" if remote.revision != "main" else "") + ".")
+        if 0 < n <= size - 8:
+            header, _ = _range(url, 8, 8 + n)
+            blob += header
+    target = root / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as fh:
+        fh.write(blob)
+        fh.truncate(max(size, len(blob)))  # the data region: a hole, never fetched
+    return len(blob)
+
+
+def _range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
+    """Bytes [start, end) of ``url`` and the file's total size (from Content-Range), through
+    huggingface_hub's session (token, endpoint, offline mode) with its backoff. Never reads more than
+    asked for, even from a server that ignores the range."""
+    from huggingface_hub.utils import (
+        build_hf_headers,
+        hf_raise_for_status,
+        http_stream_backoff,
+    )
+
+    headers = {**build_hf_headers(), "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+    with http_stream_backoff("GET", url, headers=headers, max_retries=_RETRIES, base_wait_time=0.5, max_wait_time=4) as response:
+        if response.status_code >= 400:
+            if int(response.headers.get("Content-Length") or 0) < 1_000_000:
+                response.read()  # the error's message is in the body
+            hf_raise_for_status(response)
+        total = None
+        content_range = response.headers.get("Content-Range", "")
+        if response.status_code == 206 and "/" in content_range and content_range.rpartition("/")[2].isdigit():
+            total = int(content_range.rpartition("/")[2])
+        elif response.status_code == 200 and start == 0:
+            total = int(response.headers["Content-Length"]) if response.headers.get("Content-Length", "").isdigit() else None
+        data = bytearray()
+        if response.status_code == 200 and start > 0:
+            raise _RangeIgnored(url)
+        for chunk in response.iter_bytes():
+            data += chunk[: end - start - len(data)]
+            if len(data) >= end - start:
+                break
+    return bytes(data), total
+
+
+class _RangeIgnored(Exception):
+    pass
+
+
+def _bin_only(given: str, remote: RemoteRead, entry: str) -> InvalidInputError:
+    rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
+    return _error("Cannot read Hub repository", given,
+                  f"its weights are PyTorch .bin files ({entry}), whose tensor table sits inside a zip archive and cannot be read with range requests",
+                  f"Download it and check the local copy (lora-inspector reads it from the cache, without unpickling): "
+                  f"`hf download {remote.repo_id}{rev} --include '*.bin' '*.json' '*.model' '*.txt'`.")
+
+
+@contextmanager
+def _hub_errors(given: str, repo_id: str, rev: str, endpoint: str) -> Iterator[None]:
+    """huggingface_hub's exceptions as Error/Hint, saying whose fault it is: the id, the access, or the network."""
+    import httpx2
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import get_token
+
+    what = "Cannot read Hub repository"
+    network = (f"This is the network or the Hub, not the model: check the connection (and a proxy), then retry; "
+               f"`--offline` reads the local cache only. The endpoint is {endpoint} (HF_ENDPOINT).")
+    try:
+        yield
+    except OfflineModeIsEnabled as exc:
+        raise offline_error(given, repo_id) from exc
+    except GatedRepoError as exc:
+        why = "it is a gated repository and no token is set" if get_token() is None else "it is a gated repository and this token has not been granted access"
+        raise _error(what, given, why, f"Accept the license on the model page ({endpoint}/{repo_id}) and set HF_TOKEN "
+                     "(or run `hf auth login`) with a token of that account.") from exc
+    except RepositoryNotFoundError as exc:
+        raise _error(what, given, f"no repository '{repo_id}' on {endpoint} (or it is private)",
+                     "Check the id (org/name); for a private repository set HF_TOKEN (or run `hf auth login`).") from exc
+    except RevisionNotFoundError as exc:
+        raise _error(what, given, f"'{repo_id}' has no revision '{rev}'",
+                     f"Give a branch, tag or commit that exists, e.g. '{repo_id}@main'.") from exc
+    except LocalEntryNotFoundError as exc:  # hf_hub_download's word for "the Hub could not be reached"
+        raise _error(what, given, f"cannot reach {endpoint} ({printable(str(exc).splitlines()[0])})", network) from exc
+    except EntryNotFoundError as exc:
+        name = getattr(exc, "response", None) and str(exc.response.request.url).rpartition("/")[2]
+        raise _error(what, given, f"the repository lists {name or 'a file'} but the Hub has no such file at {rev}",
+                     "The repository changed while it was read, or is broken: retry, or give a commit (org/name@sha).") from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+        if status is not None and status >= 500:
+            raise _error(what, given, f"the Hub answered {status} (a server error)", network) from exc
+        raise _error(what, given, f"the Hub refused the request ({status}: {printable(str(exc).splitlines()[0])})",
+                     "Check HF_TOKEN and the id; retry later if it says too many requests.") from exc
+    except (httpx2.TransportError, _RangeIgnored) as exc:
+        why = "it ignored a range request (it would send whole shards)" if isinstance(exc, _RangeIgnored) else f"{type(exc).__name__}: {exc}"
+        raise _error(what, given, f"cannot reach {endpoint} ({printable(why)})", network) from exc
+
+
+def offline_error(given: str, repo_id: str) -> InvalidInputError:
+    from inspector.io.paths import hub_cache
+
+    return _error("Cannot read checkpoint", given, f"it is not in the local Hugging Face cache ({hub_cache()}) with its weights, "
+                  "and offline mode (--offline or HF_HUB_OFFLINE) rules out the network",
+                  f"Run without --offline to read its headers from the Hub, or download it first: `hf download {repo_id}`.")
+
+
+def refuse_data(checkpoints, command: str) -> None:
+    """Refuse to read tensor data from a checkpoint read remotely (its stub holds none)."""
+    for ckpt in checkpoints:
+        remote = getattr(ckpt, "remote", None)
+        if remote is not None:
+            rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
+            raise InvalidInputError(f"Cannot run {command}", ckpt.path, "it reads tensor data, and this checkpoint's headers were read from the Hub without it",
+                                    f"Download it first (`hf download {remote.repo_id}{rev}`), then run again: the cached copy is used.")

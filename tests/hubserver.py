@@ -1,0 +1,204 @@
+"""A local stand-in for the Hugging Face Hub's HTTP API, for the routes huggingface_hub uses to read
+a repository: model info (``/api/models/{repo}[/revision/{rev}]``) and ``/{repo}/resolve/{rev}/{file}``
+(HEAD and GET, with ``Range``), answering with the headers the client reads (``X-Repo-Commit``,
+``ETag``, ``Content-Range``, ``X-Error-Code``).
+
+Started by the tests on 127.0.0.1 (port 0) in a thread; huggingface_hub is pointed at it with
+``HF_ENDPOINT``. It counts the body bytes it serves per file, so a test can assert that no tensor
+data was read. Files are ``bytes`` or a ``Path`` (read by range: a sparse 5 GB shard costs nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+File = bytes | Path
+
+
+@dataclass
+class Repo:
+    revisions: dict[str, dict[str, File]]  # branch or tag -> {file name -> content}
+    gated: bool = False  # files need an Authorization header (any token: the tests' account was granted access)
+    missing: set[str] = field(default_factory=set)  # listed by the API, but 404 EntryNotFound when fetched
+
+    def commit(self, rev: str) -> str:
+        return hashlib.sha1(f"{id(self)}:{rev}".encode()).hexdigest()
+
+    def files(self, rev: str) -> tuple[str, dict[str, File]] | None:
+        """(commit, files) for a branch, tag or commit hash."""
+        for name, files in self.revisions.items():
+            if rev in (name, self.commit(name)):
+                return self.commit(name), files
+        return None
+
+
+@dataclass
+class Served:
+    bytes: Counter = field(default_factory=Counter)  # (repo, file) -> body bytes sent
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+
+def _size(content: File) -> int:
+    return len(content) if isinstance(content, bytes) else content.stat().st_size
+
+
+def _read(content: File, start: int, end: int) -> bytes:
+    if isinstance(content, bytes):
+        return content[start:end]
+    with open(content, "rb") as fh:
+        fh.seek(start)
+        return fh.read(end - start)
+
+
+def _etag(content: File) -> str:
+    if isinstance(content, bytes):
+        return hashlib.sha256(content).hexdigest()
+    st = content.stat()
+    return hashlib.sha256(f"{content}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+class HubServer:
+    """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
+
+    def __init__(self, repos: dict[str, Repo], *, status: int | None = None):
+        self.repos = repos
+        self.status = status  # answer every request with this (a 5xx: the Hub is down)
+        self.served = Served()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def count(self, repo: str, name: str, n: int, method: str, path: str) -> None:
+        with self._lock:
+            self.served.bytes[(repo, name)] += n
+            self.served.requests.append((method, path))
+
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall between them
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _send(self, code: int, body: bytes = b"", headers: dict | None = None, *, repo: str = "", name: str = "") -> None:
+            self.send_response(code)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = 0 if self.command == "HEAD" else len(body)
+            if sent:
+                self.wfile.write(body)
+            hub.count(repo, name, sent, self.command, self.path)
+
+        def _error(self, code: int, error_code: str, message: str, commit: str | None = None) -> None:
+            headers = {"X-Error-Code": error_code, "X-Error-Message": message, "Content-Type": "application/json"}
+            if commit:
+                headers["X-Repo-Commit"] = commit
+            self._send(code, json.dumps({"error": message}).encode(), headers)
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            if hub.status is not None:
+                return self._send(hub.status, b"upstream unavailable", {"Content-Type": "text/plain"})
+            path = unquote(urlsplit(self.path).path)
+            if path.startswith("/api/models/"):
+                return self._info(path[len("/api/models/"):])
+            if "/resolve/" in path:
+                repo, _, rest = path.lstrip("/").partition("/resolve/")
+                for repo_rev in hub.repos.get(repo, Repo({})).revisions:  # a revision may hold "/" (refs/pr/1)
+                    if rest.startswith(repo_rev + "/"):
+                        return self._resolve(repo, repo_rev, rest[len(repo_rev) + 1:])
+                rev, _, name = rest.partition("/")
+                return self._resolve(repo, rev, name)
+            self._send(404, b"not found")
+
+        def _repo(self, repo_id: str) -> Repo | None:
+            repo = hub.repos.get(repo_id)
+            if repo is None:
+                self._error(401, "RepoNotFound", "Repository not found")
+            return repo
+
+        def _info(self, rest: str) -> None:
+            repo_id, _, rev = rest.partition("/revision/")
+            repo = self._repo(repo_id)
+            if repo is None:
+                return
+            found = repo.files(rev or "main")
+            if found is None:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            commit, files = found
+            siblings = [{"rfilename": n, "size": _size(c), "blobId": _etag(c)[:40]} for n, c in sorted(files.items())]
+            body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": "manual" if repo.gated else False,
+                    "siblings": siblings}
+            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+        def _resolve(self, repo_id: str, rev: str, name: str) -> None:
+            repo = self._repo(repo_id)
+            if repo is None:
+                return
+            found = repo.files(rev)
+            if found is None:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            commit, files = found
+            if repo.gated and not self.headers.get("Authorization"):
+                return self._error(401, "GatedRepo", "Access to model is restricted. You must have access to it and be authenticated to access it.")
+            if name not in files or name in repo.missing:
+                return self._error(404, "EntryNotFound", "Entry not found", commit)
+            content = files[name]
+            size = _size(content)
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{_etag(content)}"', "Accept-Ranges": "bytes",
+                       "Content-Type": "application/octet-stream"}
+            wanted = self.headers.get("Range")
+            if wanted is None:
+                if self.command == "HEAD":
+                    return self._head(size, headers, repo_id, name)
+                if size > 50_000_000:  # a whole shard: the tests never want one
+                    return self._error(500, "TooLarge", "the test server does not serve whole shards")
+                return self._send(200, _read(content, 0, size), headers, repo=repo_id, name=name)
+            match = _RANGE.match(wanted.strip())
+            start = int(match.group(1)) if match else size
+            if start >= size:
+                return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
+            end = min(int(match.group(2)) + 1 if match.group(2) else size, size)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            self._send(206, _read(content, start, end), headers, repo=repo_id, name=name)
+
+        def _head(self, size: int, headers: dict, repo: str, name: str) -> None:
+            self.send_response(200)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            hub.count(repo, name, 0, "HEAD", self.path)
+
+    return Handler

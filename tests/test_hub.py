@@ -1,0 +1,351 @@
+"""Hub ids read remotely (inspector/io/hub.py): headers and small files through huggingface_hub,
+against a local server that speaks the Hub's HTTP API (tests/hubserver.py) and counts what it sends.
+
+Done-when of the feature: a 29-shard 70B-shaped base and its adapter checked as Hub ids read the 29
+headers, the index and the small files only (bytes served asserted, no tensor data), and give the
+same findings and JSON as the local check of the same files; every failure is an Error/Hint, exit 2;
+--offline opens no connection; scan/check import neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inspector.cli import main
+from tests.hubserver import HubServer, Repo
+from tests.test_scale import sparse  # bench/sparse_checkpoint.py, loaded once
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE, ADAPTER = "org/base-70b", "org/lora-70840"
+
+
+def repo_files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def header_bytes(path: Path) -> int:
+    """8 + N: what reading ``path``'s header takes, and all a remote check may fetch of it."""
+    with open(path, "rb") as fh:
+        return 8 + struct.unpack("<Q", fh.read(8))[0]
+
+
+def point_at(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str) -> Path:
+    """huggingface_hub pointed at ``url`` with an empty cache and no token, as HF_ENDPOINT / HF_HOME
+    set before it was imported would (it reads them at import: its constants are patched too)."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.chdir(tmp_path)  # no local directory named like an id shadows it
+    return home / "hub"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def comparable(report: dict, names: dict[str, str]) -> str:
+    """A check report with the checkpoints' names (paths or Hub ids) replaced and the remote blocks left out."""
+    for side in ("base", "adapter"):
+        report[side].pop("path")
+        report[side].pop("remote", None)
+    text = json.dumps(report, sort_keys=True)
+    for name, placeholder in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(name, placeholder)
+    return text
+
+
+def assert_error(rc: int, err: str, message: str, hint: str) -> None:
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.startswith(("Error:", "Hint:"))]
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert hint in lines[1], lines[1]
+
+
+# ---- the 70B case -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("hub70b")
+    base = sparse.make_llama70b(root / "base")
+    adapter = sparse.make_adapter70840(root / "adapter")
+    yield base, adapter
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)  # 138 GB apparent (holes): gone at once
+
+
+def test_remote_70b_check_reads_headers_only_and_matches_local(capsys, monkeypatch, tmp_path, big) -> None:
+    base, adapter = big
+    with HubServer({BASE: Repo({"main": repo_files(base.path)}), ADAPTER: Repo({"main": repo_files(adapter.path)})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "check", BASE, ADAPTER, "--format", "json")
+        served = dict(hub.served.bytes)
+    assert err == ""
+    remote = json.loads(out)
+    rc_local, out_local, _ = run(capsys, "check", base.path, adapter.path, "--format", "json")
+    assert rc == rc_local == 1  # the adapter's 70,840 rows against the base's 32,000: errors, as locally
+    local = json.loads(out_local)
+    read = remote["base"]["remote"]
+    assert read["repo_id"] == BASE and read["revision"] == "main" and len(read["commit"]) == 40
+    assert read["headers"] == [f"model-{i:05d}-of-00029.safetensors" for i in range(1, 30)]
+    assert read["downloaded"] == ["config.json", "generation_config.json", "model.safetensors.index.json"]
+    adapter_read = remote["adapter"]["remote"]
+    assert adapter_read["headers"] == ["adapter_model.safetensors"]
+    assert comparable(remote, {BASE: "<base>", ADAPTER: "<adapter>"}) == comparable(local, {str(base.path): "<base>", str(adapter.path): "<adapter>"})
+    # What the server sent: each shard's 8 + N header bytes exactly, the small files whole; no tensor data.
+    for name, path in repo_files(base.path).items():
+        expected = header_bytes(path) if name.endswith(".safetensors") else path.stat().st_size
+        assert served.get((BASE, name), 0) == expected, name
+    assert served[(ADAPTER, "adapter_model.safetensors")] == header_bytes(adapter.path / "adapter_model.safetensors")
+    total = sum(served.values())
+    assert total < 5_000_000
+    files_total = sum(v for (repo, _), v in served.items() if repo)  # the rest is the model-info API's JSON
+    assert read["bytes_transferred"] + adapter_read["bytes_transferred"] == files_total
+
+
+def test_remote_adapter_with_local_base_and_rich_report(capsys, monkeypatch, tmp_path, big) -> None:
+    base, adapter = big
+    with HubServer({ADAPTER: Repo({"main": repo_files(adapter.path)})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "check", base.path, ADAPTER, "--no-color")
+        assert hub.served.bytes[(ADAPTER, "adapter_model.safetensors")] == header_bytes(adapter.path / "adapter_model.safetensors")
+    assert (rc, err) == (1, "")
+    assert "adapter remote" in out and f"read remotely from {hub.url}" in out and "1 safetensors header(s)" in out
+    assert "lora-inspector-hub-" not in out  # the stub directory is never shown
+
+
+def test_remote_check_without_torch_in_a_subprocess(tmp_path, big) -> None:
+    # The CLI as a CI runner starts it: HF_ENDPOINT and HF_HOME in the environment, nothing patched.
+    base, adapter = big
+    code = ("import sys; from inspector.cli import main; "
+            f"rc = main(['check', {BASE!r}, {ADAPTER!r}, '--format', 'json']); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')); "
+            "assert not heavy, heavy; sys.exit(rc)")
+    with HubServer({BASE: Repo({"main": repo_files(base.path)}), ADAPTER: Repo({"main": repo_files(adapter.path)})}) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"))
+        proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert hub.served.total < 5_000_000
+    report = json.loads(proc.stdout)
+    assert report["base"]["tensor_count"] == base.tensor_count and len(report["base"]["remote"]["headers"]) == 29
+    # Nothing of the run is left behind but the small files in the normal cache.
+    snapshot = next((tmp_path / "hf-home" / "hub" / "models--org--base-70b" / "snapshots").iterdir())
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "generation_config.json", "model.safetensors.index.json"]
+
+
+# ---- the seed case: tokenizers, revisions, scan, diff, the cache ------------------------------------
+
+
+@pytest.fixture
+def seed_hub(seed_dir: Path, llama_bf16):
+    base = repo_files(seed_dir / "base")
+    other = repo_files(llama_bf16.path)
+    repos = {"acme/base": Repo({"main": base, "v2": other}), "acme/adapter": Repo({"main": repo_files(seed_dir / "adapter")})}
+    with HubServer(repos) as hub:
+        yield hub
+
+
+def test_seed_check_from_the_hub_equals_local(capsys, monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, out, err = run(capsys, "check", "acme/base", "acme/adapter", "--format", "json")
+    rc_local, out_local, _ = run(capsys, "check", seed_dir / "base", seed_dir / "adapter", "--format", "json")
+    assert (rc, err) == (rc_local, "")
+    remote = json.loads(out)
+    assert remote["tokenizer"]["directory"] == "acme/adapter"  # the adapter's extended tokenizer, named as given
+    assert remote["adapter"]["remote"]["downloaded"] == ["adapter_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert comparable(remote, {"acme/base": "<b>", "acme/adapter": "<a>"}) == \
+        comparable(json.loads(out_local), {str(seed_dir / "base"): "<b>", str(seed_dir / "adapter"): "<a>"})
+    # Again: the small files now come from the cache, the headers are read again (a cached snapshot
+    # without weights is not a checkpoint).
+    before = seed_hub.served.total
+    rc, out, err = run(capsys, "check", "acme/base", "acme/adapter", "--format", "json")
+    again = json.loads(out)
+    assert again["base"]["remote"]["downloaded"] == [] and again["base"]["remote"]["cached"] == ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert again["base"]["remote"]["bytes_transferred"] == header_bytes(seed_dir / "base" / "model.safetensors")
+    assert seed_hub.served.total - before < 2 * 4096 + 3000
+
+
+def test_revisions_branch_and_commit(capsys, monkeypatch, tmp_path, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, out, _ = run(capsys, "scan", "acme/base@v2", "acme/base", "--format", "json")
+    v2, main_ = json.loads(out)["checkpoints"]
+    assert rc == 0 and v2["config"]["vocab_size"] == 64 and main_["config"]["vocab_size"] == 32000
+    assert v2["path"] == "acme/base@v2" and v2["remote"]["revision"] == "v2"
+    commit = v2["remote"]["commit"]
+    rc, out, _ = run(capsys, "scan", f"acme/base@{commit}", "--format", "json")
+    assert rc == 0 and json.loads(out)["checkpoints"][0]["config"]["vocab_size"] == 64
+    rc, _, err = run(capsys, "scan", "acme/base@nope")
+    assert_error(rc, err, "Cannot read Hub repository for 'acme/base@nope': 'acme/base' has no revision 'nope'", "e.g. 'acme/base@main'")
+
+
+def test_diff_remote_against_local_copy_is_identical(capsys, monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, out, err = run(capsys, "diff", "acme/base", seed_dir / "base", "--format", "json")
+    doc = json.loads(out)
+    assert (rc, err) == (0, "") and doc["summary"]["identical"] is True and doc["a"]["remote"]["repo_id"] == "acme/base"
+
+
+def test_python_api_checks_a_hub_id(monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    from inspector.api import check, report, scan
+
+    diagnosis = check("acme/base", seed_dir / "adapter")  # the seed adapter's 70,840 rows against 32,000: errors
+    assert diagnosis.fails("error") and diagnosis.summary["error"] == 2 and diagnosis.base.remote.repo_id == "acme/base"
+    doc = report(diagnosis)
+    assert doc["command"] == "check" and doc["base"]["remote"]["headers"] == ["model.safetensors"]
+    assert report(scan("acme/adapter"))["checkpoints"][0]["kind"] == "adapter"
+
+
+def test_data_commands_refuse_an_uncached_hub_id(capsys, monkeypatch, tmp_path, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, _, err = run(capsys, "merge", "acme/base", "acme/adapter", "--out", tmp_path / "merged", "--device", "cpu")
+    assert_error(rc, err, "no Hub snapshot of it with its weights in the cache", "download it first with `hf download acme/base`")
+    assert not (tmp_path / "merged").exists() and seed_hub.served.requests == []
+    rc, _, err = run(capsys, "scan", "acme/adapter", "--values")
+    assert_error(rc, err, "Cannot run scan --values for 'acme/adapter': it reads tensor data", "`hf download acme/adapter`")
+    rc, _, err = run(capsys, "check", "acme/base", "acme/adapter", "--values")
+    assert_error(rc, err, "Cannot run check --values for 'acme/adapter'", "`hf download acme/adapter`")
+
+
+# ---- --offline ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_never_opens_a_connection(capsys, monkeypatch, tmp_path, seed_hub, how) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    opened = []
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        opened.append(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    argv = ["check", "acme/base", "acme/adapter", *(["--offline"] if how == "flag" else [])]
+    if how == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, _, err = run(capsys, *argv)
+    assert_error(rc, err, "Cannot read checkpoint for 'acme/base': it is not in the local Hugging Face cache",
+                 "Run without --offline to read its headers from the Hub, or download it first: `hf download acme/base`.")
+    assert opened == [] and seed_hub.served.requests == []
+
+
+def test_offline_reads_a_cached_snapshot(capsys, monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    from tests.hostile_corpus import hf_cache_layout
+
+    cache = point_at(monkeypatch, tmp_path, seed_hub.url)
+    hf_cache_layout(seed_dir / "base", cache, "acme--base")
+    rc, out, err = run(capsys, "scan", "acme/base", "--offline", "--format", "json")
+    assert (rc, err) == (0, "") and "remote" not in json.loads(out)["checkpoints"][0]
+    assert seed_hub.served.requests == []
+
+
+# ---- failures: Error / Hint, exit 2, no traceback ------------------------------------------------------
+
+
+def test_repo_not_found(capsys, monkeypatch, tmp_path, seed_hub) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, _, err = run(capsys, "check", "acme/nope", "acme/adapter")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/nope': no repository 'acme/nope' on {seed_hub.url} (or it is private)",
+                 "for a private repository set HF_TOKEN")
+
+
+def test_gated_repo_needs_a_token(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    with HubServer({"acme/gated": Repo({"main": repo_files(seed_dir / "base")}, gated=True)}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/gated")
+        assert_error(rc, err, "Cannot read Hub repository for 'acme/gated': it is a gated repository and no token is set",
+                     f"Accept the license on the model page ({hub.url}/acme/gated) and set HF_TOKEN")
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        rc, out, err = run(capsys, "scan", "acme/gated", "--format", "json")
+    assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] > 0
+
+
+def test_file_missing_in_the_repo(capsys, monkeypatch, tmp_path, seed_dir, llama_sharded) -> None:
+    files = repo_files(llama_sharded.path)
+    gone = sorted(n for n in files if n.endswith(".safetensors"))[3]
+    del files[gone]  # the index still lists it
+    listed = {"acme/listed": Repo({"main": repo_files(seed_dir / "base")}, missing={"model.safetensors"})}
+    with HubServer({"acme/sharded": Repo({"main": files}), **listed}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/sharded")
+        assert_error(rc, err, f"Cannot read sharded index for 'acme/sharded/model.safetensors.index.json': shard '{gone}' is listed but missing", "")
+        rc, _, err = run(capsys, "scan", "acme/listed")  # listed by the API, absent when fetched
+        assert_error(rc, err, "Cannot read Hub repository for 'acme/listed': the repository lists model.safetensors but the Hub has no such file",
+                     "give a commit (org/name@sha)")
+
+
+def test_bin_only_repo_offers_the_download(capsys, monkeypatch, tmp_path, llama_bin) -> None:
+    with HubServer({"acme/old": Repo({"main": repo_files(llama_bin.path)})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "check", "acme/old", "adapter")
+        assert_error(rc, err, "its weights are PyTorch .bin files (pytorch_model.bin), whose tensor table sits inside a zip archive and cannot be read with range requests",
+                     "`hf download acme/old --include '*.bin' '*.json' '*.model' '*.txt'`")
+        assert not any(name == "pytorch_model.bin" for _, name in hub.served.bytes)
+
+
+def test_network_down_says_it_is_the_network(capsys, monkeypatch, tmp_path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    point_at(monkeypatch, tmp_path, url)
+    rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {url}", "This is the network or the Hub, not the model")
+
+
+def test_server_errors_say_it_is_the_hub(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, status=503) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, "Cannot read Hub repository for 'acme/base': the Hub answered 503 (a server error)", "This is the network or the Hub, not the model")
+
+
+def test_header_larger_than_huggingface_hub_accepts(capsys, monkeypatch, tmp_path) -> None:
+    from huggingface_hub.constants import SAFETENSORS_MAX_HEADER_LENGTH
+
+    big = tmp_path / "model.safetensors"
+    n = SAFETENSORS_MAX_HEADER_LENGTH + 8
+    with open(big, "wb") as fh:
+        fh.write(struct.pack("<Q", n))
+        fh.truncate(8 + n)  # sparse
+    with HubServer({"acme/huge": Repo({"main": {"config.json": b'{"model_type": "llama"}', "model.safetensors": big}})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/huge")
+        assert hub.served.bytes[("acme/huge", "model.safetensors")] == 8  # the length, not the header
+    assert_error(rc, err, f"Cannot read safetensors header for 'acme/huge/model.safetensors': its header is {n} bytes, "
+                 f"more than the {SAFETENSORS_MAX_HEADER_LENGTH} huggingface_hub reads remotely", "`hf download acme/huge model.safetensors`")
+
+
+def test_remote_header_meets_the_local_bounds(capsys, monkeypatch, tmp_path) -> None:
+    # A header that lies about its data (offsets past the file) is refused as the local copy is, naming the repository.
+    bad = tmp_path / "model.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)  # 8 of the 16 bytes
+    with HubServer({"acme/bad": Repo({"main": {"model.safetensors": bad}})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/bad")
+    rc_local, _, err_local = run(capsys, "scan", bad)
+    assert rc == rc_local == 2
+    assert err == err_local.replace(str(bad), "acme/bad/model.safetensors")
