@@ -230,6 +230,24 @@ def test_row_norms_are_drawn(capsys, browser: Browser, tmp_path: Path, llama: Bu
     assert "<figure>" not in path.read_text()
 
 
+def test_hub_reads_are_named(seed_dir: Path) -> None:
+    import dataclasses
+
+    from inspector.check import run_check
+    from inspector.io.hub import RemoteRead
+    from inspector.report.htmlfmt import Html
+    from inspector.scan import scan
+
+    remote = RemoteRead("acme/<tiny>", "main", "0123456789abcdef0123", "https://hub.example", ("config.json",), (), ("model.safetensors",), 4096)
+    result = scan([seed_dir / "base"])
+    entry = dataclasses.replace(result.checkpoints[0], checkpoint=dataclasses.replace(result.checkpoints[0].checkpoint, remote=remote))
+    line = "read remotely from https://hub.example at 0123456789ab: 1 safetensors header(s) and 1 small file(s), 4.0 KiB transferred"
+    assert f"<dt>remote</dt><dd>{line}</dd>" in Html().scan(dataclasses.replace(result, checkpoints=(entry,)))
+    diagnosis = run_check(str(seed_dir / "base"), str(seed_dir / "adapter"))
+    diagnosis = dataclasses.replace(diagnosis, base=dataclasses.replace(diagnosis.base, remote=remote))
+    assert f"<dt>base remote</dt><dd>{line}</dd>" in Html().check(diagnosis)
+
+
 def test_a_failed_run_prints_an_error_page(capsys, tmp_path: Path) -> None:
     target = tmp_path / "report.html"
     rc, out, err = run(capsys, "scan", tmp_path / "<missing>", "--format", "html", "--output", target)

@@ -172,8 +172,6 @@ def page(title: str, body: Iterable[Fragment], command: str | None = None) -> st
 
 # A backticked span with a space is a command to run (it gets a copy button); one without, a name.
 _BACKTICKS = re.compile(r"`([^`\n]*)`")
-
-
 _FLAG = re.compile(r"(?<!\S)(--?[\w-]+)")
 
 
@@ -355,6 +353,7 @@ def _check_body(diagnosis: Diagnosis, number: int | None = None) -> list[Fragmen
     s, plan = diagnosis.summary, diagnosis.target
     adapter = diagnosis.adapter.checkpoint
     rows: list[tuple[str, Fragment]] = [("base", _sized(diagnosis.base)), ("adapter", _sized(adapter))]
+    rows += [(f"{role} remote", _e(c.remote.summary())) for role, c in (("base", diagnosis.base), ("adapter", adapter)) if c.remote]
     rows += _warning_rows(diagnosis.base) + _warning_rows(adapter)
     if plan.base_rows is not None:
         rows.append(("vocabulary", _e(plan.base_rows) if not plan.grows else f"{_e(plan.base_rows)} -&gt; {_e(plan.rows)} ({_e(plan.source)})"))
@@ -417,6 +416,8 @@ class Html(Renderer[str]):
             if ckpt.tokenizer:
                 tok = ckpt.tokenizer
                 rows.append(("tokenizer", _e(f"{tok.length:,} tokens ({tok.source}, {tok.added} added)")))
+            if ckpt.remote is not None:  # a Hub id read remotely: from where, at which commit, how much came over
+                rows.append(("remote", _e(ckpt.remote.summary())))
             rows += _warning_rows(ckpt)
             if entry.invalid:
                 rows.append(("warning", f'<span class="warning">{_e(entry.invalid)} (check and merge refuse this adapter)</span>'))
