@@ -141,7 +141,7 @@ class Runner:
         DIFF_EVERY-th seeded one also merge and diff the original against the mutated copy."""
         label = case.describe(what)
         inputs = [base, adapter]
-        fmt = case.rng.choice(["json"] * 5 + ["rich", "markdown", "github"])  # the other renderers see odd names too
+        fmt = case.rng.choice(["json"] * 5 + ["rich", "markdown", "github", "html"])  # the other renderers see odd names too
         self.run(label, ["scan", mutated, "--tensors", "--format", fmt], inputs)
         self.run(label, ["check", base, adapter, "--format", "json"], inputs)
         if case.full:
