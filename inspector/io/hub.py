@@ -42,7 +42,9 @@ SMALL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_SMALL_FILE = 64_000_000  # a "small" file larger than this (a hostile tokenizer.json) is not downloaded for a header check
-_WORKERS = 8  # header fetches in flight: a 29-shard base in a handful of round trips
+# Header fetches in flight: a 29-shard base in a few round trips. Bounded by the CPUs (TLS, parsing and
+# the GIL are CPU work): 8 threads on 2 cores measured slower than 4 (docs/benchmarks.md, "Remote check").
+_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 _RETRIES = 3  # per range request, on network errors and 5xx, with huggingface_hub's backoff
 
 
