@@ -260,6 +260,22 @@ def machine(device: str) -> str:
     return f"nproc {len(os.sched_getaffinity(0))}, {model}, {mem_s}, {vers}, Python {platform.python_version()}, device: {dev}"
 
 
+def write_mode(where: Path) -> str:
+    """How the merge's shards reach the disk under ``where`` (inspector/io/direct.py): O_DIRECT, or the
+    page cache where the filesystem refuses it or LORA_INSPECTOR_NO_DIRECT is set."""
+    from inspector.io.direct import DirectFile
+
+    probe = where / ".direct-probe"
+    probe.unlink(missing_ok=True)
+    f = DirectFile(probe, buffer_bytes=1 << 16)
+    try:
+        f.write(bytes(1 << 16))  # one full, aligned buffer: written straight away
+        return "O_DIRECT" if f.direct else "through the page cache (O_DIRECT refused or switched off)"
+    finally:
+        f.close()
+        probe.unlink()
+
+
 def mib(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB"
 
@@ -371,7 +387,8 @@ def main() -> int:
     c = CASES[case]
     warm = "no warm-up" if args.no_warmup else "after an untimed warm-up"
     print(f"## merge: lora-inspector vs the standard PEFT path, case {case} ({args.runs} run(s) each, median; {warm})\n")
-    print(f"Machine: {machine(args.device)}, {threads}. Load average during the run: {min(load):.2f}-{max(load):.2f} (other work on the machine).\n")
+    print(f"Machine: {machine(args.device)}, {threads}. Load average during the run: {min(load):.2f}-{max(load):.2f} (other work on the machine). "
+          f"Output shards written {write_mode(CACHE)}.\n")
     print(
         f"Base: Llama-shaped bf16, hidden {c['hidden']}, intermediate {c['intermediate']}, {c['layers']} layers, {c['heads']} heads, "
         f"vocab {c['vocab']:,}: {info['base_bytes'] / 1e6:,.1f} MB. Adapter (PEFT save_pretrained): r=16 LoRA on {', '.join(TARGET_MODULES)} + "
