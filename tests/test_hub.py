@@ -349,3 +349,22 @@ def test_remote_header_meets_the_local_bounds(capsys, monkeypatch, tmp_path) -> 
     rc_local, _, err_local = run(capsys, "scan", bad)
     assert rc == rc_local == 2
     assert err == err_local.replace(str(bad), "acme/bad/model.safetensors")
+
+
+def test_api_doc_example_runs(capsys, monkeypatch) -> None:
+    # docs/api.md's example, as written, from the repository root.
+    text = (REPO_ROOT / "docs" / "api.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(REPO_ROOT)
+    exec(compile(code, "docs/api.md", "exec"), {})  # noqa: S102 (our own documentation)
+    out = capsys.readouterr().out
+    assert out.startswith("{'error': 2, 'warning': 0, 'info': 2}\nerror LI101 lm_head.weight ") and "not merging: Run `lora-inspector merge" in out
+
+
+def test_a_server_that_ignores_ranges_is_refused(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # It would send whole shards: the header read stops at the bytes asked for and the run is refused.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, ranges=False) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, "cannot reach", "not the model")
+    assert "it ignored a range request" in err
