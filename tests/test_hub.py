@@ -250,6 +250,9 @@ def test_offline_never_opens_a_connection(capsys, monkeypatch, tmp_path, seed_hu
     assert_error(rc, err, "Cannot read checkpoint for 'acme/base': it is not in the local Hugging Face cache",
                  "Run without --offline to read its headers from the Hub, or download it first: `hf download acme/base`.")
     assert opened == [] and seed_hub.served.requests == []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    rc, _, _ = run(capsys, "scan", "acme/base")  # the probe sees connections when there are some
+    assert rc == 0 and opened and seed_hub.served.requests
 
 
 def test_offline_reads_a_cached_snapshot(capsys, monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
@@ -368,3 +371,31 @@ def test_a_server_that_ignores_ranges_is_refused(capsys, monkeypatch, tmp_path, 
         rc, _, err = run(capsys, "scan", "acme/base")
     assert_error(rc, err, "cannot reach", "not the model")
     assert "it ignored a range request" in err
+
+
+def test_index_naming_a_shard_outside_the_repository(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    index = json.dumps({"weight_map": {"w": "../../escape.safetensors"}}).encode()
+    files = {"config.json": (seed_dir / "base" / "config.json").read_bytes(), "model.safetensors.index.json": index}
+    with HubServer({"acme/evil": Repo({"main": files})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/evil")
+        assert not any(name.endswith("escape.safetensors") for _, name in hub.served.bytes)
+    assert_error(rc, err, "Cannot read sharded index for 'acme/evil/model.safetensors.index.json': shard name '../../escape.safetensors' points outside the checkpoint", "")
+    assert not list(tmp_path.parent.glob("escape.safetensors")) and not Path("/tmp/escape.safetensors").exists()
+
+
+def test_repository_without_weights(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    with HubServer({"acme/configs": Repo({"main": {"config.json": (seed_dir / "base" / "config.json").read_bytes()}})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/configs")
+    assert_error(rc, err, "Cannot read checkpoint for 'acme/configs': it has a config.json but no weight files", "")
+    assert "lora-inspector-hub-" not in err
+
+
+def test_python_api_imports_neither_torch_nor_transformers() -> None:
+    code = ("import sys; from inspector.api import check, report; "
+            "doc = report(check('fixtures/seed/base', 'fixtures/seed/adapter')); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')); "
+            "assert not heavy, heavy; print(doc['summary']['error'])")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "2\n"), proc.stderr
