@@ -331,7 +331,7 @@ async def test_findings_jump_sort_help_and_bad_regex(seed):
         await settle(pilot)
         assert "not a regular expression" in str(app.query_one("#left").border_subtitle)
         assert len(tree_text(app)) > 3
-        await pilot.press("escape", "q")
+        await pilot.press("escape", "ctrl+c")  # quits too (Textual's own ctrl+c only says "press ctrl+q")
     assert app.return_code == 0
 
 
@@ -371,6 +371,38 @@ async def test_70b_opens_without_reading_data(big, monkeypatch):
         assert "zeros 8,192 of 8,192" in panel(app, "values")  # the sparse hole reads as zeros
     # The 1 s target is the bench's (bench/explore_70b.py); this bound only catches a data read or a quadratic build.
     assert opened < 5.0
+
+
+@pytest.mark.asyncio
+async def test_screen_answers_while_a_large_tensor_streams(big, monkeypatch):
+    """The 70B embedding (500 MiB bf16, two passes) streams in a worker: the cursor moves and the
+    detail follows meanwhile; q cancels the worker between two blocks and exits at once."""
+    import asyncio
+
+    from textual import events
+    from textual.worker import WorkerState
+
+    def key(name: str) -> None:
+        # Posted, not pilot.press: Pilot waits after each key until the process is idle, which a
+        # streaming worker never is (up to a second per key).
+        app.post_message(events.Key(name, name if len(name) == 1 else None))
+
+    monkeypatch.chdir(big)
+    app = app_for(open_exploration("base", "adapter"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("down", "down")  # model > embed_tokens.weight
+        key("enter")
+        await asyncio.sleep(0.3)
+        [worker] = app.workers
+        assert worker.state is WorkerState.RUNNING
+        key("down")
+        await asyncio.sleep(0.3)
+        assert "layers.{0..79}" in panel(app, "facts") and worker.state is WorkerState.RUNNING
+        t0 = time.perf_counter()
+        key("q")
+        await asyncio.sleep(0.1)
+    assert app.return_code == 0 and time.perf_counter() - t0 < 3.0
+    assert worker.state is WorkerState.CANCELLED
 
 
 def test_only_explore_imports_textual_and_torch_waits_for_a_tensor():

@@ -7,6 +7,7 @@ user opens a tensor (enter, or a click), in a thread worker, so the UI keeps ans
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 from rich.table import Table
@@ -34,8 +35,9 @@ KEYS = (
     ("f", "the findings panel (enter jumps to the tensor)"),
     ("tab", "next panel"),
     ("escape", "clear the search"),
+    ("mouse", "click a module, a tensor or a finding; the wheel scrolls"),
     ("?", "this help"),
-    ("q", "quit"),
+    ("q, ctrl+c", "quit"),
 )
 
 
@@ -84,6 +86,7 @@ class ExploreApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar = [
         Binding("q", "quit_app", "quit"),
+        Binding("ctrl+c", "quit_app", "quit", show=False, priority=True),  # Textual's default only says "press ctrl+q"
         Binding("question_mark", "help", "keys"),
         # priority: checked as the key arrives, before the keys queued behind it go to the focused
         # widget, so that "/embed" typed or pasted at once all lands in the search field.
@@ -252,12 +255,15 @@ class ExploreApp(App[int]):
             old = entry.info.shape[0] if effect.kind == "grown" and entry.info.shape else None
             jobs += [(x.adapter, t, old, "adapter") for t in effect.tensors]
         results = []
+        last = [0.0]
         try:
             for i, (ckpt, info, old_rows, side) in enumerate(jobs):
 
                 def progress(done: float, i: int = i) -> None:
-                    share = (i + done) / len(jobs)
-                    self.call_from_thread(self._progress, entry, share)
+                    now = time.monotonic()
+                    if now - last[0] >= 0.1:  # a block can take a millisecond: the screen needs no more than this
+                        last[0] = now
+                        self.call_from_thread(self._progress, entry, (i + done) / len(jobs))
 
                 results.append((side, tensor_stats(ckpt.root, ckpt.stamps, info, old_rows=old_rows, progress=progress,
                                                    cancelled=lambda: worker.is_cancelled)))
@@ -267,6 +273,9 @@ class ExploreApp(App[int]):
         except (InspectorError, ValueError, OSError) as exc:
             why = exc.message if isinstance(exc, InspectorError) else str(exc)
             self.call_from_thread(self._finished, entry, Text(f"cannot read it: {printable(why)}", style="red"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: said in the panel rather than "reading..." forever
+            self.call_from_thread(self._finished, entry, Text(f"internal error: {type(exc).__name__}: {printable(str(exc))}", style="red"))
             return
         self.call_from_thread(self._finished, entry, results)
 
