@@ -88,7 +88,8 @@ def test_seed_tree_groups_layers_and_totals(seed):
     model = child(root, "model")
     assert labels(model) == ["embed_tokens.weight", "layers.{0..1}", "norm.weight"]
     layers = child(model, "layers.{0..1}")
-    assert layers.group == "2 layers" and labels(layers) == ["0", "1"]
+    assert layers.group == "2 layers" and labels(layers) == ["0", "1"] and layers.name == "model.layers.{0..1}"
+    assert layers.children[1].name == "model.layers.1"
     assert labels(child(child(layers, "0"), "self_attn")) == ["k_proj.weight", "o_proj.weight", "q_proj.weight", "v_proj.weight"]
     assert (root.tensors, root.params, root.nbytes) == (seed.base.tensor_count, seed.base.parameter_count, seed.base.total_bytes)
     assert root.dtypes == {"BF16": 21}
@@ -109,8 +110,10 @@ def test_seed_what_the_adapter_does(seed):
     assert not by["model.layers.0.self_attn.q_proj.weight"].mismatch
     rows = {r.label: r for r in side_by_side(embed)}
     assert (rows["shape"].base, rows["shape"].adapter, rows["shape"].mismatch) == ("[32000, 8]", "[70840, 8]", True)
-    rows = {r.label: r for r in side_by_side(by["model.layers.0.self_attn.q_proj.weight"])}
-    assert (rows["lora_A"].adapter, rows["lora_B"].adapter) == ("[4, 8] F32", "[8, 4] F32")
+    rows = side_by_side(by["model.layers.0.self_attn.q_proj.weight"])
+    assert [(r.label, r.base, r.adapter) for r in rows] == [
+        ("shape", "[8, 8]", ""), ("dtype", "BF16", ""), ("lora_A", "", "[4, 8] F32"), ("lora_B", "", "[8, 4] F32"), ("bytes", "128 B", "256 B")]
+    assert [(r.label, r.base, r.adapter) for r in side_by_side(by["model.norm.weight"])] == [("shape", "[8]", ""), ("dtype", "BF16", ""), ("bytes", "16 B", "")]
 
 
 def test_findings_name_their_tensors(seed):
@@ -146,6 +149,9 @@ def test_adapter_alone_and_orphans(tmp_path, seed):
     x = open_exploration(str(REPO / "fixtures/seed/adapter"))
     assert x.diagnosis is None and {e.side for e in x.entries} == {"adapter"}
     assert labels(x.tree()) == ["base_model.model"]
+    layers = child(child(child(x.tree(), "base_model.model"), "model"), "layers.{0..1}")  # a layer index is never joined to its child
+    assert layers.group == "2 layers" and labels(layers) == ["0", "1"] and labels(layers.children[1]) == ["self_attn"]
+    assert layers.children[1].name == "base_model.model.model.layers.1"
     # an adapter tensor that matches no base tensor stands alone, under its own group
     adapter = tmp_path / "adapter"
     adapter.mkdir()

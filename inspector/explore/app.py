@@ -391,7 +391,7 @@ def _branch_label(node: Node) -> Text:
 
 def _module_facts(node: Node) -> Table:
     table = Table.grid(padding=(0, 1))
-    table.add_row(Text(printable(node.label), style="bold"))
+    table.add_row(Text(printable(node.name or node.label), style="bold"))
     rows = [("tensors", f"{node.tensors:,}"), ("params", f"{node.params:,} ({human_count(node.params)})"), ("bytes", human_bytes(node.nbytes)),
             ("dtypes", ", ".join(f"{k} x{v}" for k, v in sorted(node.dtypes.items())))]
     if node.group:
@@ -410,16 +410,18 @@ def _tensor_facts(entry: Entry, paired: bool) -> Table:
     out.add_row(Text(printable(entry.info.name), style="bold"))
     table = Table(box=None, padding=(0, 1), show_header=paired, header_style="dim", expand=False)
     table.add_column("", style="dim")
-    table.add_column("base" if entry.side == "base" else "")
-    if paired or entry.side == "adapter":
+    table.add_column("base" if paired else "")
+    if paired:
         table.add_column("adapter")
     for row in side_by_side(entry):
         style = "bold red" if row.mismatch else ""
-        cells = [row.label, Text(row.base, style=style, no_wrap=True)]
-        if paired or entry.side == "adapter":
-            cells.append(Text(printable(row.adapter), style=style, no_wrap=True))
-        table.add_row(*cells)
+        if paired:
+            table.add_row(row.label, Text(row.base, style=style, no_wrap=True), Text(printable(row.adapter), style=style, no_wrap=True))
+        else:  # one checkpoint: its own column only
+            table.add_row(row.label, Text(row.adapter if entry.side == "adapter" else row.base, no_wrap=True))
     out.add_row(table)
+    if paired and entry.side == "base" and not entry.effects:
+        out.add_row(Text("the adapter leaves it as it is", style="dim"))
     for e in entry.effects:
         out.add_row(Text.assemble((e.kind, "bold red" if e.shape is not None and e.shape != entry.info.shape else "cyan"), f": {e.summary}"))
     if entry.note:

@@ -80,6 +80,7 @@ class Node:
     """A module (a tensor name prefix) or a tensor of the tree, with totals over everything below."""
 
     label: str
+    name: str = ""  # the full dotted prefix (model.layers.1), for the detail panel
     entry: Entry | None = None
     children: list[Node] = field(default_factory=list)
     group: str | None = None  # "80 layers" for a node whose children are the layer indices
@@ -147,6 +148,7 @@ def build_tree(entries: Iterable[Entry], sort: str = "name") -> Node:
         node.entry = entry
     for child in root.children:
         _compress(child)
+    _name(root, "")
     _totals(root)
     _label_groups(root)
     _sort(root, sort)
@@ -161,12 +163,19 @@ def _child(node: Node, label: str) -> Node:
 
 def _compress(node: Node) -> None:
     """Chains of single children become one node ("embed_tokens" > "weight" -> "embed_tokens.weight")."""
-    while node.entry is None and len(node.children) == 1 and node.label != ADAPTER_ONLY:
+    # A layer index stays a level of its own (layers > 0 > self_attn, never "0.self_attn"): the groups need it.
+    while node.entry is None and len(node.children) == 1 and node.label != ADAPTER_ONLY and not _DIGITS.fullmatch(node.label):
         only = node.children[0]
         node.label = f"{node.label}.{only.label}" if only.label else node.label
         node.entry, node.children = only.entry, only.children
     for child in node.children:
         _compress(child)
+
+
+def _name(node: Node, prefix: str) -> None:
+    for child in node.children:
+        child.name = ADAPTER_ONLY if child.label == ADAPTER_ONLY else ".".join(p for p in (prefix, child.label) if p)
+        _name(child, "" if child.label == ADAPTER_ONLY else child.name)
 
 
 def _totals(node: Node) -> None:
@@ -195,6 +204,7 @@ def _label_groups(node: Node) -> None:
         span = f"{lo}..{hi}" if hi - lo + 1 == len(numbers) else f"{len(numbers)} of {lo}..{hi}"
         node.group = f"{len(numbers)} layers"
         node.label = f"{node.label}.{{{span}}}"
+        node.name = f"{node.name}.{{{span}}}"  # children's names were taken before: model.layers.1
     for child in node.children:
         _label_groups(child)
 
@@ -317,22 +327,25 @@ def side_by_side(entry: Entry) -> list[Row]:
     """The base tensor and what the adapter puts against it, row by row (the detail panel's table;
     each effect's summary is a line of its own under it)."""
     info = entry.info
+    own = [("shape", shape_str(info.shape)), ("dtype", info.dtype), ("bytes", human_bytes(info.nbytes))]
     if entry.side == "adapter":
-        rows = [Row("shape", "-", shape_str(info.shape)), Row("dtype", "-", info.dtype), Row("bytes", "-", human_bytes(info.nbytes))]
-        return rows + ([Row("alone", "-", entry.note, True)] if entry.note else [])
-    rows = [Row("shape", shape_str(info.shape), ""), Row("dtype", info.dtype, ""), Row("bytes", human_bytes(info.nbytes), "")]
+        return [Row(label, "-", value) for label, value in own]
+    rows = [Row(label, value, "") for label, value in own]
     if not entry.effects:
-        return [*rows, Row("adapter", "", "-" if entry.side == "base" else "")]
-    out = rows[:1]
+        return rows
+    shape, dtype = rows[0], rows[1]
+    extra: list[Row] = []
     for e in entry.effects:
         if e.kind == "LoRA delta":
-            out += [Row(_role(t), "", f"{shape_str(t.shape)} {t.dtype}") for t in e.tensors]
-        elif e.shape is not None:
-            out[0] = Row("shape", out[0].base, shape_str(e.shape), e.shape != info.shape)
-            out += [Row("dtype", info.dtype, e.tensors[0].dtype if e.tensors else info.dtype, bool(e.tensors) and e.tensors[0].dtype != info.dtype)]
+            extra += [Row(_role(t), "", f"{shape_str(t.shape)} {t.dtype}") for t in e.tensors]
+        elif e.shape is not None:  # a copy or a growth: the tensor's new shape (and the copy's dtype)
+            shape = Row("shape", shape.base, shape_str(e.shape), e.shape != info.shape)
+            if e.tensors:
+                dtype = Row("dtype", info.dtype, e.tensors[0].dtype)  # a dtype difference is LI1101's info, not a mismatch
         else:
-            out += [Row("delta", "", f"{shape_str(t.shape)} {t.dtype}") for t in e.tensors]
-    return out + [Row("bytes", human_bytes(info.nbytes), human_bytes(sum(t.nbytes for e in entry.effects for t in e.tensors)))]
+            extra += [Row("delta", "", f"{shape_str(t.shape)} {t.dtype}") for t in e.tensors]
+    adapter_bytes = sum(t.nbytes for e in entry.effects for t in e.tensors)
+    return [shape, dtype, *extra, Row("bytes", human_bytes(info.nbytes), human_bytes(adapter_bytes) if adapter_bytes else "")]
 
 
 def _role(info: TensorInfo) -> str:
