@@ -337,6 +337,9 @@ async def test_findings_jump_sort_help_and_bad_regex(seed):
         await settle(pilot)
         assert "not a regular expression" in str(app.query_one("#left").border_subtitle)
         assert len(tree_text(app)) > 3
+        await pilot.press("escape", "slash", *"q_proj.[w]", "enter")  # brackets shown as typed, not read as markup
+        await settle(pilot)
+        assert "q_proj.[w]" in app.export_screenshot() and len(tree_text(app)) == 5  # group > 0, 1 > q_proj.weight
         await pilot.press("escape", "ctrl+c")  # quits too (Textual's own ctrl+c only says "press ctrl+q")
     assert app.return_code == 0
 
@@ -483,3 +486,12 @@ def test_snapshot_seed_embedding_statistics_80x24(in_repo, snap_compare):
 def test_snapshot_help(in_repo, snap_compare):
     x = open_exploration("fixtures/seed/base", "fixtures/seed/adapter")
     assert snap_compare(app_for(x), terminal_size=(80, 24), press=["question_mark"])
+
+
+def test_snapshot_70b_layer_expanded(big, monkeypatch, snap_compare):
+    monkeypatch.chdir(big)  # "base + adapter" in the title, not a tmp path
+    x = open_exploration("base", "adapter")
+    # from lm_head: layers.{0..79} opened, 0 opened, self_attn opened, the cursor on q_proj.weight (LoRA r=16)
+    keys = ["down"] * 3 + ["right", "down", "right"] + ["down"] * 4 + ["right"] + ["down"] * 3
+    assert snap_compare(app_for(x), terminal_size=(100, 30), press=keys)
+

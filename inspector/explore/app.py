@@ -170,7 +170,7 @@ class ExploreApp(App[int]):
         left = self.query_one("#left")
         shown = f"{root.tensors} of {len(self.exploration.entries)} tensors" if self.pattern else f"{root.tensors} tensors, {human_bytes(root.nbytes)}"
         left.border_title = f"{shown} (sort: {self.sort})"
-        left.border_subtitle = f"/{self.pattern}" if self.pattern else ""
+        left.border_subtitle = Text(f"/{printable(self.pattern)}") if self.pattern else ""  # Text: a str title is markup, "[AB]" would vanish
         target = self.leaves.get(keep.name) if keep is not None else None
         if target is None and self.pattern:
             target = next(iter(self.leaves.values()), None)
