@@ -164,6 +164,24 @@ def test_adapter_alone_and_orphans(tmp_path, seed):
     assert labels(x.tree())[0] == ADAPTER_ONLY
 
 
+def test_replaced_and_trainable_tokens(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"],
+              "trainable_token_indices": {"embed_tokens": [5, 7]}}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"base_model.model.lm_head.weight": torch.zeros(32000, 8, dtype=torch.bfloat16),
+               "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": torch.zeros(2, 8)}, adapter / "adapter_model.safetensors")
+    x = open_exploration(str(REPO / "fixtures/seed/base"), str(adapter))
+    by = {e.name: e for e in x.entries}
+    [head] = by["lm_head.weight"].effects
+    assert (head.kind, head.shape, head.tag, by["lm_head.weight"].mismatch) == ("replaced", (32000, 8), "replaced", False)
+    [tokens] = by["model.embed_tokens.weight"].effects
+    assert (tokens.kind, tokens.summary, [t.shape for t in tokens.tensors]) == ("trainable tokens", "2 rows replaced by trained ones", [(2, 8)])
+    rows = {r.label: r for r in side_by_side(by["model.embed_tokens.weight"])}
+    assert rows["delta"].adapter == "[2, 8] F32" and not rows["shape"].mismatch
+
+
 # ---- statistics ------------------------------------------------------------------------------------
 
 
@@ -342,6 +360,19 @@ async def test_findings_jump_sort_help_and_bad_regex(seed):
         assert "q_proj.[w]" in app.export_screenshot() and len(tree_text(app)) == 5  # group > 0, 1 > q_proj.weight
         await pilot.press("escape", "ctrl+c")  # quits too (Textual's own ctrl+c only says "press ctrl+q")
     assert app.return_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_model_alone_has_no_adapter_column_nor_findings(in_repo):
+    app = app_for(open_exploration("fixtures/seed/base"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "down")
+        await settle(pilot)
+        assert not app.query("#findings") and "adapter" not in panel(app, "facts")
+        assert panel(app, "facts").split() == ["model.embed_tokens.weight", "shape", "[32000,", "8]", "dtype", "BF16", "bytes", "500.0", "KiB"]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "values: base" in panel(app, "values") and "adapter" not in panel(app, "values")
 
 
 @pytest.mark.asyncio
