@@ -263,7 +263,8 @@ def entries_of(d: Diagnosis) -> tuple[Entry, ...]:
         if name is None:
             continue
         base, copy = b.base.by_name[name].shape, full.chosen.info.shape
-        grown = len(copy) == len(base) and copy != base and copy[0] > base[0] and copy[1:] == base[1:]
+        # "grown" is a vocabulary word: a classifier head saved for more labels (LI405) is replaced, in red.
+        grown = b.vocab.is_vocab(name) and len(copy) == len(base) and copy != base and copy[0] > base[0] and copy[1:] == base[1:]
         summary = f"{base[0]} -> {copy[0]} rows: the adapter's copy" if grown else f"by the adapter's copy ({full.chosen.copy})"
         effects.setdefault(name, []).append(Effect("grown" if grown else "replaced", (full.chosen.info,), summary, copy))
     for module, delta in b.adapter.trainable_tokens.items():
