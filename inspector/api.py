@@ -31,7 +31,7 @@ def check(base: str | Path, adapter: str | Path, *, tokenizer: str | Path | None
     ``diagnosis.fails("error")`` (or ``"warning"``)."""
     from inspector.check import run_check
     from inspector.errors import UsageError
-    from inspector.io.hub import remote_reads
+    from inspector.io.paths import remote_reads
     from inspector.targets import TARGET_NAMES, resolve
 
     try:
@@ -45,7 +45,7 @@ def check(base: str | Path, adapter: str | Path, *, tokenizer: str | Path | None
 def scan(*paths: str | Path, tensors: bool = False, offline: bool = False) -> ScanResult:
     """What ``lora-inspector scan PATH...`` reads: ``result.checkpoints[i].checkpoint`` (kind, files,
     tensors, config, tokenizer, and ``remote`` for a Hub id read remotely)."""
-    from inspector.io.hub import remote_reads
+    from inspector.io.paths import remote_reads
     from inspector.scan import scan as run_scan
 
     with remote_reads(offline=offline):

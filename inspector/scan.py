@@ -78,10 +78,12 @@ def scan(paths: list[str | Path], *, tensors: bool = False, match: str | None = 
             shown = tuple(t for t in ckpt.tensors if matches is None or matches(t.name))
         measured = None
         if values:
-            from inspector.io.hub import refuse_data
             from inspector.values import scan_checkpoint_values
 
-            refuse_data((ckpt,), "scan --values")
+            if ckpt.remote is not None:
+                from inspector.io.hub import refuse_data
+
+                refuse_data((ckpt,), "scan --values")
 
             measured = scan_checkpoint_values(ckpt)
         out.append(ScannedCheckpoint(ckpt, shown, adapter_problem(ckpt), measured))

@@ -11,8 +11,9 @@ bounds a local one meets (docs/threat-model.md) and the findings and JSON are th
 
 A stub holds no tensor data: it is registered here, ``Checkpoint.remote`` says it was read remotely,
 and whatever needs data (``--values``, merge, resize, convert, verify) refuses a Hub id that is not
-cached, suggesting ``hf download``. Remote reads happen only inside ``remote_reads()``, which
-scan / check / diff and the Python API open; huggingface_hub is imported only then.
+cached, suggesting ``hf download``. Remote reads happen only inside ``paths.remote_reads()``, which
+scan / check / diff and the Python API open; this module and huggingface_hub are imported only when
+a Hub id is actually read remotely.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from inspector.errors import InspectorError, InvalidInputError
+from inspector.io.paths import remote_mode
 from inspector.io.tokenizer import TOKENIZER_FILES
 from inspector.units import human_bytes, printable
 
@@ -77,35 +78,13 @@ class RemoteRead:
                 f"{files} small file(s), {human_bytes(self.bytes_transferred)} transferred")
 
 
-@dataclass(frozen=True)
-class _Mode:
-    offline: bool
-    reads: dict = field(default_factory=dict)  # (endpoint, repo, revision) -> stub: one remote read per repository per block
-
-
-_MODE: ContextVar[_Mode | None] = ContextVar("lora_inspector_remote", default=None)
 _STUBS: dict[Path, RemoteRead] = {}  # stub directory -> what was read into it
 _LOCK = threading.Lock()
 
 
-@contextmanager
-def remote_reads(*, offline: bool = False) -> Iterator[None]:
-    """Within this block, a Hub id that is not cached is read remotely (headers and small files), unless
-    ``offline`` (or HF_HUB_OFFLINE), which means the cache only."""
-    token = _MODE.set(_Mode(offline))
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-
-
-def enabled() -> bool:
-    return _MODE.get() is not None
-
-
 def offline() -> bool:
     """--offline, or huggingface_hub's own switches (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
-    mode = _MODE.get()
+    mode = remote_mode()
     if mode is not None and mode.offline:
         return True
     if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
@@ -151,7 +130,7 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
 
     endpoint = constants.ENDPOINT
     rev = revision or "main"
-    mode = _MODE.get()
+    mode = remote_mode()
     key = (endpoint, repo_id, rev)
     if mode is not None and key in mode.reads:  # read once per run: check's error path locates an adapter again
         return mode.reads[key]

@@ -16,6 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.errors import InvalidInputError
@@ -29,6 +33,37 @@ def resolves_inside(root: Path, path: Path) -> bool:
         return True
     # The Hugging Face cache keeps files in <repo>/blobs and links them from <repo>/snapshots/<rev>/.
     return real_root.parent.name == "snapshots" and real.is_relative_to(real_root.parent.parent / "blobs")
+
+
+@dataclass
+class RemoteMode:
+    """Inside ``remote_reads()``: a Hub id that is not cached may be read remotely (inspector/io/hub.py)."""
+
+    offline: bool  # --offline: the cache only
+    reads: dict = field(default_factory=dict)  # (endpoint, repo, revision) -> stub: one remote read per repository per block
+
+
+class _State(threading.local):  # per thread, as a command or an API call runs in one
+    mode: RemoteMode | None = None
+
+
+_STATE = _State()
+
+
+@contextmanager
+def remote_reads(*, offline: bool = False) -> Iterator[None]:
+    """Within this block (scan, check, diff, the Python API), a Hub id that is not in the cache is
+    read remotely, headers and small files only, unless ``offline`` (or HF_HUB_OFFLINE): the cache
+    only. Elsewhere (commands that read tensor data) an uncached Hub id is an error."""
+    previous, _STATE.mode = _STATE.mode, RemoteMode(offline)
+    try:
+        yield
+    finally:
+        _STATE.mode = previous
+
+
+def remote_mode() -> RemoteMode | None:
+    return _STATE.mode
 
 
 # A Hub id as the Hub spells it: "org/name" (or a legacy one-word id such as "gpt2"), optionally
@@ -104,11 +139,10 @@ def locate(given: str | Path) -> Path:
         return snapshot
     if ("/" not in repo_id and rev is None) or (rev is None and Path(repo_id.split("/")[0]).is_dir()):
         return path  # a missing file name, or a missing path in a local folder ("out/adapter"): a typo, not a Hub id
-    from inspector.io import (
-        hub,  # no huggingface_hub import until a remote read happens
-    )
+    if remote_mode() is not None:
+        # Imported (and huggingface_hub with it) only when a Hub id is read remotely.
+        from inspector.io import hub
 
-    if hub.enabled():
         if hub.offline():
             raise hub.offline_error(str(given), repo_id)
         return hub.read_remote(repo_id, rev, str(given))
