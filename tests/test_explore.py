@@ -344,7 +344,7 @@ async def test_findings_jump_sort_help_and_bad_regex(seed):
         assert "LI101" in panel(app, "notes")
         await pilot.press("s")
         await settle(pilot)
-        assert tree_text(app)[0].startswith("model") and "(sort: size)" in str(app.query_one("#left").border_title)
+        assert tree_text(app)[0].startswith("model") and "sort: size" in str(app.query_one("#left").border_subtitle)
         assert tree.cursor_node.data.entry.name == "model.embed_tokens.weight"  # the cursor stays on the tensor
         await pilot.press("question_mark")
         await settle(pilot)
@@ -404,7 +404,8 @@ async def test_70b_opens_without_reading_data(big, monkeypatch):
         await pilot.press("down", "down", "down", "right", "down", "right", "down", "down", "s", "slash", *"norm", "enter")
         await settle(pilot)
         assert reads == []
-        assert str(app.query_one("#left").border_title) == "161 of 723 tensors (sort: size)"  # 80 x 2 layer norms + model.norm
+        assert str(app.query_one("#left").border_title) == "161 of 723 tensors"  # 80 x 2 layer norms + model.norm
+        assert str(app.query_one("#left").border_subtitle) == "/norm  sort: size"
         await pilot.press("escape", "slash", *"^model.norm", "enter", "enter")  # 8192 values
         await settle(pilot)
         assert set(reads) == {"model.norm.weight"}

@@ -168,9 +168,10 @@ class ExploreApp(App[int]):
             self._add(tree.root, child, expand=bool(self.pattern))
         tree.root.expand()
         left = self.query_one("#left")
-        shown = f"{root.tensors} of {len(self.exploration.entries)} tensors" if self.pattern else f"{root.tensors} tensors, {human_bytes(root.nbytes)}"
-        left.border_title = f"{shown} (sort: {self.sort})"
-        left.border_subtitle = Text(f"/{printable(self.pattern)}") if self.pattern else ""  # Text: a str title is markup, "[AB]" would vanish
+        shown = f"{root.tensors} of {len(self.exploration.entries)} tensors" if self.pattern else f"{root.tensors} tensors, {human_count(root.params)} params, {human_bytes(root.nbytes)}"
+        left.border_title = shown
+        # Text: a str title is markup, and "/lora_[AB]" would lose its "[AB]"
+        left.border_subtitle = Text(f"/{printable(self.pattern)}  sort: {self.sort}" if self.pattern else f"sort: {self.sort}")
         target = self.leaves.get(keep.name) if keep is not None else None
         if target is None and self.pattern:
             target = next(iter(self.leaves.values()), None)
