@@ -7,6 +7,7 @@ Timing is measured by bench/explore_70b.py; here: nothing is read before a tenso
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -290,7 +291,7 @@ def panel(app, name: str) -> str:
     """The text a Static shows, as plain text."""
     from rich.console import Console
 
-    console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(width=100, record=True, file=io.StringIO())  # not os.devnull: open(..., "w") creates it if missing
     console.print(app.query_one(f"#{name}").content)
     return console.export_text()
 
