@@ -373,6 +373,21 @@ def verify(ctx, base, adapter, merged, tokenizer_dir, prompts_file, device, dtyp
     ctx.exit(0 if result.agrees else 1)
 
 
+@cli.command()
+@click.argument("path")
+@click.argument("adapter", required=False)
+def explore(path, adapter) -> None:
+    """Browse PATH (and ADAPTER over it) in the terminal: module tree, search, findings, statistics.
+
+    Opens from the headers; a tensor's values are read only when you open it (enter). Keys: / search,
+    s sort, f findings, ? help, q quit. Needs a terminal (exit 2 otherwise).
+    """
+    # textual is imported there, only for this command: scan and check stay fast.
+    from inspector.explore import run
+
+    raise click.exceptions.Exit(run(path, adapter))
+
+
 @dataclass
 class _Run:
     argv: list[str]
