@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 import tempfile
 import traceback
@@ -76,8 +77,21 @@ def settings(ctx: click.Context, **overrides) -> Settings:
 
 
 def _write_output(path: str, text: str) -> None:
-    """Write a report beside its target and rename it in, so a failed run never leaves half a file."""
+    """Write a report beside its target and rename it in, so a failed run never leaves half a file.
+    A device, pipe or socket (``/dev/null``, ``/dev/stdout``, ``>(gzip)``) is written to as it is:
+    renaming a file over it would replace the device itself (as root, ``/dev/null`` for everyone)."""
     target = Path(path)
+    try:
+        special = not stat.S_ISREG(target.stat().st_mode) and not target.is_dir()  # links followed
+    except OSError:
+        special = False  # nothing there yet (or unreadable): the rename below says what is wrong
+    if special:
+        try:
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise UsageError("Cannot write report", path, exc.strerror or str(exc), "Pass an --output path you can write to.") from exc
+        return
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError("Cannot write report", path, f"the directory '{folder}' does not exist", "Create the directory first, or pass another --output path.")

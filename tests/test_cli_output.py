@@ -479,3 +479,35 @@ def test_format_choices_come_from_the_renderer_table() -> None:
 
     option = next(p for p in cli.cli.params if p.name == "format_")
     assert tuple(option.type.choices) == tuple(RENDERERS)
+
+
+# ---- --output to something that is not a regular file ----------------------------------------------
+
+
+def test_output_to_a_pipe_or_device_writes_into_it(capsys, tmp_path: Path, seed_dir: Path) -> None:
+    # --output /dev/null used to rename a temporary file over it: as root, /dev/null became a
+    # regular file for every process on the machine. A FIFO and a character device (a private
+    # copy of /dev/null's numbers, where root may make one) must be written to, never replaced.
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)  # never holds up the run
+    reader.start()
+    rc, out, err = run(capsys, "scan", seed_dir / "base", "--format", "json", "--output", fifo)
+    reader.join(timeout=30)
+    assert rc == 0, err
+    assert json.loads(got[0])["command"] == "scan" and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]  # no temporary file left beside it
+
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a character device needs root")
+    rc, out, err = run(capsys, "scan", seed_dir / "base", "--format", "json", "--output", null)
+    assert rc == 0, err
+    assert stat.S_ISCHR(null.stat().st_mode) and out == ""
