@@ -67,6 +67,10 @@ def output_options(func):
     return func
 
 
+# scan, check and diff read a Hub id that is not cached remotely (headers and small files, inspector/io/hub.py).
+offline_option = click.option("--offline", is_flag=True, help="Hub ids from the local Hugging Face cache only: no network (as HF_HUB_OFFLINE=1).")
+
+
 def settings(ctx: click.Context, **overrides) -> Settings:
     base: Settings = ctx.find_object(Settings) or Settings()
     merged = Settings(**vars(base))
@@ -190,13 +194,16 @@ def cli(ctx: click.Context, format_, output, quiet, debug, no_color) -> None:
 @click.option("--tensors", is_flag=True, help="List every tensor: name, shape, dtype, bytes.")
 @click.option("--match", metavar="REGEX", help="Only list tensors whose name matches REGEX (implies --tensors).")
 @click.option("--values", is_flag=True, help="Also stream the values: NaN / Inf, and vocabulary rows ending in an identical (untrained) tail.")
+@offline_option
 @output_options
 @click.pass_context
-def scan(ctx, paths, tensors, match, values, **opts) -> None:
+def scan(ctx, paths, tensors, match, values, offline, **opts) -> None:
     """Show what is in each checkpoint: kind, files, counts, bytes, dtypes, key config fields."""
+    from inspector.io.paths import remote_reads
     from inspector.scan import scan as run_scan
 
-    result = run_scan(list(paths), tensors=tensors, match=match, values=values)
+    with remote_reads(offline=offline):
+        result = run_scan(list(paths), tensors=tensors, match=match, values=values)
     emit(settings(ctx, **opts), lambda r: r.scan(result))
 
 
@@ -207,9 +214,10 @@ def scan(ctx, paths, tensors, match, values, **opts) -> None:
 @click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_not_nan,
               help="With --values: differences up to this max-abs count as equal.")
 @click.option("--adapter", metavar="DIR", help="With --values, A the base and B a merge of it: exit 1 when B equals A in every tensor ADAPTER changes (a no-op).")
+@offline_option
 @output_options
 @click.pass_context
-def diff(ctx, a, b, values, atol, adapter, **opts) -> None:
+def diff(ctx, a, b, values, atol, adapter, offline, **opts) -> None:
     """Tensors added, removed, reshaped and re-typed from A to B. Exit 1 when they differ.
 
     With --values (e.g. a merge against a reference merge), also the largest value differences and
@@ -219,14 +227,20 @@ def diff(ctx, a, b, values, atol, adapter, **opts) -> None:
 
     from inspector.diff import adapter_targets, compare_values, diff_checkpoints
     from inspector.io.checkpoint import read_checkpoint
+    from inspector.io.paths import remote_reads
 
     s = settings(ctx, **opts)
     if (atol or adapter) and not values:
         raise click.UsageError(f"{'--atol' if atol else '--adapter'} applies to value differences: add --values.", ctx=ctx)
-    result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
-    if adapter:
-        result = dataclasses.replace(result, targeted=adapter_targets(result.a, read_checkpoint(adapter)))
+    with remote_reads(offline=offline):
+        result = diff_checkpoints(read_checkpoint(a), read_checkpoint(b))
+        if adapter:
+            result = dataclasses.replace(result, targeted=adapter_targets(result.a, read_checkpoint(adapter)))
     if values:
+        if result.a.remote or result.b.remote:
+            from inspector.io.hub import refuse_data
+
+            refuse_data((result.a, result.b), "diff --values")
         with progress_bar(s, "diff --values") as advance:
             result = compare_values(result, atol=atol, progress=advance)
     emit(s, lambda r: r.diff(result))
@@ -244,9 +258,10 @@ def diff(ctx, a, b, values, atol, adapter, **opts) -> None:
 @click.option("--target", "targets", multiple=True, type=click.Choice(TARGET_NAMES, case_sensitive=False),
               help="Also check that this server serves the adapter unmerged (repeatable; all = every one).")
 @click.option("--values", is_flag=True, help="Also stream the adapter's values: NaN / Inf, all-zero lora_B, untrained new rows (LI16xx).")
+@offline_option
 @output_options
 @click.pass_context
-def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, values, **opts) -> None:
+def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, values, offline, **opts) -> None:
     """Diagnose BASE + ADAPTER before a merge: every reason it fails or goes silently wrong.
 
     Several adapters are each checked against BASE (read once), and the report ends with a table of
@@ -255,11 +270,13 @@ def check(ctx, base, adapters, tokenizer_dir, fail_on, select, ignore, targets, 
     [tool.lora-inspector] in the nearest pyproject.toml (the flags win).
     """
     from inspector.check import Fleet, apply_rules, rules_for, run_checks
+    from inspector.io.paths import remote_reads
     from inspector.targets import resolve as resolve_targets
 
     rules = rules_for(select, ignore, fail_on)  # before reading anything: a typo in a code fails fast
     servers = resolve_targets(targets)
-    results = tuple(apply_rules(d, rules) for d in run_checks(base, adapters, tokenizer_dir, targets=servers, values=values))
+    with remote_reads(offline=offline):
+        results = tuple(apply_rules(d, rules) for d in run_checks(base, adapters, tokenizer_dir, targets=servers, values=values))
     if len(results) == 1:  # one adapter: the report and JSON shape check has always had
         emit(settings(ctx, **opts), lambda r: r.check(results[0]))
         ctx.exit(1 if results[0].fails(rules.fail_on) else 0)
