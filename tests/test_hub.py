@@ -399,3 +399,15 @@ def test_python_api_imports_neither_torch_nor_transformers() -> None:
             "assert not heavy, heavy; print(doc['summary']['error'])")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert (proc.returncode, proc.stdout) == (0, "2\n"), proc.stderr
+
+
+def test_target_check_and_tokenizer_from_the_hub_equal_local(capsys, monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    # check --target reads BASE's headers as check does; --tokenizer takes a Hub id too (its files only).
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    rc, out, err = run(capsys, "check", "acme/base", seed_dir / "adapter", "--target", "vllm", "--tokenizer", "acme/adapter", "--format", "json")
+    rc_local, out_local, _ = run(capsys, "check", seed_dir / "base", seed_dir / "adapter", "--target", "vllm", "--tokenizer", seed_dir / "adapter", "--format", "json")
+    assert (rc, err) == (rc_local, "")
+    remote, local = json.loads(out), json.loads(out_local)
+    assert remote["tokenizer"]["directory"] == "acme/adapter" and any(f["code"].startswith("LI15") for f in remote["findings"])
+    names = {"acme/base": "<b>", "acme/adapter": "<t>", str(seed_dir / "base"): "<b>", str(seed_dir / "adapter"): "<t>"}
+    assert comparable(remote, names) == comparable(local, names)
