@@ -6,7 +6,6 @@ Timing is measured by bench/explore_70b.py; here: nothing is read before a tenso
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -31,20 +30,9 @@ from inspector.explore.stats import BINS, Cancelled, sparkline, tensor_stats
 from inspector.io.checkpoint import read_checkpoint
 from inspector.io.loader import TensorReader
 from inspector.scan import compile_match
+from tests.test_scale import sparse  # bench/sparse_checkpoint.py, loaded once (as test_hub does)
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench" / "sparse_checkpoint.py"
-
-
-def _load_sparse():
-    spec = importlib.util.spec_from_file_location("sparse_checkpoint", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sparse_checkpoint", module)  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-sparse = _load_sparse()
 
 
 @pytest.fixture
