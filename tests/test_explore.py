@@ -516,3 +516,39 @@ def test_snapshot_70b_layer_expanded(big, monkeypatch, snap_compare):
     keys = ["down"] * 3 + ["right", "down", "right"] + ["down"] * 4 + ["right"] + ["down"] * 3
     assert snap_compare(app_for(x), terminal_size=(100, 30), press=keys)
 
+
+
+@pytest.mark.asyncio
+async def test_a_superseded_run_neither_drops_nor_overwrites_the_newer_one(seed, monkeypatch):
+    """enter twice on a tensor: the first run is cancelled but ends only after the second has shown its
+    statistics (it was inside a block). Its late "cancelled" must not wipe the second run's result."""
+    import threading
+
+    from inspector.explore import stats
+
+    release, calls = threading.Event(), []
+
+    def fake(root, stamps, info, *, old_rows=None, progress=None, cancelled=lambda: False):
+        calls.append(info.name)
+        if len(calls) == 1:  # the first run: stuck in a block until released, then sees its cancellation
+            release.wait(10)
+            if cancelled():
+                raise stats.Cancelled
+        return stats.Stats(info.name, info.dtype, info.shape, info.numel, -1.0, 1.0, 0.0, 0.5, 0, 0, 0, (-1.0, 1.0), (7,))
+
+    monkeypatch.setattr(stats, "tensor_stats", fake)
+    app = app_for(seed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")  # lm_head.weight: run 1, stuck
+        await pilot.pause()
+        await pilot.press("enter")  # again: run 2 cancels run 1 and finishes at once
+        for _ in range(100):
+            await pilot.pause(0.02)
+            if "mean" in panel(app, "values"):
+                break
+        assert "mean" in panel(app, "values")
+        release.set()  # run 1 now ends, cancelled, after run 2
+        await settle(pilot)
+        assert "mean" in panel(app, "values") and "enter: statistics" not in panel(app, "values")
+        await pilot.press("q")

@@ -110,6 +110,10 @@ class ExploreApp(App[int]):
         self.sort = "name"
         self.pattern: str | None = None
         self.stats: dict[str, object] = {}  # tensor name -> computed results (or a message), for revisits
+        # tensor name -> the run now computing it: a superseded run (cancelled, or one that finished
+        # after enter was pressed again) must neither drop nor overwrite what its successor shows.
+        self.runs: dict[str, int] = {}
+        self.run_count = 0
         self.leaves: dict[str, object] = {}  # tensor name -> its TreeNode in the current tree
         self.shown: Entry | Node | None = None
 
@@ -241,12 +245,14 @@ class ExploreApp(App[int]):
     def _open(self, entry: Entry) -> None:
         if isinstance(self.stats.get(entry.name), list):
             return  # computed already
+        self.run_count += 1
+        self.runs[entry.name] = self.run_count
         self.stats[entry.name] = Text("reading...", style="italic")
         self._show_values(entry)
-        self._compute(entry)
+        self._compute(entry, self.run_count)
 
     @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
-    def _compute(self, entry: Entry) -> None:
+    def _compute(self, entry: Entry, run: int) -> None:
         from inspector.explore.stats import Cancelled, tensor_stats
 
         worker = get_current_worker()
@@ -264,28 +270,31 @@ class ExploreApp(App[int]):
                     now = time.monotonic()
                     if now - last[0] >= 0.1:  # a block can take a millisecond: the screen needs no more than this
                         last[0] = now
-                        self.call_from_thread(self._progress, entry, (i + done) / len(jobs))
+                        self.call_from_thread(self._progress, entry, run, (i + done) / len(jobs))
 
                 results.append((side, tensor_stats(ckpt.root, ckpt.stamps, info, old_rows=old_rows, progress=progress,
                                                    cancelled=lambda: worker.is_cancelled)))
         except Cancelled:
-            self.call_from_thread(self._finished, entry, None)
+            self.call_from_thread(self._finished, entry, run, None)
             return
         except (InspectorError, ValueError, OSError) as exc:
             why = exc.message if isinstance(exc, InspectorError) else str(exc)
-            self.call_from_thread(self._finished, entry, Text(f"cannot read it: {printable(why)}", style="red"))
+            self.call_from_thread(self._finished, entry, run, Text(f"cannot read it: {printable(why)}", style="red"))
             return
         except Exception as exc:  # noqa: BLE001 - a bug of ours: said in the panel rather than "reading..." forever
-            self.call_from_thread(self._finished, entry, Text(f"internal error: {type(exc).__name__}: {printable(str(exc))}", style="red"))
+            self.call_from_thread(self._finished, entry, run, Text(f"internal error: {type(exc).__name__}: {printable(str(exc))}", style="red"))
             return
-        self.call_from_thread(self._finished, entry, results)
+        self.call_from_thread(self._finished, entry, run, results)
 
-    def _progress(self, entry: Entry, share: float) -> None:
-        if isinstance(self.stats.get(entry.name), Text):
+    def _progress(self, entry: Entry, run: int, share: float) -> None:
+        if self.runs.get(entry.name) == run:
             self.stats[entry.name] = Text(f"reading... {share:.0%}", style="italic")
             self._show_values(entry)
 
-    def _finished(self, entry: Entry, results) -> None:
+    def _finished(self, entry: Entry, run: int, results) -> None:
+        if self.runs.get(entry.name) != run:
+            return  # superseded: a later run of this tensor owns its panel
+        del self.runs[entry.name]
         if results is None:
             self.stats.pop(entry.name, None)  # cancelled: enter starts it again
         else:
