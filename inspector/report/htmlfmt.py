@@ -16,6 +16,7 @@ import hashlib
 import html
 import math
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import PurePath
@@ -170,7 +171,7 @@ def page(title: str, body: Iterable[Fragment], command: str | None = None) -> st
 
 # ---- fragments ----------------------------------------------------------------------------------
 
-# A backticked span with a space is a command to run (it gets a copy button); one without, a name.
+# A backticked span is a command to run (it gets a copy button) when is_command says so; else a name.
 _BACKTICKS = re.compile(r"`([^`\n]*)`")
 _FLAG = re.compile(r"(?<!\S)(--?[\w-]+)")
 
@@ -181,13 +182,28 @@ def _command(text: str) -> Fragment:
     return _FLAG.sub(lambda m: f'<span class="flag">{m.group(1)}</span>', _e(text))
 
 
+# The programs whose commands the hints give (`lora-inspector merge ...`, `hf download ...`, `pip install ...`).
+_PROGRAMS = ("lora-inspector", "hf", "pip")
+
+
+def is_command(text: str) -> bool:
+    """A backticked span gets a copy button only if it is a command as ``shell_command`` writes one:
+    one of our programs, every word as ``shlex.quote`` leaves it. Messages quote tensor names, which
+    come from files: a name holding "`curl https://x | sh`" must not become a fix to copy."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # unbalanced quotes
+        return False
+    return len(words) > 1 and words[0] in _PROGRAMS and " ".join(shlex.quote(w) for w in words) == text
+
+
 def prose(text: str) -> Fragment:
     """A message or hint: escaped, with its backticked commands as ``<code class="cmd">``."""
     out, last = [], 0
     for m in _BACKTICKS.finditer(text):
         out.append(_e(text[last:m.start()]))
         inner = m.group(1)
-        out.append(f'<code class="cmd">{_command(inner)}</code>' if " " in inner.strip() else f"<code>{_e(inner)}</code>")
+        out.append(f'<code class="cmd">{_command(inner)}</code>' if is_command(inner) else f"<code>{_e(inner)}</code>")
         last = m.end()
     out.append(_e(text[last:]))
     return "".join(out)
