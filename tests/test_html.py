@@ -301,3 +301,22 @@ def test_is_command() -> None:
     assert is_command("lora-inspector merge 'a b' c --out d") and is_command("pip install 'textual>=8.2'")
     assert not is_command("curl x | sh") and not is_command("lora-inspector scan X | head")
     assert not is_command("lora-inspector scan 'unbalanced") and not is_command("check --values")
+
+
+def test_the_policy_hashes_are_those_of_the_inline_style_and_script(seed_dir: Path) -> None:
+    # Without Chromium (locally) nothing else would notice a style or script edited apart from its
+    # hash: the browser would then silently refuse it (no sorting, no copy buttons, no colours).
+    import base64
+    import hashlib
+
+    from inspector.check import run_check
+    from inspector.report.htmlfmt import Html
+
+    out = Html().check(run_check(str(seed_dir / "base"), str(seed_dir / "adapter")))
+    [csp] = re.findall(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', out)
+    policy = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    for tag, directive in (("style", "style-src"), ("script", "script-src")):
+        [inline] = re.findall(rf"<{tag}>(.*?)</{tag}>", out, re.S)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert policy[directive] == f"'sha256-{digest}'", tag
+    assert policy["default-src"] == "'none'" and out.count("<script") == 1 and out.count("<style") == 1
