@@ -208,18 +208,18 @@ def test_stats_count_nan_inf_zeros_in_fp16_and_fp8(tmp_path):
 
 
 def test_stats_stream_row_blocks(seed, monkeypatch):
-    """A large matrix is never read whole: every read is one block of rows."""
+    """A large matrix is never read whole: every read is one block (of its values, flat)."""
     info = seed.base.by_name["lm_head.weight"]  # 32000 x 8 bf16, 16 bytes a row
     reads = []
     original = TensorReader.read_rows
 
     def spy(self, info, start, stop, into=None):
-        reads.append(min(stop, info.shape[0]) - start)
+        reads.append((min(stop, info.shape[0]) - start) * info.nbytes // info.shape[0])
         return original(self, info, start, stop, into)
 
     monkeypatch.setattr(TensorReader, "read_rows", spy)
     tensor_stats(seed.base.root, seed.base.stamps, info, block_bytes=16 * 1000)
-    assert max(reads) == 1000 and sum(reads) == 2 * 32000
+    assert max(reads) == 16 * 1000 and sum(reads) == 2 * info.nbytes
 
 
 def test_stats_grown_copy_old_vs_new_rows(tmp_path):
@@ -552,3 +552,22 @@ async def test_a_superseded_run_neither_drops_nor_overwrites_the_newer_one(seed,
         await settle(pilot)
         assert "mean" in panel(app, "values") and "enter: statistics" not in panel(app, "values")
         await pilot.press("q")
+
+
+def test_stats_of_a_tensor_with_huge_rows_stream_bounded_blocks(tmp_path, monkeypatch):
+    """An expert stack's row (dim 0) can be 117 MB: blocks of whole rows would not bound memory."""
+    x = torch.randn(2, 64, 64)  # 16 KiB a row
+    ckpt, infos = _write(tmp_path / "m", {"experts": x})
+    sizes = []
+    original = TensorReader.read_rows
+
+    def spy(self, info, start, stop, into=None):
+        block = original(self, info, start, stop, into)
+        sizes.append(block.numel() * block.element_size())
+        return block
+
+    monkeypatch.setattr(TensorReader, "read_rows", spy)
+    s = tensor_stats(ckpt.root, ckpt.stamps, infos["experts"], block_bytes=4096)
+    assert max(sizes) <= 4096 and sum(sizes) == 2 * x.numel() * 4
+    assert (s.min, s.max, s.numel, s.shape) == (float(x.min()), float(x.max()), x.numel(), (2, 64, 64))
+    assert s.mean == pytest.approx(float(x.double().mean()), abs=1e-6) and sum(s.counts) == x.numel()

@@ -1,14 +1,15 @@
 """Statistics of one tensor for ``explore``, computed when the user opens it (in a worker thread).
 
-The tensor is streamed in row blocks through the project's reader (``TensorReader.read_rows``, the
-blocks ``check --values`` reads): memory stays one block however large the tensor (a 70,840 x 8,192
-vocabulary matrix included). Two passes: moments, extremes and counts first, then the histogram over
+The tensor is streamed in blocks through the project's reader (``TensorReader.read_rows`` over a flat
+view of it, in ``values._blocks``' steps): memory stays one block however large the tensor or its rows
+(a 70,840 x 8,192 vocabulary matrix, an [8, 14336, 4096] stack of experts). Two passes: moments, extremes and counts first, then the histogram over
 the range the first pass found. A vocabulary matrix the adapter grows also gets its old rows' norms
 against its new rows' (``values._RowStats``, what LI1603 reads). torch is imported here only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ def _stats(torch, root, stamps, info, old_rows, block_bytes, progress, cancelled
     lo, hi = math.inf, -math.inf
     read = 0
     total = 2 * max(1, info.span)
+    # Blocks are whole rows (dim 0), and a row can be huge (a stack of experts [8, 14336, 4096]: 117 MB
+    # each): the statistics of the values alone need no rows, so they stream a flat view of the tensor.
+    # Row norms need rows (of a vocabulary matrix: kilobytes); a strided view is read whole anyway.
+    flat = info if rows is not None or not info.contiguous or len(info.shape) < 2 else dataclasses.replace(info, shape=(info.numel,))
     with TensorReader(root, stamps) as reader:
-        for block in _stream(reader, info, block_bytes, cancelled):
+        for block in _stream(reader, flat, block_bytes, cancelled):
             read += block.numel() * block.element_size()
             x = block.to(wide).reshape(-1)
             b_lo, b_hi = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
@@ -101,7 +106,7 @@ def _stats(torch, root, stamps, info, old_rows, block_bytes, progress, cancelled
         if n:
             top = hi if hi > lo else lo + 1.0
             edges = tuple(lo + (top - lo) * i / BINS for i in range(BINS + 1))
-            for block in _stream(reader, info, block_bytes, cancelled):
+            for block in _stream(reader, flat, block_bytes, cancelled):
                 read += block.numel() * block.element_size()
                 x = block.to(wide).reshape(-1)
                 if nan or inf:
