@@ -28,6 +28,10 @@ class Repo:
     revisions: dict[str, dict[str, File]]  # branch or tag -> {file name -> content}
     gated: bool = False  # files need an Authorization header (any token: the tests' account was granted access)
     missing: set[str] = field(default_factory=set)  # listed by the API, but 404 EntryNotFound when fetched
+    # A hostile server's lies: the size the file listing gives (any JSON value), and the size a HEAD's
+    # Content-Length and a range's Content-Range give (the body sent is the real file's).
+    listed: dict[str, object] = field(default_factory=dict)
+    declared: dict[str, int] = field(default_factory=dict)
 
     def commit(self, rev: str) -> str:
         return hashlib.sha1(f"{id(self)}:{rev}".encode()).hexdigest()
@@ -163,7 +167,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if found is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             commit, files = found
-            siblings = [{"rfilename": n, "size": _size(c), "blobId": _etag(c)[:40]} for n, c in sorted(files.items())]
+            siblings = [{"rfilename": n, "size": repo.listed.get(n, _size(c)), "blobId": _etag(c)[:40]} for n, c in sorted(files.items())]
             body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": "manual" if repo.gated else False,
                     "siblings": siblings}
             self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -187,7 +191,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             wanted = self.headers.get("Range") if hub.ranges else None
             if wanted is None:
                 if self.command == "HEAD":
-                    return self._head(size, headers, repo_id, name)
+                    return self._head(repo.declared.get(name, size), headers, repo_id, name)
                 if size > 50_000_000:  # a whole shard: the tests never want one
                     return self._error(500, "TooLarge", "the test server does not serve whole shards")
                 return self._send(200, _read(content, 0, size), headers, repo=repo_id, name=name)
@@ -196,7 +200,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if start >= size:
                 return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
             end = min(int(match.group(2)) + 1 if match.group(2) else size, size)
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{repo.declared.get(name, size)}"
             self._send(206, _read(content, start, end), headers, repo=repo_id, name=name)
 
         def _head(self, size: int, headers: dict, repo: str, name: str) -> None:

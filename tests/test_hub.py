@@ -411,3 +411,126 @@ def test_target_check_and_tokenizer_from_the_hub_equal_local(capsys, monkeypatch
     assert remote["tokenizer"]["directory"] == "acme/adapter" and any(f["code"].startswith("LI15") for f in remote["findings"])
     names = {"acme/base": "<b>", "acme/adapter": "<t>", str(seed_dir / "base"): "<b>", str(seed_dir / "adapter"): "<t>"}
     assert comparable(remote, names) == comparable(local, names)
+
+
+# ---- review: an untrusted server, and what a long-running process keeps ------------------------------
+
+
+def stubs_in(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.glob("lora-inspector-hub-*"))
+
+
+def test_api_calls_leave_no_stub_directories(monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    # A training script calling check() every epoch must not pile up a stub directory per call (atexit only).
+    import tempfile
+
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    from inspector.api import check, report, scan
+
+    for _ in range(2):
+        doc = report(check("acme/base", "acme/adapter"))
+        assert doc["summary"]["error"] == 2 and doc["base"]["remote"]["headers"] == ["model.safetensors"]
+        assert stubs_in(tmp) == []
+    assert report(scan("acme/base@v2"))["checkpoints"][0]["config"]["vocab_size"] == 64 and stubs_in(tmp) == []
+
+
+def test_a_server_that_never_answers_is_a_timeout_not_a_hang(capsys, monkeypatch, tmp_path) -> None:
+    # huggingface_hub's client has no timeout of its own: a server that accepts and stays silent hung forever.
+    import threading
+
+    from huggingface_hub import constants
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        point_at(monkeypatch, tmp_path, url)
+        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)
+        result = []
+        worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
+        worker.start()
+        worker.join(20)
+        assert result, "scan hung on a silent server"
+    _, err = capsys.readouterr()
+    assert_error(result[0], err, f"Cannot read Hub repository for 'acme/base': cannot reach {url}", "This is the network or the Hub, not the model")
+
+
+def test_sizes_the_server_declares_are_bounded(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # A listing size that is no number, and a Content-Range total of 10**18 (a stub that cannot be truncated).
+    files = repo_files(seed_dir / "base")
+    repos = {"acme/nonsense": Repo({"main": files}, listed={"config.json": "big", "model.safetensors": -5}),
+             "acme/huge": Repo({"main": files}, declared={"model.safetensors": 10**18})}
+    with HubServer(repos) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "scan", "acme/nonsense", "--format", "json")
+        assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] > 0  # sizes from the transfer itself
+        rc, _, err = run(capsys, "scan", "acme/huge")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/huge': the Hub says model.safetensors is {10**18} bytes, more than any real file",
+                 "The server is broken or hostile")
+    assert "lora-inspector-hub-" not in err
+
+
+def test_small_file_size_is_checked_before_download_not_only_as_listed(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # The listing says tokenizer.json is 10 bytes; the file is 2.3 MB (over a lowered limit): refused before any byte of it.
+    from inspector.io import hub as hubmod
+
+    monkeypatch.setattr(hubmod, "MAX_SMALL_FILE", 100_000)
+    with HubServer({"acme/liar": Repo({"main": repo_files(seed_dir / "adapter")}, listed={"tokenizer.json": 10})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/liar")
+        served = dict(hub.served.bytes)
+    size = (seed_dir / "adapter" / "tokenizer.json").stat().st_size
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/liar': tokenizer.json is {size} bytes, more than the 100000 a header check downloads",
+                 "`hf download acme/liar`")
+    assert served.get(("acme/liar", "tokenizer.json"), 0) == 0
+
+
+def test_an_index_naming_thousands_of_shards_is_refused_before_fetching_them(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    from inspector.io.hub import MAX_SHARDS
+
+    names = [f"s{i:05d}.safetensors" for i in range(MAX_SHARDS + 1)]
+    files: dict[str, bytes | Path] = dict.fromkeys(names, b"\0" * 8)
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {f"w{i}": n for i, n in enumerate(names)}}).encode()
+    files["config.json"] = (seed_dir / "base" / "config.json").read_bytes()
+    with HubServer({"acme/many": Repo({"main": files})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/many")
+        assert not any(name.endswith(".safetensors") for _, name in hub.served.bytes)
+    assert_error(rc, err, f"its index names {MAX_SHARDS + 1} shards, more than the {MAX_SHARDS} a header check reads remotely", "`hf download acme/many`")
+
+
+def test_a_listing_of_many_names_lays_out_a_bounded_stub(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    from inspector.io import hub as hubmod
+
+    laid_out = []
+    fill = hubmod._fill
+
+    def spy(root, *args):
+        result = fill(root, *args)
+        laid_out.append(len(os.listdir(root)))
+        return result
+
+    monkeypatch.setattr(hubmod, "_fill", spy)
+    files: dict[str, bytes | Path] = {f"junk{i:05d}.txt": b"" for i in range(5000)}
+    files["config.json"] = (seed_dir / "base" / "config.json").read_bytes()
+    with HubServer({"acme/junk": Repo({"main": files})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/junk")
+    assert_error(rc, err, "Cannot read checkpoint for 'acme/junk': it has a config.json but no weight files", "")
+    assert laid_out and laid_out[0] <= hubmod.MAX_PLACEHOLDERS + 1
+
+
+def test_a_name_too_long_for_a_path_is_not_laid_out(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # Every part under 255 bytes, the whole over PATH_MAX: never a file in the stub, an Error/Hint naming the repository.
+    deep = "/".join(["d" * 250] * 20) + "/model-00001-of-00001.safetensors"
+    files = {"config.json": (seed_dir / "base" / "config.json").read_bytes(), deep: (seed_dir / "base" / "model.safetensors"),
+             "model.safetensors.index.json": json.dumps({"weight_map": {"w": deep}}).encode()}
+    with HubServer({"acme/deep": Repo({"main": files})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/deep")
+        assert not any(name == deep for _, name in hub.served.bytes)
+    assert rc == 2 and err.startswith("Error: Cannot read checkpoint for 'acme/deep/dddd"), err
+    assert "Traceback" not in err and "lora-inspector-hub-" not in err

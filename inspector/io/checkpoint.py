@@ -337,6 +337,10 @@ def _read_checkpoint(path: str | Path, with_tokenizer: bool) -> Checkpoint:
         return dataclasses.replace(ckpt, remote=remote, tokenizer=tokenizer)
     except InspectorError as exc:
         raise hub.reword(exc, path, remote) from exc.__cause__
+    except OSError as exc:  # read_checkpoint's words for it, naming the repository rather than the temporary stub
+        where = Path(os.fsdecode(exc.filename)) if exc.filename is not None else path
+        raise hub.reword(_input_error(where, exc.strerror or str(exc), "The repository names a file this system cannot hold: download it and check the local copy."),
+                         path, remote) from exc
 
 
 def _read_located(given: str, path: Path, with_tokenizer: bool) -> Checkpoint:

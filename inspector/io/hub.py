@@ -47,6 +47,18 @@ MAX_SMALL_FILE = 64_000_000  # a "small" file larger than this (a hostile tokeni
 # the GIL are CPU work): 8 threads on 2 cores measured slower than 4 (docs/benchmarks.md, "Remote check").
 _WORKERS = min(8, 2 * (os.cpu_count() or 1))
 _RETRIES = 3  # per range request, on network errors and 5xx, with huggingface_hub's backoff
+# The server is untrusted (docs/threat-model.md): what it lists and declares is bounded before it is used.
+MAX_FILE_SIZE = 2**40  # a declared file size beyond 1 TiB is a lie (a sparse stub of 10**18 bytes fails to truncate)
+MAX_SHARDS = 4096  # an index naming more would cost as many range requests (the largest real models have ~200)
+MAX_PLACEHOLDERS = 1000  # names laid out for a repository without weights (read_checkpoint's words need a few)
+_MAX_NAME = 1024  # bytes of a repository file name (each part at most 255): the stub path stays under PATH_MAX
+
+
+def _timeout() -> float:
+    """Seconds a request may stall: huggingface_hub's own client has none (a silent server would hang us)."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,14 @@ def offline() -> bool:
 
 def remote_of(root: Path) -> RemoteRead | None:
     """The remote read behind stub directory ``root``, or None for a real directory."""
-    return _STUBS.get(Path(root))
+    with _LOCK:
+        return _STUBS.get(Path(root))
+
+
+def forget(roots) -> None:
+    """Remove these stub directories now (the end of a ``remote_reads()`` block)."""
+    for root in list(roots):
+        _forget(root)
 
 
 def reword(exc: InspectorError, root: Path, remote: RemoteRead) -> InspectorError:
@@ -114,7 +133,7 @@ def reword(exc: InspectorError, root: Path, remote: RemoteRead) -> InspectorErro
 
 def _safe_name(name: object) -> bool:
     """A repository file name that stays inside the stub directory (the index and listing are the server's word)."""
-    if not isinstance(name, str) or not name or "\0" in name or "\\" in name or ":" in name or name.startswith("/"):
+    if not isinstance(name, str) or not name or len(name.encode(errors="replace")) > _MAX_NAME or "\0" in name or "\\" in name or ":" in name or name.startswith("/"):
         return False
     parts = name.split("/")
     return all(p not in ("", ".", "..") and len(p.encode()) <= 255 for p in parts)
@@ -135,9 +154,9 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
     if mode is not None and key in mode.reads:  # read once per run: check's error path locates an adapter again
         return mode.reads[key]
     with _hub_errors(given, repo_id, rev, endpoint):
-        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=rev, files_metadata=True)
-        commit = info.sha or rev
-        sizes = {s.rfilename: s.size for s in (info.siblings or []) if _safe_name(s.rfilename)}
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=rev, files_metadata=True, timeout=_timeout())
+        commit = info.sha if isinstance(info.sha, str) and info.sha.isalnum() else rev
+        sizes = {s.rfilename: _declared(s.size) for s in (info.siblings or []) if _safe_name(s.rfilename)}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
         root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
         with _LOCK:
@@ -149,14 +168,22 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         except BaseException:
             _forget(root)
             raise
-        _STUBS[root] = remote
+        with _LOCK:
+            _STUBS[root] = remote
         if mode is not None:
             mode.reads[key] = root
         return root
 
 
+def _declared(size: object) -> int | None:
+    """A size as the server declares it, if it is one a file can have (else unknown)."""
+    return size if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_SIZE else None
+
+
 def _cleanup() -> None:
-    for root in list(_STUBS):
+    with _LOCK:
+        roots = list(_STUBS)
+    for root in roots:
         _forget(root)
 
 
@@ -191,14 +218,18 @@ def _fill(root: Path, remote: RemoteRead, sizes: dict[str, int | None], given: s
         (cached if got is None else downloaded).append(entry)
         transferred += got or 0
         shards = _index_shards(root / entry, sizes)
+        if len(shards) > MAX_SHARDS:
+            raise _error("Cannot read Hub repository", given, f"its index names {len(shards)} shards, more than the {MAX_SHARDS} a header check reads remotely",
+                         f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         transferred += sum(pool.map(lambda name: _header(root, remote, name, sizes[name], given), shards))
     return replace(remote, downloaded=tuple(downloaded), cached=tuple(cached), headers=tuple(shards), bytes_transferred=transferred)
 
 
 def _placeholders(root: Path, sizes: dict[str, int | None]) -> None:
-    for name in sizes:
-        if "/" not in name and not (root / name).exists():
+    top = [name for name in sizes if "/" not in name][:MAX_PLACEHOLDERS]  # a listing may hold 100,000 names
+    for name in top:
+        if not (root / name).exists():
             (root / name).touch()
 
 
@@ -221,16 +252,28 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
 
     from inspector.io.paths import hub_cache
 
+    def too_large(size: int) -> InvalidInputError:
+        return _error("Cannot read Hub repository", given, f"{name} is {size} bytes, more than the {MAX_SMALL_FILE} a header check downloads",
+                      f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
+
     if size is not None and size > MAX_SMALL_FILE:
-        raise _error("Cannot read Hub repository", given, f"{name} is {size} bytes, more than the {MAX_SMALL_FILE} a header check downloads",
-                     f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
+        raise too_large(size)
     cache = hub_cache()
     before = try_to_load_from_cache(remote.repo_id, name, cache_dir=cache, revision=remote.commit)
-    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint)
+    if not isinstance(before, str):
+        # The listing is the server's word: the size the download itself will get is checked too, before it starts.
+        dry = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint,
+                              etag_timeout=_timeout(), dry_run=True)
+        if dry.file_size is not None and dry.file_size > MAX_SMALL_FILE:
+            raise too_large(dry.file_size)
+    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout())
+    got = os.path.getsize(local)
+    if got > MAX_SMALL_FILE:
+        raise too_large(got)
     target = root / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(local, target)  # a copy, not a link: read_checkpoint refuses links leading out of a checkpoint
-    return None if isinstance(before, str) else os.path.getsize(local)
+    return None if isinstance(before, str) else got
 
 
 def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given: str) -> int:
@@ -245,6 +288,9 @@ def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given
     size = size if size is not None else listed
     if size is None:
         raise _error("Cannot read Hub repository", given, f"the Hub gave no size for {name}", "Retry; if it persists, download the file and check the local copy.")
+    if size > MAX_FILE_SIZE:
+        raise _error("Cannot read Hub repository", given, f"the Hub says {name} is {size} bytes, more than any real file ({MAX_FILE_SIZE})",
+                     "The server is broken or hostile: check HF_ENDPOINT (and a proxy), or download the file and check the local copy.")
     blob = first
     if len(first) == 8:
         (n,) = struct.unpack("<Q", first)
@@ -257,10 +303,14 @@ def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given
             header, _ = _range(url, 8, 8 + n)
             blob += header
     target = root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as fh:
-        fh.write(blob)
-        fh.truncate(max(size, len(blob)))  # the data region: a hole, never fetched
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(blob)
+            fh.truncate(max(size, len(blob)))  # the data region: a hole, never fetched
+    except OSError as exc:  # a size or name this filesystem refuses (EFBIG, ENAMETOOLONG, ...), or a full disk
+        raise _error("Cannot read Hub repository", given, f"cannot lay out {name} ({size} bytes) in a temporary stub: {exc.strerror or exc}",
+                     f"Check the space in {tempfile.gettempdir()} (TMPDIR), or download the file and check the local copy.") from exc
     return len(blob)
 
 
@@ -275,17 +325,19 @@ def _range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
     )
 
     headers = {**build_hf_headers(), "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-    with http_stream_backoff("GET", url, headers=headers, max_retries=_RETRIES, base_wait_time=0.5, max_wait_time=4) as response:
+    with http_stream_backoff("GET", url, headers=headers, max_retries=_RETRIES, base_wait_time=0.5, max_wait_time=4, timeout=_timeout()) as response:
         if response.status_code >= 400:
             if int(response.headers.get("Content-Length") or 0) < 1_000_000:
                 response.read()  # the error's message is in the body
             hf_raise_for_status(response)
         total = None
         content_range = response.headers.get("Content-Range", "")
-        if response.status_code == 206 and "/" in content_range and content_range.rpartition("/")[2].isdigit():
-            total = int(content_range.rpartition("/")[2])
+        declared = content_range.rpartition("/")[2]
+        if response.status_code == 206 and "/" in content_range and declared.isascii() and declared.isdigit():
+            total = int(declared[:40])  # 40 digits or more is refused as too large either way
         elif response.status_code == 200 and start == 0:
-            total = int(response.headers["Content-Length"]) if response.headers.get("Content-Length", "").isdigit() else None
+            length = response.headers.get("Content-Length", "")
+            total = int(length[:40]) if length.isascii() and length.isdigit() else None
         data = bytearray()
         if response.status_code == 200 and start > 0:
             raise _RangeIgnored(url)

@@ -55,11 +55,16 @@ def remote_reads(*, offline: bool = False) -> Iterator[None]:
     """Within this block (scan, check, diff, the Python API), a Hub id that is not in the cache is
     read remotely, headers and small files only, unless ``offline`` (or HF_HUB_OFFLINE): the cache
     only. Elsewhere (commands that read tensor data) an uncached Hub id is an error."""
-    previous, _STATE.mode = _STATE.mode, RemoteMode(offline)
+    mode = RemoteMode(offline)
+    previous, _STATE.mode = _STATE.mode, mode
     try:
         yield
     finally:
         _STATE.mode = previous
+        if mode.reads:  # the block's stubs go with it: an API caller's long-running process keeps none
+            from inspector.io import hub
+
+            hub.forget(mode.reads.values())
 
 
 def remote_mode() -> RemoteMode | None:
