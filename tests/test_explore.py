@@ -571,3 +571,26 @@ def test_stats_of_a_tensor_with_huge_rows_stream_bounded_blocks(tmp_path, monkey
     assert max(sizes) <= 4096 and sum(sizes) == 2 * x.numel() * 4
     assert (s.min, s.max, s.numel, s.shape) == (float(x.min()), float(x.max()), x.numel(), (2, 64, 64))
     assert s.mean == pytest.approx(float(x.double().mean()), abs=1e-6) and sum(s.counts) == x.numel()
+
+
+@pytest.mark.asyncio
+async def test_markup_names_a_truncated_file_and_a_costly_search(tmp_path):
+    """Names from the file are text ("[bold]" shown, not applied); a file cut short after its header
+    was read says so in the panel (the app keeps running); a backtracking pattern is bounded."""
+    ckpt, _ = _write(tmp_path / "m", {"[bold]x[/bold].weight": torch.randn(64, 64), "a" * 40 + "b": torch.zeros(0, 3)})
+    app = app_for(open_exploration(str(ckpt.root)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert tree_text(app)[0].startswith("[bold]x[/bold].weight [64, 64]")
+        assert panel(app, "facts").startswith("[bold]x[/bold].weight")
+        t0 = time.perf_counter()
+        await pilot.press("slash", *"^(a+)+$", "enter")
+        await settle(pilot)
+        assert time.perf_counter() - t0 < 5.0 and tree_text(app) == [] and panel(app, "facts").startswith("no tensor matches")
+        await pilot.press("escape")
+        os.truncate(ckpt.root / "model.safetensors", 300)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "cannot read it: Input changed during the run" in panel(app, "values")
+        await pilot.press("q")
+    assert app.return_code == 0
