@@ -31,7 +31,7 @@ def test_action_is_composite_setup_install_check(action: dict) -> None:
     setup, install, check = action["runs"]["steps"]
     assert setup["uses"].startswith("actions/setup-python@")
     assert "pip install" in install["run"] and install["shell"] == "bash"
-    assert check["run"].startswith("lora-inspector check ") and "--format github" in check["run"]
+    assert "lora-inspector check " in check["run"] and "--format github" in check["run"] and check["shell"] == "bash"
     # Inputs go through env, never into the script text (a crafted input must not run as shell).
     for step in (install, check):
         assert "${{" not in step["run"]
@@ -57,3 +57,25 @@ def test_check_step_runs_a_remote_check_with_annotations_and_summary(action: dic
     assert proc.stdout.count("::error title=LI101 vocab-size-mismatch::") == 2
     text = summary.read_text()
     assert text.startswith("### lora-inspector check fails: 2 errors") and "read remotely from" in text
+
+
+def test_check_step_passes_inputs_as_arguments_never_as_shell(action: dict, tmp_path: Path) -> None:
+    # A stand-in lora-inspector that prints its arguments: spaces split ADAPTERS and ARGS, nothing else
+    # happens to an input (no command substitution, no globbing against the workspace's files).
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "lora-inspector"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n")
+    fake.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model.safetensors").write_bytes(b"")  # what a `*` would expand to
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "BASE": "acme/base $(touch pwned)",
+           "ADAPTERS": "a/one `touch pwned` *", "ARGS": "--select LI1* ; touch pwned", "HF_TOKEN": ""}
+    proc = subprocess.run(["bash", "-e", "-c", action["runs"]["steps"][2]["run"]], check=False, capture_output=True, text=True, env=env, cwd=work, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["check", "acme/base $(touch pwned)", "a/one", "`touch", "pwned`", "*", "--format", "github",
+                                        "--select", "LI1*", ";", "touch", "pwned"]
+    assert not (work / "pwned").exists()

@@ -534,3 +534,30 @@ def test_a_name_too_long_for_a_path_is_not_laid_out(capsys, monkeypatch, tmp_pat
         assert not any(name == deep for _, name in hub.served.bytes)
     assert rc == 2 and err.startswith("Error: Cannot read checkpoint for 'acme/deep/dddd"), err
     assert "Traceback" not in err and "lora-inspector-hub-" not in err
+
+
+def test_no_progress_noise_on_a_terminal(tmp_path, seed_dir) -> None:
+    # stderr a terminal (a developer's run): huggingface_hub's download bars left a blank line per small file.
+    pty = pytest.importorskip("pty")
+    repos = {"acme/base": Repo({"main": repo_files(seed_dir / "base")}), "acme/adapter": Repo({"main": repo_files(seed_dir / "adapter")})}
+    with HubServer(repos) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), TERM="xterm")
+        primary, secondary = pty.openpty()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "inspector", "check", "acme/base", "acme/adapter", "--format", "json"], check=False,
+                                  stdout=subprocess.PIPE, stderr=secondary, env=env, cwd=tmp_path, timeout=120)
+            os.close(secondary)
+            err = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: the terminal's other end is closed
+                    break
+                if not chunk:
+                    break
+                err += chunk
+        finally:
+            os.close(primary)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["adapter"]["remote"]["downloaded"]
+    assert err == b"", err

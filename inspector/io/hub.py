@@ -249,6 +249,7 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     """Download ``name`` into the Hugging Face cache (unless there) and copy it into the stub; the bytes
     transferred, or None when it was already cached."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import silent_tqdm
 
     from inspector.io.paths import hub_cache
 
@@ -266,7 +267,9 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
                               etag_timeout=_timeout(), dry_run=True)
         if dry.file_size is not None and dry.file_size > MAX_SMALL_FILE:
             raise too_large(dry.file_size)
-    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout())
+    # No progress bar: on a terminal each download left a blank line on stderr before the report.
+    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout(),
+                            tqdm_class=silent_tqdm)
     got = os.path.getsize(local)
     if got > MAX_SMALL_FILE:
         raise too_large(got)
