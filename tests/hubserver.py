@@ -76,9 +76,13 @@ def _etag(content: File) -> str:
 class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
-    def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True):
+    def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
+                 cut_ranges: bool = False):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
+        # answer range requests with this status and an endless chunked body (a hostile server)
+        self.endless_range_error = endless_range_error
+        self.cut_ranges = cut_ranges  # range answers promise their bytes and send half (the connection drops)
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -190,6 +194,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             headers = {"X-Repo-Commit": commit, "ETag": f'"{_etag(content)}"', "Accept-Ranges": "bytes",
                        "Content-Type": "application/octet-stream"}
             wanted = self.headers.get("Range") if hub.ranges else None
+            if wanted is not None and hub.endless_range_error is not None:
+                return self._endless(hub.endless_range_error, repo_id, name)
             if wanted is None:
                 if self.command == "HEAD":
                     return self._head(repo.declared.get(name, size), headers, repo_id, name)
@@ -202,7 +208,36 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
             end = min(int(match.group(2)) + 1 if match.group(2) else size, size)
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{repo.declared.get(name, size)}"
+            if hub.cut_ranges:
+                return self._cut(_read(content, start, end), headers, repo_id, name)
             self._send(206, _read(content, start, end), headers, repo=repo_id, name=name)
+
+        def _cut(self, body: bytes, headers: dict, repo: str, name: str) -> None:
+            self.send_response(206)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            hub.count(repo, name, len(body) // 2, self.command, self.path)
+
+        def _endless(self, code: int, repo: str, name: str) -> None:
+            self.send_response(code)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            chunk = b"x" * 65536
+            sent = 0
+            try:
+                while sent < 2_000_000_000:  # until the client hangs up (the cap: a test that hangs still ends)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent += len(chunk)
+            except OSError:
+                pass
+            hub.count(repo, name, sent, self.command, self.path)
+            self.close_connection = True
 
         def _head(self, size: int, headers: dict, repo: str, name: str) -> None:
             self.send_response(200)

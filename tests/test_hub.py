@@ -561,3 +561,27 @@ def test_no_progress_noise_on_a_terminal(tmp_path, seed_dir) -> None:
             os.close(primary)
     assert proc.returncode == 1 and json.loads(proc.stdout)["adapter"]["remote"]["downloaded"]
     assert err == b"", err
+
+
+def test_an_endless_error_body_on_a_range_read_is_not_read(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # A 403 without Content-Length whose body never ends: judged by its status, never read to the end.
+    import threading
+
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, endless_range_error=403) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        result = []
+        worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
+        worker.start()
+        worker.join(20)
+        assert result, "scan read an endless error body"
+    _, err = capsys.readouterr()
+    assert_error(result[0], err, "Cannot read Hub repository for 'acme/base': the Hub refused the request (403", "Check HF_TOKEN and the id")
+
+
+def test_a_connection_lost_mid_header_is_the_network_not_an_internal_error(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # The server promises the header's bytes and hangs up halfway: an Error/Hint about the network.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, cut_ranges=True) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {hub.url} (RemoteProtocolError while reading the response",
+                 "This is the network or the Hub, not the model")

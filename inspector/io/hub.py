@@ -155,7 +155,7 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         return mode.reads[key]
     with _hub_errors(given, repo_id, rev, endpoint):
         info = HfApi(endpoint=endpoint).model_info(repo_id, revision=rev, files_metadata=True, timeout=_timeout())
-        commit = info.sha if isinstance(info.sha, str) and info.sha.isalnum() else rev
+        commit = info.sha if isinstance(info.sha, str) and info.sha.isascii() and info.sha.isalnum() else rev
         sizes = {s.rfilename: _declared(s.size) for s in (info.siblings or []) if _safe_name(s.rfilename)}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
         root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
@@ -321,34 +321,52 @@ def _range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
     """Bytes [start, end) of ``url`` and the file's total size (from Content-Range), through
     huggingface_hub's session (token, endpoint, offline mode) with its backoff. Never reads more than
     asked for, even from a server that ignores the range."""
-    from huggingface_hub.utils import (
-        build_hf_headers,
-        hf_raise_for_status,
-        http_stream_backoff,
-    )
+    import httpx2
+    from huggingface_hub.utils import build_hf_headers, http_stream_backoff
 
     headers = {**build_hf_headers(), "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
     with http_stream_backoff("GET", url, headers=headers, max_retries=_RETRIES, base_wait_time=0.5, max_wait_time=4, timeout=_timeout()) as response:
-        if response.status_code >= 400:
-            if int(response.headers.get("Content-Length") or 0) < 1_000_000:
-                response.read()  # the error's message is in the body
+        # A network error inside this block would be thrown into huggingface_hub's retry generator, which
+        # cannot retry there ("generator didn't stop after throw()", an internal error): it leaves as ours.
+        try:
+            return _body(response, url, start, end)
+        except httpx2.TransportError as exc:
+            raise _BodyLost(f"{type(exc).__name__} while reading the response: {exc}") from exc
+
+
+def _body(response, url: str, start: int, end: int) -> tuple[bytes, int | None]:
+    from huggingface_hub.utils import hf_raise_for_status
+
+    if response.status_code >= 400:
+        length = response.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length[:12]) < 1_000_000:
+            response.read()  # the error's message is in the body
             hf_raise_for_status(response)
-        total = None
-        content_range = response.headers.get("Content-Range", "")
-        declared = content_range.rpartition("/")[2]
-        if response.status_code == 206 and "/" in content_range and declared.isascii() and declared.isdigit():
-            total = int(declared[:40])  # 40 digits or more is refused as too large either way
-        elif response.status_code == 200 and start == 0:
-            length = response.headers.get("Content-Length", "")
-            total = int(length[:40]) if length.isascii() and length.isdigit() else None
-        data = bytearray()
-        if response.status_code == 200 and start > 0:
-            raise _RangeIgnored(url)
-        for chunk in response.iter_bytes():
-            data += chunk[: end - start - len(data)]
-            if len(data) >= end - start:
-                break
+        # No length, or a large one (an endless error body from a hostile server): judged by the status
+        # and the X-Error-Code header alone, as hf_raise_for_status would otherwise read it all.
+        import httpx2
+
+        hf_raise_for_status(httpx2.Response(response.status_code, headers=response.headers, content=b"", request=response.request))
+    total = None
+    content_range = response.headers.get("Content-Range", "")
+    declared = content_range.rpartition("/")[2]
+    if response.status_code == 206 and "/" in content_range and declared.isascii() and declared.isdigit():
+        total = int(declared[:40])  # 40 digits or more is refused as too large either way
+    elif response.status_code == 200 and start == 0:
+        length = response.headers.get("Content-Length", "")
+        total = int(length[:40]) if length.isascii() and length.isdigit() else None
+    data = bytearray()
+    if response.status_code == 200 and start > 0:
+        raise _RangeIgnored(url)
+    for chunk in response.iter_bytes():
+        data += chunk[: end - start - len(data)]
+        if len(data) >= end - start:
+            break
     return bytes(data), total
+
+
+class _BodyLost(Exception):
+    pass
 
 
 class _RangeIgnored(Exception):
@@ -407,8 +425,9 @@ def _hub_errors(given: str, repo_id: str, rev: str, endpoint: str) -> Iterator[N
             raise _error(what, given, f"the Hub answered {status} (a server error)", network) from exc
         raise _error(what, given, f"the Hub refused the request ({status}: {printable(str(exc).splitlines()[0])})",
                      "Check HF_TOKEN and the id; retry later if it says too many requests.") from exc
-    except (httpx2.TransportError, _RangeIgnored) as exc:
-        why = "it ignored a range request (it would send whole shards)" if isinstance(exc, _RangeIgnored) else f"{type(exc).__name__}: {exc}"
+    except (httpx2.TransportError, _RangeIgnored, _BodyLost) as exc:
+        why = ("it ignored a range request (it would send whole shards)" if isinstance(exc, _RangeIgnored)
+               else str(exc) if isinstance(exc, _BodyLost) else f"{type(exc).__name__}: {exc}")
         raise _error(what, given, f"cannot reach {endpoint} ({printable(why)})", network) from exc
 
 
