@@ -594,3 +594,13 @@ async def test_markup_names_a_truncated_file_and_a_costly_search(tmp_path):
         assert "cannot read it: Input changed during the run" in panel(app, "values")
         await pilot.press("q")
     assert app.return_code == 0
+
+
+def test_statistics_blocks_name_each_adapter_tensor():
+    """One role list for the detail's rows and the statistics' titles: lora_B's weight and its bias
+    (lora_bias) were both titled "adapter lora_B"."""
+    from inspector.explore.app import _what
+
+    names = [f"base_model.model.q_proj.{r}" for r in ("lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_magnitude_vector")]
+    assert [_what("adapter", n) for n in names] == ["adapter lora_A", "adapter lora_B", "adapter lora_B.bias", "adapter lora_magnitude"]
+    assert _what("adapter", "base_model.model.lm_head.modules_to_save.default.weight") == "adapter copy" and _what("base", "x") == "base"

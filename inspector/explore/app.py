@@ -22,7 +22,7 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from inspector.errors import InspectorError
-from inspector.explore.model import Entry, Exploration, Node, side_by_side
+from inspector.explore.model import Entry, Exploration, Node, role, side_by_side
 from inspector.units import human_bytes, human_count, printable, shape_str
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
@@ -486,10 +486,4 @@ def _stats_text(results) -> Table:
 
 def _what(side: str, name: str) -> str:
     """Which tensor a block of statistics is about: the base's, or the adapter's (its role)."""
-    if side == "base":
-        return "base"
-    tail = name.removeprefix("base_model.model.")
-    for role in ("lora_embedding_A", "lora_embedding_B", "lora_A", "lora_B", "lora_magnitude_vector", "trainable_tokens_delta"):
-        if f".{role}" in tail:
-            return f"adapter {role}"
-    return "adapter copy"
+    return "base" if side == "base" else f"adapter {role(name) or 'copy'}"

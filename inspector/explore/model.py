@@ -349,8 +349,17 @@ def side_by_side(entry: Entry) -> list[Row]:
     return [shape, dtype, *extra, Row("bytes", human_bytes(info.nbytes), human_bytes(adapter_bytes) if adapter_bytes else "")]
 
 
+_ROLES = ("lora_embedding_A", "lora_embedding_B", "lora_A", "lora_B", "lora_magnitude_vector", "trainable_tokens_delta")
+
+
+def role(name: str) -> str | None:
+    """What an adapter tensor is to its module (lora_A, lora_B.bias, lora_magnitude, ...); None for a
+    full copy (modules_to_save) or a key no PEFT layout explains."""
+    for r in _ROLES:
+        if f".{r}" in name:
+            return "lora_B.bias" if r == "lora_B" and name.endswith(".bias") else r.removesuffix("_vector")
+    return None
+
+
 def _role(info: TensorInfo) -> str:
-    for role in ("lora_embedding_A", "lora_embedding_B", "lora_A", "lora_B", "lora_magnitude_vector"):
-        if f".{role}" in info.name:
-            return "lora_B.bias" if role == "lora_B" and info.name.endswith(".bias") else role.removesuffix("_vector")
-    return "tensor"
+    return role(info.name) or "tensor"
