@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,12 +78,13 @@ class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
-                 cut_ranges: bool = False):
+                 cut_ranges: bool = False, stall_ranges: float = 0.0):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
         self.endless_range_error = endless_range_error
         self.cut_ranges = cut_ranges  # range answers promise their bytes and send half (the connection drops)
+        self.stall_ranges = stall_ranges  # seconds each range request waits before its answer (a stalled server)
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -194,6 +196,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             headers = {"X-Repo-Commit": commit, "ETag": f'"{_etag(content)}"', "Accept-Ranges": "bytes",
                        "Content-Type": "application/octet-stream"}
             wanted = self.headers.get("Range") if hub.ranges else None
+            if wanted is not None and hub.stall_ranges:
+                time.sleep(hub.stall_ranges)
             if wanted is not None and hub.endless_range_error is not None:
                 return self._endless(hub.endless_range_error, repo_id, name)
             if wanted is None:

@@ -585,3 +585,62 @@ def test_a_connection_lost_mid_header_is_the_network_not_an_internal_error(capsy
         rc, _, err = run(capsys, "scan", "acme/base")
     assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {hub.url} (RemoteProtocolError while reading the response",
                  "This is the network or the Hub, not the model")
+
+
+def test_a_stalled_server_fails_at_the_first_header_not_after_every_one(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # 100 shards, every range request stalled past the timeout: the run ends once the first header fails,
+    # instead of waiting for each queued header to time out and retry in turn (Executor.map cancels the rest).
+    import time
+
+    from huggingface_hub import constants
+
+    from inspector.io import hub as hubmod
+
+    names = [f"model-{i:05d}-of-00100.safetensors" for i in range(1, 101)]
+    files: dict[str, bytes | Path] = dict.fromkeys(names, struct.pack("<Q", 2) + b"{}")
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {f"w{i}": n for i, n in enumerate(names)}}).encode()
+    with HubServer({"acme/stalled": Repo({"main": files})}, stall_ranges=1.0) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.2)
+        monkeypatch.setattr(hubmod, "_RETRIES", 0)
+        started = time.monotonic()
+        rc, _, err = run(capsys, "scan", "acme/stalled")
+        took = time.monotonic() - started
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/stalled': cannot reach {hub.url}", "This is the network or the Hub, not the model")
+    assert took < 2.0, took  # 100 timeouts of 0.2 s over at most 8 workers: 2.5 s and more
+
+
+def test_gated_repo_with_the_token_file_of_hf_auth_login(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # No HF_TOKEN: the token `hf auth login` stored is sent, on the model info, the small files and the range reads.
+    with HubServer({"acme/gated": Repo({"main": repo_files(seed_dir / "base")}, gated=True)}) as hub:
+        home = point_at(monkeypatch, tmp_path, hub.url).parent
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "token").write_text("hf_from_the_token_file\n")
+        rc, out, err = run(capsys, "scan", "acme/gated", "--format", "json")
+        assert hub.served.bytes[("acme/gated", "model.safetensors")] == header_bytes(seed_dir / "base" / "model.safetensors")
+    assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["remote"]["headers"] == ["model.safetensors"]
+
+
+def test_sigterm_mid_read_leaves_no_stub(tmp_path, seed_dir) -> None:
+    # The CLI stopped while headers are in flight: exit 143, the stub directory removed.
+    import signal
+    import time
+
+    names = [f"model-{i:05d}-of-00008.safetensors" for i in range(1, 9)]
+    files: dict[str, bytes | Path] = dict.fromkeys(names, struct.pack("<Q", 2) + b"{}")
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {f"w{i}": n for i, n in enumerate(names)}}).encode()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with HubServer({"acme/slow": Repo({"main": files})}, stall_ranges=3.0) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), TMPDIR=str(tmp))
+        proc = subprocess.Popen([sys.executable, "-m", "inspector", "scan", "acme/slow"], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not stubs_in(tmp) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stubs_in(tmp), "no stub directory appeared"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert stubs_in(tmp) == []
