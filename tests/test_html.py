@@ -186,6 +186,7 @@ def test_every_command_page_loads_offline_and_sorts(capsys, browser: Browser, tm
         "diff": (["diff", base, adapter], 1),
         "check-many": (["check", base, adapter, adapter, "--target", "vllm"], 1),
         "merge": (["merge", base, adapter, "--out", tmp_path / "merged", "--device", "cpu", "--quiet"], 0),
+        "resize": (["resize", base, "--like", adapter, "--out", tmp_path / "resized", "--quiet"], 0),
     }
     for name, (argv, code) in runs.items():
         path = tmp_path / f"{name}.html"
