@@ -644,3 +644,26 @@ def test_sigterm_mid_read_leaves_no_stub(tmp_path, seed_dir) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert stubs_in(tmp) == []
+
+
+def test_python_api_from_several_threads(monkeypatch, tmp_path, seed_dir, seed_hub) -> None:
+    # docs/api.md: calls from several threads are independent (each its own remote-read block and stubs).
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    from inspector.api import check, report, scan
+
+    def one(i: int) -> tuple[int, int]:
+        if i % 2:
+            return report(scan("acme/base@v2"))["checkpoints"][0]["config"]["vocab_size"], 0
+        doc = report(check("acme/base", "acme/adapter"))
+        return doc["base"]["config"]["vocab_size"], doc["summary"]["error"]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(8)))
+    assert results == [(32000, 2), (64, 0)] * 4
+    assert stubs_in(tmp) == []
