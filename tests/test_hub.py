@@ -430,10 +430,15 @@ def test_api_calls_leave_no_stub_directories(monkeypatch, tmp_path, seed_dir, se
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     from inspector.api import check, report, scan
 
-    for _ in range(2):
+    import atexit
+
+    report(check("acme/base", "acme/adapter"))
+    handlers = atexit._ncallbacks()
+    for _ in range(3):
         doc = report(check("acme/base", "acme/adapter"))
         assert doc["summary"]["error"] == 2 and doc["base"]["remote"]["headers"] == ["model.safetensors"]
         assert stubs_in(tmp) == []
+    assert atexit._ncallbacks() == handlers  # not one more exit handler per call
     assert report(scan("acme/base@v2"))["checkpoints"][0]["config"]["vocab_size"] == 64 and stubs_in(tmp) == []
 
 

@@ -92,6 +92,7 @@ class RemoteRead:
 
 _STUBS: dict[Path, RemoteRead] = {}  # stub directory -> what was read into it
 _LOCK = threading.Lock()
+_AT_EXIT = False  # _cleanup registered with atexit
 
 
 def offline() -> bool:
@@ -159,9 +160,11 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         sizes = {s.rfilename: _declared(s.size) for s in (info.siblings or []) if _safe_name(s.rfilename)}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
         root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
+        global _AT_EXIT
         with _LOCK:
-            if not _STUBS:
+            if not _AT_EXIT:  # once: stubs now go at the end of each block, and the registry empties often
                 atexit.register(_cleanup)
+                _AT_EXIT = True
             _STUBS[root] = remote  # registered at once: removed at exit whatever happens
         try:
             remote = _fill(root, remote, sizes, given)
