@@ -78,13 +78,14 @@ class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
-                 cut_ranges: bool = False, stall_ranges: float = 0.0):
+                 cut_ranges: bool = False, stall_ranges: float = 0.0, latency: float = 0.0):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
         self.endless_range_error = endless_range_error
         self.cut_ranges = cut_ranges  # range answers promise their bytes and send half (the connection drops)
         self.stall_ranges = stall_ranges  # seconds each range request waits before its answer (a stalled server)
+        self.latency = latency  # seconds every request waits before its answer (a round trip to a distant Hub)
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -145,6 +146,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.do_GET()
 
         def do_GET(self) -> None:
+            if hub.latency:
+                time.sleep(hub.latency)
             if hub.status is not None:
                 return self._send(hub.status, b"upstream unavailable", {"Content-Type": "text/plain"})
             path = unquote(urlsplit(self.path).path)

@@ -672,3 +672,19 @@ def test_python_api_from_several_threads(monkeypatch, tmp_path, seed_dir, seed_h
         results = list(pool.map(one, range(8)))
     assert results == [(32000, 2), (64, 0)] * 4
     assert stubs_in(tmp) == []
+
+
+def test_small_files_are_fetched_together_not_one_round_trip_after_another(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # 0.1 s per request (a distant Hub): 7 small files of 3 requests each (a HEAD for the size, then
+    # hf_hub_download's HEAD and GET) one after another would take 2.1 s; in flight together, well under.
+    import time
+
+    repos = {"acme/base": Repo({"main": repo_files(seed_dir / "base")}), "acme/adapter": Repo({"main": repo_files(seed_dir / "adapter")})}
+    with HubServer(repos, latency=0.1) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        started = time.monotonic()
+        rc, out, err = run(capsys, "check", "acme/base", "acme/adapter", "--format", "json")
+        took = time.monotonic() - started
+    doc = json.loads(out)
+    assert (rc, err) == (1, "") and len(doc["base"]["remote"]["downloaded"]) + len(doc["adapter"]["remote"]["downloaded"]) == 7
+    assert took < 2.0, took

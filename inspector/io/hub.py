@@ -197,36 +197,35 @@ def _forget(root: Path) -> None:
 
 
 def _fill(root: Path, remote: RemoteRead, sizes: dict[str, int | None], given: str) -> RemoteRead:
-    """Download the small files, pick the weight file read_checkpoint would, range-read its header(s)."""
-    downloaded, cached = [], []
-    transferred = 0
-    for name in SMALL_FILES:
-        if name in sizes:
-            got = _small_file(root, remote, name, sizes[name], given)
-            (cached if got is None else downloaded).append(name)
-            transferred += got or 0
+    """Pick the weight file read_checkpoint would, download the small files (and the index), range-read the header(s)."""
     names = _ADAPTER_FILES if "adapter_config.json" in sizes else _MODEL_FILES
     entry = next((n for n in names if n in sizes), None)
     if entry is None:
         loose = [n for n in sizes if n.endswith(".safetensors") and "/" not in n]
         entry = loose[0] if len(loose) == 1 else None
-    if entry is None:
-        _placeholders(root, sizes)  # names only: read_checkpoint's own words for a repository it cannot read
-        return replace(remote, downloaded=tuple(downloaded), cached=tuple(cached), bytes_transferred=transferred)
-    if entry.endswith((".bin", ".bin.index.json")):
-        raise _bin_only(given, remote, entry)
-    shards = [entry]
-    if entry.endswith(".index.json"):
-        got = _small_file(root, remote, entry, sizes[entry], given)
-        (cached if got is None else downloaded).append(entry)
-        transferred += got or 0
-        shards = _index_shards(root / entry, sizes)
-        if len(shards) > MAX_SHARDS:
-            raise _error("Cannot read Hub repository", given, f"its index names {len(shards)} shards, more than the {MAX_SHARDS} a header check reads remotely",
-                         f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+    if entry is not None and entry.endswith((".bin", ".bin.index.json")):
+        raise _bin_only(given, remote, entry)  # before downloading anything: the hint downloads it all
+    small = [n for n in SMALL_FILES if n in sizes] + ([entry] if entry is not None and entry.endswith(".index.json") else [])
+    pool = ThreadPoolExecutor(max_workers=_WORKERS)
+    try:
+        # In flight together: each is a HEAD for its size, then a HEAD and a GET in hf_hub_download.
+        got = list(pool.map(lambda name: _small_file(root, remote, name, sizes[name], given), small))
+        downloaded = tuple(n for n, g in zip(small, got) if g is not None)
+        cached = tuple(n for n, g in zip(small, got) if g is None)
+        transferred = sum(g or 0 for g in got)
+        if entry is None:
+            _placeholders(root, sizes)  # names only: read_checkpoint's own words for a repository it cannot read
+            return replace(remote, downloaded=downloaded, cached=cached, bytes_transferred=transferred)
+        shards = [entry]
+        if entry.endswith(".index.json"):
+            shards = _index_shards(root / entry, sizes)
+            if len(shards) > MAX_SHARDS:
+                raise _error("Cannot read Hub repository", given, f"its index names {len(shards)} shards, more than the {MAX_SHARDS} a header check reads remotely",
+                             f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
         transferred += sum(pool.map(lambda name: _header(root, remote, name, sizes[name], given), shards))
-    return replace(remote, downloaded=tuple(downloaded), cached=tuple(cached), headers=tuple(shards), bytes_transferred=transferred)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return replace(remote, downloaded=downloaded, cached=cached, headers=tuple(shards), bytes_transferred=transferred)
 
 
 def _placeholders(root: Path, sizes: dict[str, int | None]) -> None:
