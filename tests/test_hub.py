@@ -688,3 +688,11 @@ def test_small_files_are_fetched_together_not_one_round_trip_after_another(capsy
     doc = json.loads(out)
     assert (rc, err) == (1, "") and len(doc["base"]["remote"]["downloaded"]) + len(doc["adapter"]["remote"]["downloaded"]) == 7
     assert took < 2.0, took
+
+
+def test_a_small_file_not_of_the_size_announced(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # HEAD says 5 bytes, the body is the whole config.json: huggingface_hub's consistency check, as an Error/Hint about the Hub.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")}, declared={"config.json": 5})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, "Cannot read Hub repository for 'acme/base': downloading config.json failed: Consistency check failed", "This is the network or the Hub, not the model")

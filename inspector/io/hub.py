@@ -270,8 +270,16 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
         if dry.file_size is not None and dry.file_size > MAX_SMALL_FILE:
             raise too_large(dry.file_size)
     # No progress bar: on a terminal each download left a blank line on stderr before the report.
-    local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout(),
-                            tqdm_class=silent_tqdm)
+    try:
+        local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout(),
+                                tqdm_class=silent_tqdm)
+    except OSError as exc:
+        if exc.errno is not None:  # the system's (a full disk, permissions): the CLI's words for those
+            raise
+        # huggingface_hub's own (e.g. "Consistency check failed": the body was not the size announced)
+        why = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise _error("Cannot read Hub repository", given, f"downloading {name} failed: {why}",
+                     f"This is the network or the Hub, not the model: retry; the endpoint is {remote.endpoint} (HF_ENDPOINT).") from exc
     got = os.path.getsize(local)
     if got > MAX_SMALL_FILE:
         raise too_large(got)
