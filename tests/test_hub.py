@@ -488,7 +488,7 @@ def test_small_file_size_is_checked_before_download_not_only_as_listed(capsys, m
         rc, _, err = run(capsys, "scan", "acme/liar")
         served = dict(hub.served.bytes)
     size = (seed_dir / "adapter" / "tokenizer.json").stat().st_size
-    assert_error(rc, err, f"Cannot read Hub repository for 'acme/liar': tokenizer.json is {size} bytes, more than the 100000 a header check downloads",
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/liar': tokenizer.json is {size} bytes or more, more than the 100000 a header check downloads",
                  "`hf download acme/liar`")
     assert served.get(("acme/liar", "tokenizer.json"), 0) == 0
 
@@ -696,3 +696,17 @@ def test_a_small_file_not_of_the_size_announced(capsys, monkeypatch, tmp_path, s
         point_at(monkeypatch, tmp_path, hub.url)
         rc, _, err = run(capsys, "scan", "acme/base")
     assert_error(rc, err, "Cannot read Hub repository for 'acme/base': downloading config.json failed: Consistency check failed", "This is the network or the Hub, not the model")
+
+
+def test_a_small_file_that_runs_past_the_limit_is_cut_off(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # Listing and HEAD both say 10 bytes; the GET sends the whole 2.3 MB: stopped past the limit, not downloaded to the end.
+    from inspector.io import hub as hubmod
+
+    monkeypatch.setattr(hubmod, "MAX_SMALL_FILE", 100_000)
+    with HubServer({"acme/liar": Repo({"main": repo_files(seed_dir / "adapter")}, listed={"tokenizer.json": 10}, declared={"tokenizer.json": 10})}) as hub:
+        cache = point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/liar")
+    assert_error(rc, err, "Cannot read Hub repository for 'acme/liar': tokenizer.json is ", "`hf download acme/liar`")
+    assert "bytes or more, more than the 100000 a header check downloads" in err
+    kept = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 100_000 + 10_485_760]
+    assert kept == []

@@ -256,7 +256,7 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     from inspector.io.paths import hub_cache
 
     def too_large(size: int) -> InvalidInputError:
-        return _error("Cannot read Hub repository", given, f"{name} is {size} bytes, more than the {MAX_SMALL_FILE} a header check downloads",
+        return _error("Cannot read Hub repository", given, f"{name} is {size} bytes or more, more than the {MAX_SMALL_FILE} a header check downloads",
                       f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
 
     if size is not None and size > MAX_SMALL_FILE:
@@ -272,7 +272,9 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     # No progress bar: on a terminal each download left a blank line on stderr before the report.
     try:
         local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout(),
-                                tqdm_class=silent_tqdm)
+                                tqdm_class=_capped(silent_tqdm))
+    except _TooLarge as exc:  # the body went on past the limit, whatever the HEAD announced
+        raise too_large(exc.args[0]) from None
     except OSError as exc:
         if exc.errno is not None:  # the system's (a full disk, permissions): the CLI's words for those
             raise
@@ -287,6 +289,27 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(local, target)  # a copy, not a link: read_checkpoint refuses links leading out of a checkpoint
     return None if isinstance(before, str) else got
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _capped(base: type) -> type:
+    """A silent progress bar for hf_hub_download that stops the download once more than
+    MAX_SMALL_FILE bytes came (a server can announce one size in its HEAD and send another)."""
+
+    class Capped(base):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.received = 0
+
+        def update(self, n: int | float | None = 1) -> None:
+            self.received += int(n or 0)
+            if self.received > MAX_SMALL_FILE:
+                raise _TooLarge(self.received)
+
+    return Capped
 
 
 def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given: str) -> int:
