@@ -78,12 +78,12 @@ class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
-                 cut_ranges: bool = False, stall_ranges: float = 0.0, latency: float = 0.0):
+                 cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
         self.endless_range_error = endless_range_error
-        self.cut_ranges = cut_ranges  # range answers promise their bytes and send half (the connection drops)
+        self.cut_ranges = cut_ranges  # the first N range answers promise their bytes and send half (the connection drops)
         self.stall_ranges = stall_ranges  # seconds each range request waits before its answer (a stalled server)
         self.latency = latency  # seconds every request waits before its answer (a round trip to a distant Hub)
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
@@ -215,7 +215,12 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
             end = min(int(match.group(2)) + 1 if match.group(2) else size, size)
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{repo.declared.get(name, size)}"
-            if hub.cut_ranges:
+            cut = False
+            with hub._lock:
+                if hub.cut_ranges > 0:
+                    hub.cut_ranges -= 1
+                    cut = True
+            if cut:
                 return self._cut(_read(content, start, end), headers, repo_id, name)
             self._send(206, _read(content, start, end), headers, repo=repo_id, name=name)
 

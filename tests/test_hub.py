@@ -584,10 +584,14 @@ def test_an_endless_error_body_on_a_range_read_is_not_read(capsys, monkeypatch, 
 
 
 def test_a_connection_lost_mid_header_is_the_network_not_an_internal_error(capsys, monkeypatch, tmp_path, seed_dir) -> None:
-    # The server promises the header's bytes and hangs up halfway: an Error/Hint about the network.
-    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, cut_ranges=True) as hub:
+    # The server promises the header's bytes and hangs up halfway, every time: an Error/Hint about the network.
+    from inspector.io import hub as hubmod
+
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, cut_ranges=10**6) as hub:
         point_at(monkeypatch, tmp_path, hub.url)
+        monkeypatch.setattr(hubmod, "_RETRIES", 1)
         rc, _, err = run(capsys, "scan", "acme/base")
+        assert sum(1 for method, path in hub.served.requests if method == "GET" and path.endswith("/model.safetensors")) == 2  # retried once
     assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {hub.url} (RemoteProtocolError while reading the response",
                  "This is the network or the Hub, not the model")
 
@@ -710,3 +714,11 @@ def test_a_small_file_that_runs_past_the_limit_is_cut_off(capsys, monkeypatch, t
     assert "bytes or more, more than the 100000 a header check downloads" in err
     kept = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 100_000 + 10_485_760]
     assert kept == []
+
+
+def test_a_connection_lost_once_mid_header_is_retried(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # A CDN reset in the middle of a header: read again, the scan succeeds and matches the local one.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, cut_ranges=1) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "scan", "acme/base", "--format", "json")
+    assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] == 21

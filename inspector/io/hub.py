@@ -353,7 +353,21 @@ def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given
 def _range(url: str, start: int, end: int) -> tuple[bytes, int | None]:
     """Bytes [start, end) of ``url`` and the file's total size (from Content-Range), through
     huggingface_hub's session (token, endpoint, offline mode) with its backoff. Never reads more than
-    asked for, even from a server that ignores the range."""
+    asked for, even from a server that ignores the range. A connection lost mid-body is retried here
+    (huggingface_hub's backoff covers the request, not the body read inside it)."""
+    import time
+
+    for attempt in range(_RETRIES + 1):
+        try:
+            return _range_once(url, start, end)
+        except _BodyLost:
+            if attempt == _RETRIES:
+                raise
+            time.sleep(min(0.5 * 2**attempt, 4))
+    raise AssertionError("unreachable")
+
+
+def _range_once(url: str, start: int, end: int) -> tuple[bytes, int | None]:
     import httpx2
     from huggingface_hub.utils import build_hf_headers, http_stream_backoff
 
