@@ -78,7 +78,7 @@ class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
-                 cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0):
+                 cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0, fail_first: int = 0):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
@@ -86,6 +86,7 @@ class HubServer:
         self.cut_ranges = cut_ranges  # the first N range answers promise their bytes and send half (the connection drops)
         self.stall_ranges = stall_ranges  # seconds each range request waits before its answer (a stalled server)
         self.latency = latency  # seconds every request waits before its answer (a round trip to a distant Hub)
+        self.fail_first = fail_first  # the first N model-info requests answered 503 (a moment's outage)
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -148,6 +149,12 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if hub.latency:
                 time.sleep(hub.latency)
+            failing = False
+            if self.path.startswith("/api/models/"):
+                with hub._lock:
+                    failing, hub.fail_first = hub.fail_first > 0, max(0, hub.fail_first - 1)
+            if failing:
+                return self._send(503, b"upstream unavailable", {"Content-Type": "text/plain"})
             if hub.status is not None:
                 return self._send(hub.status, b"upstream unavailable", {"Content-Type": "text/plain"})
             path = unquote(urlsplit(self.path).path)

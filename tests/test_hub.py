@@ -319,8 +319,11 @@ def test_network_down_says_it_is_the_network(capsys, monkeypatch, tmp_path) -> N
 
 
 def test_server_errors_say_it_is_the_hub(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    from inspector.io import hub as hubmod
+
     with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, status=503) as hub:
         point_at(monkeypatch, tmp_path, hub.url)
+        monkeypatch.setattr(hubmod, "_RETRIES", 1)  # the backoff's waits: 0.5 s, not 3.5 s
         rc, _, err = run(capsys, "scan", "acme/base")
     assert_error(rc, err, "Cannot read Hub repository for 'acme/base': the Hub answered 503 (a server error)", "This is the network or the Hub, not the model")
 
@@ -721,4 +724,14 @@ def test_a_connection_lost_once_mid_header_is_retried(capsys, monkeypatch, tmp_p
     with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, cut_ranges=1) as hub:
         point_at(monkeypatch, tmp_path, hub.url)
         rc, out, err = run(capsys, "scan", "acme/base", "--format", "json")
+    assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] == 21
+
+
+def test_a_moments_outage_of_the_model_info_api_is_retried(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # The model-info request answered 503 once: retried (huggingface_hub retries downloads, not model_info), the scan succeeds.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, fail_first=1) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "scan", "acme/base", "--format", "json")
+        model_info = [path for _, path in hub.served.requests if path.startswith("/api/models/acme/base")]
+        assert len(model_info) == 2  # the 503, then the answer
     assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] == 21

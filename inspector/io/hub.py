@@ -155,7 +155,7 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
     if mode is not None and key in mode.reads:  # read once per run: check's error path locates an adapter again
         return mode.reads[key]
     with _hub_errors(given, repo_id, rev, endpoint):
-        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=rev, files_metadata=True, timeout=_timeout())
+        info = _model_info(HfApi(endpoint=endpoint), repo_id, rev)
         commit = info.sha if isinstance(info.sha, str) and info.sha.isascii() and info.sha.isalnum() else rev
         sizes = {s.rfilename: _declared(s.size) for s in (info.siblings or []) if _safe_name(s.rfilename)}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
@@ -176,6 +176,26 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         if mode is not None:
             mode.reads[key] = root
         return root
+
+
+def _model_info(api, repo_id: str, rev: str):
+    """``api.model_info`` with the retries huggingface_hub gives downloads but not this call: a
+    moment's 5xx, 429 or dropped connection is not the end of a CI run."""
+    import time
+
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(_RETRIES + 1):
+        try:
+            return api.model_info(repo_id, revision=rev, files_metadata=True, timeout=_timeout())
+        except (HfHubHTTPError, httpx2.TransportError) as exc:
+            response = getattr(exc, "response", None)
+            status = response.status_code if isinstance(exc, HfHubHTTPError) and response is not None else None
+            if attempt == _RETRIES or not (isinstance(exc, httpx2.TransportError) or status == 429 or (status or 0) >= 500):
+                raise
+            time.sleep(min(0.5 * 2**attempt, 4))
+    raise AssertionError("unreachable")
 
 
 def _declared(size: object) -> int | None:
