@@ -313,7 +313,10 @@ def test_network_down_says_it_is_the_network(capsys, monkeypatch, tmp_path) -> N
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    from inspector.io import hub as hubmod
+
     point_at(monkeypatch, tmp_path, url)
+    monkeypatch.setattr(hubmod, "_RETRIES", 1)  # retried (a moment's outage), then said: 0.5 s of backoff, not 3.5 s
     rc, _, err = run(capsys, "scan", "acme/base")
     assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {url}", "This is the network or the Hub, not the model")
 
@@ -451,12 +454,15 @@ def test_a_server_that_never_answers_is_a_timeout_not_a_hang(capsys, monkeypatch
 
     from huggingface_hub import constants
 
+    from inspector.io import hub as hubmod
+
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the backlog; nothing ever answers
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         point_at(monkeypatch, tmp_path, url)
         monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)
+        monkeypatch.setattr(hubmod, "_RETRIES", 0)
         result = []
         worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
         worker.start()
