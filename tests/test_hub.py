@@ -741,3 +741,28 @@ def test_a_moments_outage_of_the_model_info_api_is_retried(capsys, monkeypatch, 
         model_info = [path for _, path in hub.served.requests if path.startswith("/api/models/acme/base")]
         assert len(model_info) == 2  # the 503, then the answer
     assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] == 21
+
+
+def test_the_small_files_a_remote_read_cached_do_not_make_a_cached_checkpoint(capsys, monkeypatch, tmp_path, llama_sharded, seed_dir) -> None:
+    # After a remote scan the cache holds config.json, the tokenizer files and the sharded index at the
+    # commit, refs/main included: commands that read tensor data still say "download it first", and
+    # --offline still says it is not cached (a snapshot counts only with its weights, every shard of the index).
+    from inspector.errors import InvalidInputError
+    from inspector.io.paths import locate
+
+    with HubServer({"acme/sharded": Repo({"main": repo_files(llama_sharded.path)}), "acme/adapter": Repo({"main": repo_files(seed_dir / "adapter")})}) as hub:
+        cache = point_at(monkeypatch, tmp_path, hub.url)
+        for repo in ("acme/sharded", "acme/adapter"):
+            rc, _, err = run(capsys, "scan", repo)
+            assert (rc, err) == (0, "")
+        snapshot = next((cache / "models--acme--sharded" / "snapshots").iterdir())
+        assert "model.safetensors.index.json" in {p.name for p in snapshot.iterdir()}
+        for repo in ("acme/sharded", "acme/adapter"):
+            with pytest.raises(InvalidInputError, match="no Hub snapshot of it with its weights in the cache"):
+                locate(repo)
+            rc, _, err = run(capsys, "scan", repo, "--offline")
+            assert_error(rc, err, f"Cannot read checkpoint for '{repo}': it is not in the local Hugging Face cache", "`hf download")
+        requests = len(hub.served.requests)
+        rc, _, err = run(capsys, "merge", "acme/sharded", "acme/adapter", "--out", tmp_path / "merged", "--device", "cpu")
+        assert_error(rc, err, "no Hub snapshot of it with its weights in the cache", "hf download acme/sharded")
+        assert len(hub.served.requests) == requests
