@@ -766,3 +766,22 @@ def test_the_small_files_a_remote_read_cached_do_not_make_a_cached_checkpoint(ca
         rc, _, err = run(capsys, "merge", "acme/sharded", "acme/adapter", "--out", tmp_path / "merged", "--device", "cpu")
         assert_error(rc, err, "no Hub snapshot of it with its weights in the cache", "hf download acme/sharded")
         assert len(hub.served.requests) == requests
+
+
+@pytest.mark.parametrize("how", ["argument", "env-after-import", "constants"])
+def test_python_api_offline_with_huggingface_hub_already_imported(monkeypatch, tmp_path, seed_hub, how) -> None:
+    # A training script imported huggingface_hub (transformers does) before it calls the API: offline=True,
+    # HF_HUB_OFFLINE set after that import, or huggingface_hub's own offline constant all mean no request.
+    from huggingface_hub import constants
+
+    from inspector.api import check
+    from inspector.errors import InspectorError
+
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    if how == "env-after-import":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if how == "constants":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InspectorError, match="it is not in the local Hugging Face cache"):
+        check("acme/base", "acme/adapter", offline=how == "argument")
+    assert seed_hub.served.requests == []
