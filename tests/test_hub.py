@@ -785,3 +785,16 @@ def test_python_api_offline_with_huggingface_hub_already_imported(monkeypatch, t
     with pytest.raises(InspectorError, match="it is not in the local Hugging Face cache"):
         check("acme/base", "acme/adapter", offline=how == "argument")
     assert seed_hub.served.requests == []
+
+
+def test_shard_names_that_collide_as_file_and_directory(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # "a.safetensors" and "a.safetensors/b.safetensors" both listed and indexed: one of them cannot be laid out.
+    shard = seed_dir / "base" / "model.safetensors"
+    names = ["a.safetensors", "a.safetensors/b.safetensors"]
+    files: dict[str, bytes | Path] = dict.fromkeys(names, shard)
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {f"w{i}": n for i, n in enumerate(names)}}).encode()
+    with HubServer({"acme/clash": Repo({"main": files})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/clash")
+    assert rc == 2 and err.startswith("Error: Cannot read Hub repository for 'acme/clash': cannot lay out a.safetensors"), err
+    assert "Traceback" not in err and "lora-inspector-hub-" not in err
