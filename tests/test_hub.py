@@ -798,3 +798,26 @@ def test_shard_names_that_collide_as_file_and_directory(capsys, monkeypatch, tmp
         rc, _, err = run(capsys, "scan", "acme/clash")
     assert rc == 2 and err.startswith("Error: Cannot read Hub repository for 'acme/clash': cannot lay out a.safetensors"), err
     assert "Traceback" not in err and "lora-inspector-hub-" not in err
+
+
+def test_the_download_progress_class_serves_the_xet_path_too() -> None:
+    # hf_hub_download hands tqdm_class to its xet download path (hf_xet installed, xet-backed files on the
+    # real Hub), which calls set_postfix_str, refresh, close, total and format_dict on it: a bare silent
+    # class there was an AttributeError (an internal error) on the real Hub only. Still silent and capped.
+    import logging
+
+    from huggingface_hub.utils import tqdm as hf_tqdm
+    from huggingface_hub.utils.tqdm import _create_progress_bar
+
+    from inspector.io import hub as hubmod
+
+    bar = _create_progress_bar(cls=hubmod._capped(hf_tqdm), log_level=logging.WARNING, name="huggingface_hub.xet_get", desc="tokenizer.json",
+                               total=10, unit="B", unit_scale=True, position=1, leave=True)
+    bar.update(5)
+    bar.set_postfix_str("1 MB/s", refresh=False)
+    bar.total = 20
+    bar.refresh()
+    assert bar.format_dict.get("rate") is None and bar.disable
+    bar.close()
+    with pytest.raises(hubmod._TooLarge):
+        bar.update(hubmod.MAX_SMALL_FILE)

@@ -271,7 +271,7 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     """Download ``name`` into the Hugging Face cache (unless there) and copy it into the stub; the bytes
     transferred, or None when it was already cached."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import silent_tqdm
+    from huggingface_hub.utils import tqdm as hf_tqdm
 
     from inspector.io.paths import hub_cache
 
@@ -292,7 +292,7 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
     # No progress bar: on a terminal each download left a blank line on stderr before the report.
     try:
         local = hf_hub_download(remote.repo_id, name, revision=remote.commit, cache_dir=cache, endpoint=remote.endpoint, etag_timeout=_timeout(),
-                                tqdm_class=_capped(silent_tqdm))
+                                tqdm_class=_capped(hf_tqdm))
     except _TooLarge as exc:  # the body went on past the limit, whatever the HEAD announced
         raise too_large(exc.args[0]) from None
     except OSError as exc:
@@ -316,18 +316,21 @@ class _TooLarge(Exception):
 
 
 def _capped(base: type) -> type:
-    """A silent progress bar for hf_hub_download that stops the download once more than
+    """A progress bar for hf_hub_download, always disabled (huggingface_hub's own class, so that its
+    xet download path finds every method it calls), that stops the download once more than
     MAX_SMALL_FILE bytes came (a server can announce one size in its HEAD and send another)."""
 
     class Capped(base):
         def __init__(self, *args, **kwargs) -> None:
+            kwargs["disable"] = True
             super().__init__(*args, **kwargs)
             self.received = 0
 
-        def update(self, n: int | float | None = 1) -> None:
+        def update(self, n: int | float | None = 1):
             self.received += int(n or 0)
             if self.received > MAX_SMALL_FILE:
                 raise _TooLarge(self.received)
+            return super().update(n)
 
     return Capped
 
