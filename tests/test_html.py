@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from inspector.cli import main
-from inspector.report.htmlfmt import page
+from inspector.report.htmlpage import page
 from tests.chromium import Browser, find_chromium
 from tests.hostile import write_raw
 from tests.models import Built
