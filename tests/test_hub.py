@@ -73,6 +73,19 @@ def comparable(report: dict, names: dict[str, str]) -> str:
     return text
 
 
+def scan_within(seconds: float, why: str) -> int:
+    """``scan acme/base`` in a thread, failing with ``why`` if it has not ended after ``seconds``
+    (a hung read must fail the test, not hang the suite)."""
+    import threading
+
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, why
+    return result[0]
+
+
 def assert_error(rc: int, err: str, message: str, hint: str) -> None:
     assert rc == 2, err
     lines = [line for line in err.splitlines() if line.startswith(("Error:", "Hint:"))]
@@ -450,7 +463,6 @@ def test_api_calls_leave_no_stub_directories(monkeypatch, tmp_path, seed_dir, se
 
 def test_a_server_that_never_answers_is_a_timeout_not_a_hang(capsys, monkeypatch, tmp_path) -> None:
     # huggingface_hub's client has no timeout of its own: a server that accepts and stays silent hung forever.
-    import threading
 
     from huggingface_hub import constants
 
@@ -463,13 +475,9 @@ def test_a_server_that_never_answers_is_a_timeout_not_a_hang(capsys, monkeypatch
         point_at(monkeypatch, tmp_path, url)
         monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)
         monkeypatch.setattr(hubmod, "_RETRIES", 0)
-        result = []
-        worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
-        worker.start()
-        worker.join(20)
-        assert result, "scan hung on a silent server"
+        rc = scan_within(20, "scan hung on a silent server")
     _, err = capsys.readouterr()
-    assert_error(result[0], err, f"Cannot read Hub repository for 'acme/base': cannot reach {url}", "This is the network or the Hub, not the model")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': cannot reach {url}", "This is the network or the Hub, not the model")
 
 
 def test_sizes_the_server_declares_are_bounded(capsys, monkeypatch, tmp_path, seed_dir) -> None:
@@ -579,17 +587,12 @@ def test_no_progress_noise_on_a_terminal(tmp_path, seed_dir) -> None:
 
 def test_an_endless_error_body_on_a_range_read_is_not_read(capsys, monkeypatch, tmp_path, seed_dir) -> None:
     # A 403 without Content-Length whose body never ends: judged by its status, never read to the end.
-    import threading
 
     with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, endless_range_error=403) as hub:
         point_at(monkeypatch, tmp_path, hub.url)
-        result = []
-        worker = threading.Thread(target=lambda: result.append(main(["scan", "acme/base"])), daemon=True)
-        worker.start()
-        worker.join(20)
-        assert result, "scan read an endless error body"
+        rc = scan_within(20, "scan read an endless error body")
     _, err = capsys.readouterr()
-    assert_error(result[0], err, "Cannot read Hub repository for 'acme/base': the Hub refused the request (403", "Check HF_TOKEN and the id")
+    assert_error(rc, err, "Cannot read Hub repository for 'acme/base': the Hub refused the request (403", "Check HF_TOKEN and the id")
 
 
 def test_a_connection_lost_mid_header_is_the_network_not_an_internal_error(capsys, monkeypatch, tmp_path, seed_dir) -> None:
