@@ -172,7 +172,7 @@ SLOW_COMPUTE = textwrap.dedent(
             calls.append(1)
             if len(calls) == 3:
                 print("computing", flush=True)
-                time.sleep(3)  # a slow block: the thread finishes it, then sees the stop
+                time.sleep(1.5)  # a slow block: the thread finishes it, then sees the stop
         return real(self, *args, **kwargs)
 
     TensorReader.read_rows = slow
