@@ -125,31 +125,29 @@ def _whole(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan,
 class _Arena:
     """Block buffers reused across blocks and tensors, one per role: a fresh 64 MB buffer per block
     cost a page fault per 4 KB page (glibc maps and unmaps large blocks) and made every write() of
-    it dearer (3.76 GB case on 2 cores: 4.4 M minor faults, 17 s of system time). With ``pinned``
-    (the merge computes on a GPU) host buffers are page-locked, so the copies to and from the device
-    are DMA at the bus's speed; pinning is slow, hence done once per buffer, never per block."""
+    it dearer (3.76 GB case on 2 cores: 4.4 M minor faults, 17 s of system time). ``pin``: a host
+    buffer the GPU copies to or from, page-locked so the copy is DMA at the bus's speed; pinning is
+    slow, hence done once per buffer, never per block."""
 
-    def __init__(self, *, pinned: bool = False) -> None:
+    def __init__(self) -> None:
         self._bufs: dict[tuple[str, str], object] = {}
         self._turns: dict[str, int] = {}
-        self._pinned = pinned
 
-    def get(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu"):
+    def get(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu", *, pin: bool = False):
         """A contiguous tensor of ``shape``, its contents undefined (the caller fills all of it)."""
         import torch
 
         nbytes = math.prod(shape) * dtype.itemsize
         buf = self._bufs.get((role, dev))
         if buf is None or buf.numel() < nbytes:
-            pin = self._pinned and dev == "cpu"
-            buf = self._bufs[(role, dev)] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=dev, pin_memory=pin)
+            buf = self._bufs[(role, dev)] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=dev, pin_memory=pin and dev == "cpu")
         return buf[:nbytes].view(dtype).view(shape)
 
-    def slot(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu"):
+    def slot(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu", *, pin: bool = False):
         """``get`` for a block handed to the writer: one of ``SLOTS`` buffers of this role in turn, so
         that a block is not overwritten while it waits in the read-ahead queue or is being written."""
         turn = self._turns[role] = (self._turns.get(role, -1) + 1) % SLOTS
-        return self.get(f"{role}{turn}", dtype, shape, dev)
+        return self.get(f"{role}{turn}", dtype, shape, dev, pin=pin)
 
 
 def _copied(job: Job, reader: TensorReader, info, step: int, arena: _Arena) -> Iterator:
@@ -207,7 +205,7 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
 
     from inspector.io.loader import torch_dtype
 
-    arena = arena or _Arena(pinned=plan.device != "cpu")
+    arena = arena or _Arena()
     dev, out_dtype = plan.device, torch_dtype(job.dtype)
     rows = job.shape[0]
     row_numel = max(1, math.prod(job.shape[1:]))
@@ -226,7 +224,8 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
     tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), dev)) for idx, info in job.tokens]
     block_shape = (min(step, rows), *job.shape[1:])
     wbuf = arena.get("w", torch.float32, block_shape, dev)
-    raw = arena.get("raw", torch.uint8, (block_shape[0] * (source.nbytes // max(1, source.shape[0])),)) if whole is None else None
+    raw_bytes = block_shape[0] * (source.nbytes // max(1, source.shape[0]))
+    raw = arena.get("raw", torch.uint8, (raw_bytes,), pin=dev != "cpu") if whole is None else None  # read, then sent to dev
 
     def rows_fp32(r0: int, r1: int):
         w = wbuf[: r1 - r0]
@@ -253,11 +252,13 @@ def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan
             hit = (idx >= r0) & (idx < r1)
             if bool(hit.any()):
                 w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
-        out = arena.slot("out", out_dtype, block_shape, dev)[: r1 - r0]
+        # On the CPU the block goes to the writer as it is (a slot); on a GPU it is copied back
+        # (synchronously) into a pinned host slot, so one device buffer does (.cpu() allocated one a block).
+        out = (arena.slot("out", out_dtype, block_shape) if dev == "cpu" else arena.get("out", out_dtype, block_shape, dev))[: r1 - r0]
         out.copy_(w)  # round to the output dtype: the bits of w.to(out_dtype)
         _finite(out, job, w)
-        if dev != "cpu":  # back into a reused, pinned host buffer (a plain .cpu() allocates one a block)
-            out = arena.slot("host", out_dtype, block_shape)[: r1 - r0].copy_(out)
+        if dev != "cpu":
+            out = arena.slot("host", out_dtype, block_shape, pin=True)[: r1 - r0].copy_(out)
         yield out
 
 
@@ -268,7 +269,7 @@ def _in_rows(job: Job, plan: MergePlan) -> bool:
 
 def _produced(plan: MergePlan, base: TensorReader, adapter: TensorReader, seed: int) -> Iterator:
     """Every job's data in plan order: a whole tensor, or its row blocks followed by ``_END``."""
-    arena = _Arena(pinned=plan.device != "cpu")
+    arena = _Arena()
     for job in plan.jobs:
         if _in_rows(job, plan):
             yield from _blocks(job, base, adapter, plan, seed, arena)

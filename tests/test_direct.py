@@ -65,13 +65,13 @@ def test_same_bytes_as_a_plain_write(tmp_path: Path) -> None:
 
 
 def _accepts_direct(folder: Path) -> bool:
+    probe = folder / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
-    except OSError:
-        return False
-    os.close(fd)
-    (folder / "probe").unlink()
-    return direct_mod.wanted()
+        return direct_mod.wanted() and direct_mod._set_direct(fd)
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 def test_creates_like_open_xb(tmp_path: Path) -> None:
@@ -82,19 +82,40 @@ def test_creates_like_open_xb(tmp_path: Path) -> None:
         DirectFile(tmp_path / "direct")
 
 
-def test_open_refused_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.open
+def test_refused_when_set_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fcntl.fcntl
 
-    def no_direct(path, flags, *args):  # as tmpfs before Linux 6.6 and some FUSE filesystems answer
-        if flags & os.O_DIRECT:
+    def no_direct(fd, cmd, arg=0):  # as tmpfs before Linux 6.6, ramfs and some FUSE filesystems answer
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real(path, flags, *args)
+        return real(fd, cmd, arg)
 
-    monkeypatch.setattr(direct_mod.os, "open", no_direct)
+    monkeypatch.setattr(direct_mod.fcntl, "fcntl", no_direct)
     pieces = _pieces(1)
     f = _write(tmp_path / "a", pieces)
     assert f.direct is False
     assert (tmp_path / "a").read_bytes() == b"".join(pieces)
+
+
+def test_a_filesystem_without_o_direct(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # ramfs refuses O_DIRECT, and Linux refuses O_CREAT|O_EXCL|O_DIRECT there only after creating
+    # the file: opening with the flag and retrying without it met "File exists" on every shard.
+    disk = work / "ramfs"
+    _mount(disk, "ramfs", "")
+    try:
+        pieces = _pieces(3)
+        f = _write(disk / "a", pieces)
+        assert f.direct is False and (disk / "a").read_bytes() == b"".join(pieces)
+        (disk / "a").unlink()
+        big = shutil.disk_usage(work)  # ramfs reports no size at all: as a disk with room
+        monkeypatch.setattr("inspector.io.outdir.shutil.disk_usage", lambda p: big)
+        assert merge(capsys, work / "base", work / "adapter", disk / "merged")[0] == 0
+        monkeypatch.setenv("LORA_INSPECTOR_NO_DIRECT", "1")
+        assert merge(capsys, work / "base", work / "adapter", work / "plain")[0] == 0
+        assert _merged(disk / "merged") == _merged(work / "plain")
+        assert sorted(p.name for p in disk.iterdir()) == ["merged"]  # nothing stray beside it
+    finally:
+        subprocess.run(["umount", str(disk)], check=False, capture_output=True)
 
 
 def test_write_refused_falls_back_mid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,13 +166,14 @@ def test_merge_output_is_the_same_through_the_fallback(capsys, work: Path, monke
     assert _merged(work / "direct") == _merged(work / "plain")
 
 
-def _mount_tmpfs(where: Path, size: int) -> None:
+def _mount(where: Path, fstype: str, options: str) -> None:
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+        pytest.skip(f"mounting a {fstype} needs root and mount(8)")
     where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=False, capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", fstype, *(["-o", options] if options else []), fstype, str(where)],
+                          check=False, capture_output=True, text=True)
     if proc.returncode:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {proc.stderr.strip()}")
+        pytest.skip(f"mount -t {fstype} is not permitted here: {proc.stderr.strip()}")
 
 
 def test_disk_full_in_the_middle_of_a_merge(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -159,7 +181,7 @@ def test_disk_full_in_the_middle_of_a_merge(capsys, work: Path, monkeypatch: pyt
     # another process fills the disk after the check): the kernel's ENOSPC arrives mid-shard.
     model_bytes = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
     disk = work / "disk"
-    _mount_tmpfs(disk, max(4096, model_bytes // 2 // 4096 * 4096))
+    _mount(disk, "tmpfs", f"size={max(4096, model_bytes // 2 // 4096 * 4096)}")
     try:
         monkeypatch.setattr(direct_mod, "BUFFER_BYTES", SMALL)
         free = shutil.disk_usage(disk)

@@ -23,7 +23,7 @@ def test_reused_block_buffers_give_the_bytes_of_fresh_ones(case: Case, request: 
     monkeypatch.setattr(merge_mod, "CHUNK_BYTES", 256)  # 1-4 rows a block
     merge_json(capsys, base, adapter, tmp_path / "reused", *case.args)
     with monkeypatch.context() as m:
-        m.setattr(merge_mod._Arena, "slot", lambda self, role, dtype, shape, dev="cpu": merge_mod._Arena().get(role, dtype, shape, dev))
+        m.setattr(merge_mod._Arena, "slot", lambda self, role, dtype, shape, dev="cpu", pin=False: merge_mod._Arena().get(role, dtype, shape, dev, pin=pin))
         merge_json(capsys, base, adapter, tmp_path / "fresh", *case.args)
     reused, fresh = _files(tmp_path / "reused"), _files(tmp_path / "fresh")
     assert reused.keys() == fresh.keys()

@@ -8,10 +8,11 @@ device's block size, while a safetensors shard is a header of any length followe
 size; so the bytes are gathered in one page-aligned buffer (an anonymous mmap) and written a whole
 buffer at a time, and only the last, partial buffer goes through the page cache.
 
-Falls back, with the same bytes on disk, wherever O_DIRECT is refused: at open (filesystems
-without it answer EINVAL) or at a write (EINVAL for alignment the device does not accept): the
-flag is cleared on the open file and the same write is made again. ``LORA_INSPECTOR_NO_DIRECT=1``
-turns it off altogether.
+Falls back, with the same bytes on disk, wherever O_DIRECT is refused: when it is set on the new
+file (filesystems without it answer EINVAL) or at a write (EINVAL for alignment the device does not
+accept): the flag is cleared on the open file and the same write is made again.
+``LORA_INSPECTOR_NO_DIRECT=1`` turns it off altogether (for NFS, say, where every direct write waits
+for the server).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD; 0 elsewhere (macOS has
 
 
 def wanted() -> bool:
-    return bool(_O_DIRECT) and os.environ.get("LORA_INSPECTOR_NO_DIRECT", "") in ("", "0")
+    """O_DIRECT unless the platform lacks it or ``LORA_INSPECTOR_NO_DIRECT`` is set (to anything
+    but empty, 0, false, no or off). Set it on NFS, where each direct write is a round trip."""
+    off = os.environ.get("LORA_INSPECTOR_NO_DIRECT", "").strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(_O_DIRECT) and not off
 
 
 class DirectFile:
@@ -36,16 +40,17 @@ class DirectFile:
     O_DIRECT is still in use (tests and the benchmark read it)."""
 
     def __init__(self, path: str | Path, *, buffer_bytes: int | None = None) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        self.direct = wanted()
+        # Created plainly, O_DIRECT added after: a filesystem without it (tmpfs before Linux 6.6,
+        # ramfs, some FUSE) refuses O_CREAT|O_EXCL|O_DIRECT with EINVAL only after creating the file.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            self._fd = os.open(path, flags | (_O_DIRECT if self.direct else 0), 0o666)
-        except OSError as exc:
-            if not self.direct or exc.errno != errno.EINVAL:
-                raise
-            self.direct = False  # the filesystem has no O_DIRECT (tmpfs before Linux 6.6, some FUSE)
-            self._fd = os.open(path, flags, 0o666)
-        self._map = mmap.mmap(-1, buffer_bytes or BUFFER_BYTES)  # anonymous: page-aligned, as O_DIRECT needs
+            self.direct = wanted() and _set_direct(self._fd)
+            # private and anonymous: page-aligned, as O_DIRECT needs, and never shared with a child
+            self._map = mmap.mmap(-1, buffer_bytes or BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
+        except BaseException:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+            raise
         self._buf = memoryview(self._map)
         self._fill = 0
 
@@ -76,7 +81,7 @@ class DirectFile:
         """Closes without writing what is still buffered: callers flush first (and fsync), while an
         aborted write throws the bytes away anyway."""
         fd, self._fd = self._fd, -1
-        if self._map is not None:
+        if getattr(self, "_map", None) is not None:
             try:
                 self._buf.release()
                 self._map.close()
@@ -102,7 +107,22 @@ class DirectFile:
                 done += n
         self._fill = 0
 
+    def __del__(self) -> None:  # a writer dropped without abort(): no descriptor left behind
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
     def _buffered(self) -> None:
         if self.direct:
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
             self.direct = False
+
+
+def _set_direct(fd: int) -> bool:
+    """Turn O_DIRECT on for ``fd``; False where the filesystem refuses it (EINVAL)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    return True
