@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -80,22 +81,51 @@ def settings(ctx: click.Context, **overrides) -> Settings:
     return merged
 
 
+def _special(path: str, target: Path) -> bool:
+    """A character device or pipe (written into), or a path whose links pass through /dev or /proc
+    (e.g. a link to /proc/self/fd/1). A block device is refused: a report over a partition."""
+    try:
+        mode = target.stat().st_mode  # links followed
+    except OSError:
+        return False  # nothing there yet (or unreadable): the rename says what is wrong
+    if stat.S_ISBLK(mode):
+        raise UsageError("Refusing to write report", path, "it is a block device (a disk or a partition)", "Pass a file path to --output.")
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return True
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if hop.startswith(("/dev/", "/proc/")):
+            return True
+        if not os.path.islink(hop):
+            return False
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+    return False
+
+
+def _write_into(path: str, opener, text: str) -> None:
+    try:
+        with opener() as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UsageError("Cannot write report", path, exc.strerror or str(exc), "Pass an --output path you can write to.") from exc
+
+
+# The descriptors a path can name: /dev/stdout, /dev/fd/3, /proc/self/fd/1 (written to as inherited).
+_FD_PATH = re.compile(r"/dev/(?:std(out)|std(err)|fd/(\d{1,9}))|/proc/self/fd/(\d{1,9})")
+
+
 def _write_output(path: str, text: str) -> None:
     """Write a report beside its target and rename it in, so a failed run never leaves half a file.
-    A device, pipe or socket (``/dev/null``, ``/dev/stdout``, ``>(gzip)``) is written to as it is:
-    renaming a file over it would replace the device itself (as root, ``/dev/null`` for everyone)."""
+    A path to a descriptor, device or pipe is written into instead: renaming a file over it would
+    replace it (as root, /dev/null or /dev/stdout for everyone)."""
     target = Path(path)
-    try:
-        special = not stat.S_ISREG(target.stat().st_mode) and not target.is_dir()  # links followed
-    except OSError:
-        special = False  # nothing there yet (or unreadable): the rename below says what is wrong
-    if special:
-        try:
-            with open(target, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            raise UsageError("Cannot write report", path, exc.strerror or str(exc), "Pass an --output path you can write to.") from exc
-        return
+    fd = _FD_PATH.fullmatch(os.path.abspath(path))
+    if fd:  # what the shell redirected (a file, a pipe, a socket): write to the descriptor itself
+        sys.stdout.flush()
+        number = 1 if fd.group(1) else 2 if fd.group(2) else int(fd.group(3) or fd.group(4))
+        return _write_into(path, lambda: os.fdopen(os.dup(number), "w", encoding="utf-8"), text)
+    if _special(path, target):
+        return _write_into(path, lambda: open(target, "w", encoding="utf-8"), text)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError("Cannot write report", path, f"the directory '{folder}' does not exist", "Create the directory first, or pass another --output path.")

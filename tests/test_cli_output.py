@@ -511,3 +511,38 @@ def test_output_to_a_pipe_or_device_writes_into_it(capsys, tmp_path: Path, seed_
     rc, out, err = run(capsys, "scan", seed_dir / "base", "--format", "json", "--output", null)
     assert rc == 0, err
     assert stat.S_ISCHR(null.stat().st_mode) and out == ""
+
+
+def test_output_to_stdout_paths_writes_into_the_redirected_file(tmp_path: Path, seed_dir: Path) -> None:
+    # `--output /dev/stdout > r.json` (a CI habit): /dev/stdout leads through /proc/self/fd/1 to
+    # the redirected regular file, so it did not look special and the report was renamed over the
+    # path itself. Here through /proc/self/fd/1 and a link to it (renaming over those cannot harm
+    # the machine should this regress, unlike /dev/stdout as root).
+    import os
+    import subprocess
+    import sys
+
+    link = tmp_path / "link"
+    link.symlink_to("/proc/self/fd/1")
+    for target in ("/proc/self/fd/1", str(link)):
+        out = tmp_path / "out.json"
+        with open(out, "w") as fh:
+            proc = subprocess.run([sys.executable, "-m", "inspector", "scan", str(seed_dir / "base"), "--format", "json", "--output", target],
+                                  stdout=fh, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(out.read_text())["command"] == "scan"
+        assert os.readlink(link) == "/proc/self/fd/1"  # still the link, not a report
+
+
+def test_output_to_a_block_device_is_refused(capsys, tmp_path: Path, seed_dir: Path) -> None:
+    import os
+    import stat
+
+    disk = tmp_path / "disk"
+    try:
+        os.mknod(disk, 0o600 | stat.S_IFBLK, os.makedev(7, 255))  # a loop device's numbers
+    except PermissionError:
+        pytest.skip("making a block device needs root")
+    rc, out, err = run(capsys, "scan", seed_dir / "base", "--output", disk)
+    assert rc == 2 and "it is a block device" in err and "Hint:" in err
+    assert stat.S_ISBLK(disk.stat().st_mode)
