@@ -214,6 +214,16 @@ def test_markdown_names_from_files_stay_text(capsys: pytest.CaptureFixture[str],
     assert text.count(evil.replace("`", "")) == 3
 
 
+def test_markdown_code_spans_keep_names_whole() -> None:
+    from markdown_it import MarkdownIt
+
+    from inspector.report.markdown import _code
+
+    md = MarkdownIt("commonmark")
+    for name in ("x", " x ", "`a`", "a``b", "   ", "a|b"):
+        assert md.renderInline(_code(name)) == f"<code>{html.escape(name, quote=False)}</code>", name
+
+
 def test_scan_and_diff_github(capsys: pytest.CaptureFixture[str], llama: Built, llama_grown: Built, llama_sharded: Built, tmp_path: Path) -> None:
     rc, out, _ = run(capsys, "scan", llama.path, "--format", "github")
     assert rc == 0

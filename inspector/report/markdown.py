@@ -55,7 +55,9 @@ def _code(value: object) -> str:
     inside, and pad with a space where the text starts or ends with one."""
     text = printable(str(value)).replace("\n", " ")
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    # CommonMark strips one space from each end of a span that has text: pad where an end is a
+    # backtick or a space, so " x " stays distinct from "x"
+    pad = " " if text.strip(" ") and (text[:1] in "` " or text[-1:] in "` ") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
