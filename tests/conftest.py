@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.hostile_corpus import copy_dir
 from tests.models import Built, make_bert, make_gpt2, make_llama, make_lora_adapter, make_qwen2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,3 +147,12 @@ def lora_gpt2(models_root: Path, gpt2: Built) -> Built:
 @pytest.fixture(scope="session")
 def lora_bert(models_root: Path, bert: Built) -> Built:
     return make_lora_adapter(bert.path, models_root / "lora_bert", r=2, lora_alpha=4, target_modules=["query", "value"])
+
+
+@pytest.fixture
+def work(tmp_path: Path, llama: Built, lora_llama: Built) -> Path:
+    """A private copy of ``llama`` (``base/``) and ``lora_llama`` (``adapter/``) in ``tmp_path``, so
+    a test may break them, and ``snapshot(tmp_path)`` sees every input."""
+    copy_dir(llama.path, tmp_path / "base")
+    copy_dir(lora_llama.path, tmp_path / "adapter")
+    return tmp_path

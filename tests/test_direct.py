@@ -21,7 +21,7 @@ import pytest
 import inspector.io.direct as direct_mod
 from inspector.io.direct import DirectFile
 from tests.hostile_corpus import snapshot
-from tests.test_hostile import REPO, assert_error, merge, work  # noqa: F401 (fixture)
+from tests.test_hostile import REPO, assert_error, merge
 
 SMALL = 8192  # a buffer of two 4 KiB blocks: every size below crosses many buffer boundaries
 
@@ -97,7 +97,7 @@ def test_refused_when_set_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert (tmp_path / "a").read_bytes() == b"".join(pieces)
 
 
-def test_a_filesystem_without_o_direct(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_filesystem_without_o_direct(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # ramfs refuses O_DIRECT, and Linux refuses O_CREAT|O_EXCL|O_DIRECT there only after creating
     # the file: opening with the flag and retrying without it met "File exists" on every shard.
     disk = work / "ramfs"
@@ -158,7 +158,7 @@ def _merged(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_merge_output_is_the_same_through_the_fallback(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_merge_output_is_the_same_through_the_fallback(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(direct_mod, "BUFFER_BYTES", SMALL)  # many direct writes even for a tiny model
     assert merge(capsys, work / "base", work / "adapter", work / "direct")[0] == 0
     monkeypatch.setenv("LORA_INSPECTOR_NO_DIRECT", "1")
@@ -176,7 +176,7 @@ def _mount(where: Path, fstype: str, options: str) -> None:
         pytest.skip(f"mount -t {fstype} is not permitted here: {proc.stderr.strip()}")
 
 
-def test_disk_full_in_the_middle_of_a_merge(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_disk_full_in_the_middle_of_a_merge(capsys, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A disk with room for half of the model, which the free-space check is told is plenty (as when
     # another process fills the disk after the check): the kernel's ENOSPC arrives mid-shard.
     model_bytes = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
@@ -220,7 +220,7 @@ SLOW_COMPUTE = textwrap.dedent(
 )
 
 
-def test_ctrl_c_while_the_compute_thread_runs(work: Path) -> None:  # noqa: F811
+def test_ctrl_c_while_the_compute_thread_runs(work: Path) -> None:
     out = work / "merged"
     before = snapshot(work)
     argv = ["merge", str(work / "base"), str(work / "adapter"), "--out", str(out), "--device", "cpu"]

@@ -53,13 +53,6 @@ def assert_clean_error(rc: int, err: str, *needles: str) -> None:
 
 
 @pytest.fixture
-def work(tmp_path: Path, llama: Built, lora_llama: Built) -> Path:
-    copy_dir(llama.path, tmp_path / "base")
-    copy_dir(lora_llama.path, tmp_path / "adapter")
-    return tmp_path
-
-
-@pytest.fixture
 def old_out(work: Path) -> Path:
     out = work / "merged"
     out.mkdir()

@@ -602,32 +602,28 @@ MODEL_PINS = {
 }
 
 
-def test_fuzz_adapter_config(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
-    runner = Runner(capsys, "adapter_config")
-    cases = _cases(runner.family, 60, ADAPTER_PINS)
+def _fuzz_config(capsys, tmp_path: Path, llama: Built, lora_llama: Built, family: str, count: int, pins, side: str, fields) -> None:
+    """Mutate one config file (``side``: the copy of the base or of the adapter) per case and run the standard commands."""
+    runner = Runner(capsys, family)
+    cases = _cases(runner.family, count, pins)
     for case in cases:
         work = _fresh(tmp_path, case)
         base = copy_dir(llama.path, work / "base")
         adapter = copy_dir(lora_llama.path, work / "adapter")
-        file = adapter / "adapter_config.json"
-        what = case.pin(case.rng, file) if case.pin else mutate_json_file(case.rng, file, ADAPTER_FIELDS, CONFIG_VALUES)
-        runner.standard(case, what, base, adapter, adapter, lora_llama.path, work)
+        owner, original = (base, llama.path) if side == "base" else (adapter, lora_llama.path)
+        file = owner / f"{family}.json"
+        what = case.pin(case.rng, file) if case.pin else mutate_json_file(case.rng, file, fields, CONFIG_VALUES)
+        runner.standard(case, what, base, adapter, owner, original, work)
         shutil.rmtree(work)
     _finish(runner, cases)
+
+
+def test_fuzz_adapter_config(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
+    _fuzz_config(capsys, tmp_path, llama, lora_llama, "adapter_config", 60, ADAPTER_PINS, "adapter", ADAPTER_FIELDS)
 
 
 def test_fuzz_model_config(capsys, tmp_path: Path, llama: Built, lora_llama: Built) -> None:
-    runner = Runner(capsys, "config")
-    cases = _cases(runner.family, 40, MODEL_PINS)
-    for case in cases:
-        work = _fresh(tmp_path, case)
-        base = copy_dir(llama.path, work / "base")
-        adapter = copy_dir(lora_llama.path, work / "adapter")
-        file = base / "config.json"
-        what = case.pin(case.rng, file) if case.pin else mutate_json_file(case.rng, file, MODEL_FIELDS, CONFIG_VALUES)
-        runner.standard(case, what, base, adapter, base, llama.path, work)
-        shutil.rmtree(work)
-    _finish(runner, cases)
+    _fuzz_config(capsys, tmp_path, llama, lora_llama, "config", 40, MODEL_PINS, "base", MODEL_FIELDS)
 
 
 # ---- (d) tokenizer files -----------------------------------------------------------------------------------------

@@ -85,14 +85,6 @@ def merge(capsys, base: Path, adapter: Path, out: Path, *extra: object) -> tuple
 
 
 @pytest.fixture
-def work(tmp_path: Path, llama: Built, lora_llama: Built) -> Path:
-    """A private copy of the base and the adapter, so that ``snapshot(tmp_path)`` sees every input."""
-    copy_dir(llama.path, tmp_path / "base")
-    copy_dir(lora_llama.path, tmp_path / "adapter")
-    return tmp_path
-
-
-@pytest.fixture
 def sentinel(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path.parent / f"{tmp_path.name}-pwned"  # outside the snapshot: its absence is asserted apart
     yield path

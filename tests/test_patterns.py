@@ -25,7 +25,7 @@ from inspector.errors import InvalidInputError, UsageError
 from inspector.patterns import MAX_CHAIN, Matcher, PatternRefused, compile_bounded, refusal
 from inspector.scan import scan
 from tests.failures import assert_no_report
-from tests.hostile_corpus import copy_dir, deadline, edit_json_file, snapshot
+from tests.hostile_corpus import deadline, edit_json_file, snapshot
 from tests.models import Built
 
 CAMPAIGN = ".*" * 12 + "Z"  # 25 characters; re.fullmatch took 75 s on the 31-character name below
@@ -93,13 +93,6 @@ def _assert_refused(rc: int, out: str, err: str, config: Path, field: str, patte
 def _evil_config(adapter: Path, field: str, pattern: str) -> None:
     value = {pattern: 2} if field.endswith("pattern") else pattern
     edit_json_file(adapter / "adapter_config.json", **{field: value})
-
-
-@pytest.fixture
-def work(tmp_path: Path, llama: Built, lora_llama: Built) -> Path:
-    copy_dir(llama.path, tmp_path / "base")
-    copy_dir(lora_llama.path, tmp_path / "adapter")
-    return tmp_path
 
 
 # ---- the campaign case, through the real CLI ------------------------------------------------------------------
