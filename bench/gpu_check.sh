@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one prepared run for a session that is lent a device:
-#   1. the CUDA tests (pytest -m gpu: merges on --device cuda vs PEFT on the CPU, the writer on CUDA tensors)
+#   1. the CUDA tests (pytest -m gpu: merges on --device cuda vs PEFT on the CPU, also in many row blocks
+#      through the CUDA streams (tests/test_merge_streams.py); the writer on CUDA tensors)
 #   2. the GPU merge benchmark (bench/merge_bench.py --device cuda: builds the spec's 3.6 GB case once)
 # Uses the python on PATH (the device machine has torch, transformers, peft, ... preinstalled).
 #   bash bench/gpu_check.sh [LOGDIR]      logs to LOGDIR (default: $OUT when set, else bench/out/gpu-check)

@@ -5,10 +5,16 @@ repaired, grow the vocabulary to the size the adapter implies, and turn every ad
 work on one output tensor. Execution, here, reads one row block at a time, computes in fp32 on the
 device, casts back, checks that the result is finite and hands it to the shared writer: peak
 memory is one tensor's block (the vocabulary growth statistics aside), never the model.
+
+Reading and computing run in one thread, writing in the caller's (``_Ahead``). On a GPU the blocks
+also go through three CUDA streams (``_overlapped``, inspector/streams.py), so that the disk read
+of one block overlaps the copies and kernels of the one before.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import math
 import queue
@@ -32,6 +38,8 @@ from inspector.repair import MERGE_INITS, grow, initializer_range
 CHUNK_BYTES = STREAM_BLOCK_BYTES  # fp32 bytes of one row block (check's memory plan uses the same)
 AHEAD = 2  # blocks the compute thread may run ahead of the writer
 SLOTS = AHEAD + 2  # output buffers in turn: those queued, the one being written, the one being filled
+DEPTH = 2  # row blocks in flight on a GPU: one copied in, computed and copied out while the next is read
+HOST_SLOTS = AHEAD + 1 + DEPTH  # GPU output blocks in turn: those queued, the one being written, those in flight
 _END = object()  # after a tensor's last row block
 Progress = Callable[[int, int], None]  # (bytes done now, total bytes)
 
@@ -94,12 +102,16 @@ def _finite(t, job: Job, fp32=None) -> None:
     output dtype (fp16 tops out at 65504) from NaN/Inf that came with the inputs."""
     if not t.is_floating_point() or _all_finite(t):
         return
-    if fp32 is not None and _all_finite(fp32):
+    _refuse_non_finite(job, t.dtype, float(fp32.abs().max()) if fp32 is not None and _all_finite(fp32) else None)
+
+
+def _refuse_non_finite(job: Job, dtype, top: float | None) -> None:
+    """``top``: the largest magnitude of the fp32 values when they were all finite (an overflow)."""
+    if top is not None:
         import torch
 
-        top = float(fp32.abs().max())
         raise InvalidInputError("Refusing to write an overflowed result", job.name,
-                                f"merged values up to {top:.4g} do not fit {job.dtype} (largest {torch.finfo(t.dtype).max:.6g})",
+                                f"merged values up to {top:.4g} do not fit {job.dtype} (largest {torch.finfo(dtype).max:.6g})",
                                 "Write a wider dtype: --dtype bf16 (same range as fp32) or --dtype fp32; nothing was written.")
     raise InvalidInputError("Refusing to write a non-finite result", job.name, "the merged tensor contains NaN or Inf", "Check the adapter and the base for NaN/Inf values (`lora-inspector diff --values`); nothing was written.")
 
@@ -143,10 +155,10 @@ class _Arena:
             buf = self._bufs[(role, dev)] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=dev, pin_memory=pin and dev == "cpu")
         return buf[:nbytes].view(dtype).view(shape)
 
-    def slot(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu", *, pin: bool = False):
-        """``get`` for a block handed to the writer: one of ``SLOTS`` buffers of this role in turn, so
+    def slot(self, role: str, dtype, shape: tuple[int, ...], dev: str = "cpu", *, pin: bool = False, count: int = SLOTS):
+        """``get`` for a block handed to the writer: one of ``count`` buffers of this role in turn, so
         that a block is not overwritten while it waits in the read-ahead queue or is being written."""
-        turn = self._turns[role] = (self._turns.get(role, -1) + 1) % SLOTS
+        turn = self._turns[role] = (self._turns.get(role, -1) + 1) % count
         return self.get(f"{role}{turn}", dtype, shape, dev, pin=pin)
 
 
@@ -198,68 +210,178 @@ def _delta_adder(job: Job, adapter: TensorReader, dev: str, arena: _Arena, step:
     return loras, add
 
 
-def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int, arena: _Arena | None = None) -> Iterator:
-    """Row blocks of a 2-D+ output tensor, in the output dtype, on the CPU. Every block is a view of
-    a buffer the next block reuses: the consumer writes it out before asking for the next."""
+class _Rows:
+    """One 2-D+ job's row-block arithmetic (LoRA deltas, DoRA, trainable tokens), the same for the
+    serial loop (CPU) and the overlapped one (GPU). Set up once per job: the adapter's matrices on
+    the device, the reused fp32 block buffer, DoRA's column norms when they need a first pass."""
+
+    def __init__(self, job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int, arena: _Arena) -> None:
+        import torch
+
+        from inspector.io.loader import torch_dtype
+
+        self.job, self.arena, self.dev, self.out_dtype = job, arena, plan.device, torch_dtype(job.dtype)
+        rows = self.rows = job.shape[0]
+        row_numel = max(1, math.prod(job.shape[1:]))
+        self.step = max(1, CHUNK_BYTES // (4 * row_numel))
+        self.block_shape = (min(self.step, rows), *job.shape[1:])
+        self.source, self._reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
+        # Rows nobody carries need the whole matrix for their statistics: read it once and slice it.
+        self._whole = _grown(job, base, plan, seed) if job.replace is None and rows > self.source.shape[0] else None
+        self.loras, self.add_deltas = _delta_adder(job, adapter, self.dev, arena, self.step)
+        self._dora = [d for d, _, _ in self.loras if d.magnitude is not None]
+        self._tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), self.dev)) for idx, info in job.tokens]
+        self.wbuf = arena.get("w", torch.float32, self.block_shape, self.dev)
+        self.raw_bytes = self.block_shape[0] * (self.source.nbytes // max(1, self.source.shape[0]))
+        # DoRA: W' = m / ||W + s B A|| * (W + s B A), the norm per output unit. For Linear that is a row
+        # (local to a block); for Conv1D and Embedding a column over all rows, hence a first pass.
+        self._column_norms = {d.module: _column_norms(self.rows_fp32, rows, self.step) for d in self._dora if d.transposed}
+        self._magnitudes = {d.module: _fp32(adapter.read(d.magnitude), self.dev) for d in self._dora}
+
+    def stored(self, r0: int, r1: int, into):
+        """The source rows [r0, r1) on the host as stored: read into the uint8 buffer ``into`` (a
+        view of it, except for a strided view's rows), or sliced from the grown matrix."""
+        if self._whole is not None:
+            return self._whole[r0:r1]
+        return self._reader.read_rows(self.source, r0, r1, into=into)
+
+    def rows_fp32(self, r0: int, r1: int):
+        """W + s B A for rows [r0, r1), in fp32 on the device, computed now (the serial path, and
+        DoRA's first pass on a GPU before the lanes start)."""
+        import torch
+
+        raw = None if self._whole is not None else self.arena.get("raw", torch.uint8, (self.raw_bytes,), pin=self.dev != "cpu")
+        src = self.stored(r0, r1, raw)
+        return self.widened(self.wbuf[: r1 - r0], src if self.dev == "cpu" else src.to(self.dev), r0, r1)
+
+    def widened(self, w, src, r0: int, r1: int):
+        """``w`` (fp32, on the device) set to the rows ``src`` and their LoRA deltas."""
+        w.copy_(src)  # exact widening: the bits of src.to(float32)
+        self.add_deltas(w, r0, r1)
+        return w
+
+    def finish(self, w, r0: int, r1: int) -> None:
+        """DoRA's scaling and the trainable tokens' rows, in place: device work only, no host sync."""
+        for d in self._dora:
+            m = self._magnitudes[d.module]
+            if d.transposed:
+                w.mul_((m / self._column_norms[d.module])[None, :])
+            else:
+                w.mul_((m[r0:r1] / w.norm(dim=1))[:, None])
+        for idx, delta in self._tokens:
+            hit = (idx >= r0) & (idx < r1)  # on the host: idx stays on the CPU
+            if bool(hit.any()):
+                at = hit.nonzero()[:, 0]
+                w.index_copy_(0, (idx[at] - r0).to(self.dev), delta.index_select(0, at.to(self.dev)))
+
+
+def _serial(rows: _Rows) -> Iterator:
+    """Each block read, computed and handed on in turn (the CPU): a view of one of the arena's
+    output slots, which the writer has written before the slot comes round again."""
+    job, arena = rows.job, rows.arena
+    for r0 in range(0, rows.rows, rows.step):
+        r1 = min(rows.rows, r0 + rows.step)
+        w = rows.rows_fp32(r0, r1)
+        rows.finish(w, r0, r1)
+        out = arena.slot("out", rows.out_dtype, rows.block_shape)[: r1 - r0]
+        out.copy_(w)  # round to the output dtype: the bits of w.to(out_dtype)
+        _finite(out, job, w)
+        yield out
+
+
+def _computed(rows: _Rows, w, src, out, stats, r0: int, r1: int) -> None:
+    """On the compute lane: block [r0, r1) from its rows on the device into ``out``, and the four
+    numbers the host checks it by (``_checked``): min and max of ``out`` and of the fp32 values."""
     import torch
 
-    from inspector.io.loader import torch_dtype
+    rows.finish(rows.widened(w, src, r0, r1), r0, r1)
+    out.copy_(w)
+    if out.numel():
+        lo, hi = torch.aminmax(out)
+        wlo, whi = torch.aminmax(w)
+        torch.stack((lo.float(), hi.float(), wlo, whi), out=stats)
+    else:
+        stats.zero_()
 
+
+def _copied_out(host, out, host_stats, stats) -> None:
+    """On the copy-out lane: the block and its four numbers into pinned host memory."""
+    host.copy_(out, non_blocking=True)
+    host_stats.copy_(stats, non_blocking=True)
+
+
+def _checked(job: Job, out_dtype, stats) -> None:
+    """``_finite`` from the block's min/max (``_computed``): the same refusals, the same message."""
+    lo, hi, wlo, whi = stats.tolist()
+    if math.isfinite(lo) and math.isfinite(hi):
+        return
+    _refuse_non_finite(job, out_dtype, max(abs(wlo), abs(whi)) if math.isfinite(wlo) and math.isfinite(whi) else None)
+
+
+def _overlapped(rows: _Rows, lanes) -> Iterator:
+    """The blocks through three CUDA streams (inspector/streams.py): block b's rows are read from
+    the disk into pinned buffer b % DEPTH while block b - 1 is copied in, computed and copied out.
+
+    Only three waits order a block: compute after its copy-in, copy-out after its compute, the host
+    after its copy-out before handing it on. Buffer set k is reused by block b only after block
+    b - DEPTH, its last user, was finished that way, so no buffer needs a wait of its own. Blocks
+    handed on are views of pinned ``host`` slots, HOST_SLOTS in turn."""
+    import torch
+
+    job, arena, dev, pin = rows.job, rows.arena, rows.dev, rows.dev != "cpu"
+    shape, out_dtype = rows.block_shape, rows.out_dtype
+    host_in = [arena.get(f"host-in{k}", torch.uint8, (rows.raw_bytes,), pin=pin) for k in range(DEPTH)]
+    dev_in = [arena.get(f"dev-in{k}", torch.uint8, (rows.raw_bytes,), dev) for k in range(DEPTH)]
+    dev_out = [arena.get(f"dev-out{k}", out_dtype, shape, dev) for k in range(DEPTH)]
+    host_stats = [arena.get(f"host-stats{k}", torch.float32, (4,), pin=pin) for k in range(DEPTH)]
+    dev_stats = [arena.get(f"dev-stats{k}", torch.float32, (4,), dev) for k in range(DEPTH)]
+    pending: collections.deque = collections.deque()  # (copied-out event, host block, host stats), oldest first
+
+    def finished():
+        copied_out, block, stats = pending.popleft()
+        lanes.host_wait(copied_out, "copied-out")
+        _checked(job, out_dtype, stats)
+        return block
+
+    lanes.start()
+    try:
+        for b, r0 in enumerate(range(0, rows.rows, rows.step)):
+            r1, k = min(rows.rows, r0 + rows.step), b % DEPTH
+            if len(pending) == DEPTH:
+                yield finished()  # block b - DEPTH: buffer set k is free from here on
+            src = rows.stored(r0, r1, host_in[k])
+            nbytes = src.numel() * src.element_size()
+            staged = host_in[k][:nbytes].view(src.dtype).view(src.shape)
+            if staged.data_ptr() != src.data_ptr():  # grown matrix, strided view: not read in place
+                staged.copy_(src)
+            src_dev = dev_in[k][:nbytes].view(src.dtype).view(src.shape)
+            lanes.copy_in.run(functools.partial(src_dev.copy_, staged, non_blocking=True))
+            lanes.compute.wait(lanes.copy_in.record(), "copied-in")
+            out = dev_out[k][: r1 - r0]
+            lanes.compute.run(functools.partial(_computed, rows, rows.wbuf[: r1 - r0], src_dev, out, dev_stats[k], r0, r1))
+            lanes.copy_out.wait(lanes.compute.record(), "computed")
+            block = arena.slot("host", out_dtype, shape, pin=pin, count=HOST_SLOTS)[: r1 - r0]
+            lanes.copy_out.run(functools.partial(_copied_out, block, out, host_stats[k], dev_stats[k]))
+            pending.append((lanes.copy_out.record(), block, host_stats[k]))
+        while pending:
+            yield finished()
+    finally:
+        lanes.drain()  # also when the merge stops early: no copy may outlive the buffers it writes
+
+
+def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int, arena: _Arena | None = None, lanes=None) -> Iterator:
+    """Row blocks of a 2-D+ output tensor, in the output dtype, on the CPU. Every block is a view of
+    a buffer a later block reuses: the consumer writes it out before asking for SLOTS more."""
     arena = arena or _Arena()
-    dev, out_dtype = plan.device, torch_dtype(job.dtype)
-    rows = job.shape[0]
-    row_numel = max(1, math.prod(job.shape[1:]))
-    step = max(1, CHUNK_BYTES // (4 * row_numel))
     # Copied through as stored (only the finite check): an untouched base tensor, or a full copy
     # from the adapter already in the output dtype and shape (an fp32 round trip gives the same bits).
     copy = job.replace is not None and not (job.deltas or job.tokens) and job.replace.dtype == job.dtype and job.replace.shape == job.shape
     if job.unchanged or copy:
+        step = max(1, CHUNK_BYTES // (4 * max(1, math.prod(job.shape[1:]))))
         yield from _copied(job, *((adapter, job.replace) if copy else (base, job.source)), step, arena)
         return
-    source, src_reader = (job.replace, adapter) if job.replace is not None else (job.source, base)
-    # Rows nobody carries need the whole matrix for their statistics: read it once and slice it.
-    whole = _grown(job, base, plan, seed) if job.replace is None and rows > source.shape[0] else None
-    loras, add_deltas = _delta_adder(job, adapter, dev, arena, step)
-    dora = [(d, A, B) for d, A, B in loras if d.magnitude is not None]
-    tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), dev)) for idx, info in job.tokens]
-    block_shape = (min(step, rows), *job.shape[1:])
-    wbuf = arena.get("w", torch.float32, block_shape, dev)
-    raw_bytes = block_shape[0] * (source.nbytes // max(1, source.shape[0]))
-    raw = arena.get("raw", torch.uint8, (raw_bytes,), pin=dev != "cpu") if whole is None else None  # read, then sent to dev
-
-    def rows_fp32(r0: int, r1: int):
-        w = wbuf[: r1 - r0]
-        src = whole[r0:r1] if whole is not None else src_reader.read_rows(source, r0, r1, into=raw)
-        w.copy_(src if dev == "cpu" else src.to(dev))  # exact widening: the bits of src.to(float32)
-        add_deltas(w, r0, r1)
-        return w
-
-    # DoRA: W' = m / ||W + s B A|| * (W + s B A), the norm per output unit. For Linear that is a row
-    # (local to a block); for Conv1D and Embedding a column over all rows, hence a first pass.
-    column_norms = {d.module: _column_norms(rows_fp32, rows, step) for d, _, _ in dora if d.transposed}
-    magnitudes = {d.module: _fp32(adapter.read(d.magnitude), dev) for d, _, _ in dora}
-
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        w = rows_fp32(r0, r1)
-        for d, _, _ in dora:
-            m = magnitudes[d.module]
-            if d.transposed:
-                w.mul_((m / column_norms[d.module])[None, :])
-            else:
-                w.mul_((m[r0:r1] / w.norm(dim=1))[:, None])
-        for idx, delta in tokens:
-            hit = (idx >= r0) & (idx < r1)
-            if bool(hit.any()):
-                w.index_copy_(0, (idx[hit] - r0).to(dev), delta[hit.to(delta.device)])
-        # On the CPU the block goes to the writer as it is (a slot); on a GPU it is copied back
-        # (synchronously) into a pinned host slot, so one device buffer does (.cpu() allocated one a block).
-        out = (arena.slot("out", out_dtype, block_shape) if dev == "cpu" else arena.get("out", out_dtype, block_shape, dev))[: r1 - r0]
-        out.copy_(w)  # round to the output dtype: the bits of w.to(out_dtype)
-        _finite(out, job, w)
-        if dev != "cpu":
-            out = arena.slot("host", out_dtype, block_shape, pin=True)[: r1 - r0].copy_(out)
-        yield out
+    rows = _Rows(job, base, adapter, plan, seed, arena)
+    yield from (_serial(rows) if lanes is None else _overlapped(rows, lanes))
 
 
 def _in_rows(job: Job, plan: MergePlan) -> bool:
@@ -267,12 +389,21 @@ def _in_rows(job: Job, plan: MergePlan) -> bool:
     return len(job.shape) >= 2 and job.name not in plan.diagnosis.binding.vocab.biases
 
 
+def _lanes(dev: str):
+    """The CUDA streams the row blocks go through on a GPU; None on the CPU (blocks in turn)."""
+    if dev == "cpu":
+        return None
+    from inspector.streams import CudaLanes
+
+    return CudaLanes(dev)
+
+
 def _produced(plan: MergePlan, base: TensorReader, adapter: TensorReader, seed: int) -> Iterator:
     """Every job's data in plan order: a whole tensor, or its row blocks followed by ``_END``."""
-    arena = _Arena()
+    arena, lanes = _Arena(), _lanes(plan.device)
     for job in plan.jobs:
         if _in_rows(job, plan):
-            yield from _blocks(job, base, adapter, plan, seed, arena)
+            yield from _blocks(job, base, adapter, plan, seed, arena, lanes)
             yield _END
         else:
             yield _whole(job, base, adapter, plan, seed)
