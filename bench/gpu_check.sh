@@ -3,6 +3,7 @@
 #   1. the CUDA tests (pytest -m gpu: merges on --device cuda vs PEFT on the CPU, also in many row blocks
 #      through the CUDA streams (tests/test_merge_streams.py); the writer on CUDA tensors)
 #   2. the GPU merge benchmark (bench/merge_bench.py --device cuda: builds the spec's 3.6 GB case once)
+#   3. three CUDA streams vs one on that case (bench/gpu_streams.py: wall times, same bytes)
 # Uses the python on PATH (the device machine has torch, transformers, peft, ... preinstalled).
 #   bash bench/gpu_check.sh [LOGDIR]      logs to LOGDIR (default: $OUT when set, else bench/out/gpu-check)
 #   RUNS=2 bash bench/gpu_check.sh        fewer measured runs when device time is short (default 3)
@@ -23,5 +24,9 @@ python bench/merge_bench.py --device cuda --runs "${RUNS:-3}" >"$logs/bench-cuda
 bench_rc=$?
 cat "$logs/bench-cuda.md"; tail -n 20 "$logs/bench-cuda.log"
 
-echo "gpu tests exit $tests_rc, gpu bench exit $bench_rc (logs in $logs)"
-exit $(( tests_rc || bench_rc ))
+python bench/gpu_streams.py --runs "${RUNS:-3}" >"$logs/bench-streams.md" 2>"$logs/bench-streams.log"
+streams_rc=$?
+cat "$logs/bench-streams.md"; tail -n 20 "$logs/bench-streams.log"
+
+echo "gpu tests exit $tests_rc, gpu bench exit $bench_rc, streams bench exit $streams_rc (logs in $logs)"
+exit $(( tests_rc || bench_rc || streams_rc ))
