@@ -13,7 +13,9 @@ of one block overlaps the copies and kernels of the one before.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import contextlib
 import functools
 import json
 import math
@@ -230,13 +232,22 @@ class _Rows:
         self._whole = _grown(job, base, plan, seed) if job.replace is None and rows > self.source.shape[0] else None
         self.loras, self.add_deltas = _delta_adder(job, adapter, self.dev, arena, self.step)
         self._dora = [d for d, _, _ in self.loras if d.magnitude is not None]
-        self._tokens = [(torch.tensor(idx, dtype=torch.long), _fp32(adapter.read(info), self.dev)) for idx, info in job.tokens]
+        self._tokens = [self._token_rows(idx, adapter.read(info)) for idx, info in job.tokens]
         self.wbuf = arena.get("w", torch.float32, self.block_shape, self.dev)
         self.raw_bytes = self.block_shape[0] * (self.source.nbytes // max(1, self.source.shape[0]))
         # DoRA: W' = m / ||W + s B A|| * (W + s B A), the norm per output unit. For Linear that is a row
         # (local to a block); for Conv1D and Embedding a column over all rows, hence a first pass.
         self._column_norms = {d.module: _column_norms(self.rows_fp32, rows, self.step) for d in self._dora if d.transposed}
         self._magnitudes = {d.module: _fp32(adapter.read(d.magnitude), self.dev) for d in self._dora}
+
+    def _token_rows(self, indices: tuple[int, ...], values):
+        """Trainable tokens' rows for ``finish``: indices sorted (stable: a repeated index keeps its
+        order) on the host to find a block's share by bisection, and on the device with the values
+        in that order, so that a block takes a slice there and never waits for a host copy."""
+        import torch
+
+        idx, order = torch.sort(torch.tensor(indices, dtype=torch.long), stable=True)
+        return idx.tolist(), idx.to(self.dev), _fp32(values, self.dev)[order.to(self.dev)]
 
     def stored(self, r0: int, r1: int, into):
         """The source rows [r0, r1) on the host as stored: read into the uint8 buffer ``into`` (a
@@ -261,18 +272,18 @@ class _Rows:
         return w
 
     def finish(self, w, r0: int, r1: int) -> None:
-        """DoRA's scaling and the trainable tokens' rows, in place: device work only, no host sync."""
+        """DoRA's scaling and the trainable tokens' rows, in place: device work only, nothing the host
+        waits for (on a GPU the host queues it and goes on)."""
         for d in self._dora:
             m = self._magnitudes[d.module]
             if d.transposed:
                 w.mul_((m / self._column_norms[d.module])[None, :])
             else:
                 w.mul_((m[r0:r1] / w.norm(dim=1))[:, None])
-        for idx, delta in self._tokens:
-            hit = (idx >= r0) & (idx < r1)  # on the host: idx stays on the CPU
-            if bool(hit.any()):
-                at = hit.nonzero()[:, 0]
-                w.index_copy_(0, (idx[at] - r0).to(self.dev), delta.index_select(0, at.to(self.dev)))
+        for at, idx, values in self._tokens:
+            lo, hi = bisect.bisect_left(at, r0), bisect.bisect_left(at, r1)
+            if lo < hi:
+                w.index_copy_(0, idx[lo:hi] - r0, values[lo:hi])
 
 
 def _serial(rows: _Rows) -> Iterator:
@@ -343,7 +354,7 @@ def _overlapped(rows: _Rows, lanes) -> Iterator:
         _checked(job, out_dtype, stats)
         return block
 
-    lanes.start()
+    lanes.start()  # after _Rows' setup: its copies and conversions on the current stream come first
     try:
         for b, r0 in enumerate(range(0, rows.rows, rows.step)):
             r1, k = min(rows.rows, r0 + rows.step), b % DEPTH
@@ -365,8 +376,11 @@ def _overlapped(rows: _Rows, lanes) -> Iterator:
             pending.append((lanes.copy_out.record(), block, host_stats[k]))
         while pending:
             yield finished()
-    finally:
-        lanes.drain()  # also when the merge stops early: no copy may outlive the buffers it writes
+    except BaseException:  # also when the merge stops early: no copy may outlive the buffers it writes
+        with contextlib.suppress(Exception):  # a failed device fails every call: keep the first error
+            lanes.drain()
+        raise
+    lanes.drain()
 
 
 def _blocks(job: Job, base: TensorReader, adapter: TensorReader, plan: MergePlan, seed: int, arena: _Arena | None = None, lanes=None) -> Iterator:
@@ -390,11 +404,18 @@ def _in_rows(job: Job, plan: MergePlan) -> bool:
 
 
 def _lanes(dev: str):
-    """The CUDA streams the row blocks go through on a GPU; None on the CPU (blocks in turn)."""
+    """The CUDA streams the row blocks go through on a GPU; None on the CPU (blocks in turn). Run in
+    the merge's own thread, whose current device becomes ``dev``: entering and leaving a stream's
+    context sets the thread's current device each time, and cuda:0 by default would get a context
+    (memory, and a refusal where it is exclusive to another process) when merging on cuda:1."""
     if dev == "cpu":
         return None
+    import torch
+
     from inspector.streams import CudaLanes
 
+    if torch.device(dev).index is not None:  # plain "cuda" is the thread's current device already
+        torch.cuda.set_device(dev)
     return CudaLanes(dev)
 
 

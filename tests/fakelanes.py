@@ -30,6 +30,7 @@ class FakeLane:
         self.queue: deque[tuple[str, object]] = deque()
 
     def run(self, fn: Callable[[], object]) -> None:
+        self.lanes.log.append(f"run {self.name}")
         self.queue.append(("run", fn))
         self.lanes.maybe_run()
 
@@ -67,7 +68,7 @@ class FakeLanes:
         self.lanes = (self.copy_in, self.compute, self.copy_out)
         self.runs: Counter[str] = Counter()  # work items run, per lane
         self.waits: Counter[str] = Counter()  # waits asked for, per why (dropped ones too)
-        self.starts = 0
+        self.log: list[str] = []  # "start", "run <lane>" as the host issued them (a test may add its own)
 
     def _runnable(self) -> list[FakeLane]:
         return [lane for lane in self.lanes if lane.queue and lane.blocker() is None]
@@ -105,7 +106,7 @@ class FakeLanes:
             lane.step()
 
     def start(self) -> None:
-        self.starts += 1  # the host's earlier work is done already: it ran when it was issued
+        self.log.append("start")  # the host's earlier work is done already here: it ran when it was issued
 
     def host_wait(self, event: FakeEvent, why: str) -> None:
         self.waits[why] += 1

@@ -5,6 +5,7 @@ real GPU: the gpu tests at the end and in tests/test_merge.py (run by bench/gpu_
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_overlapped_blocks_give_the_serial_bytes(case_id: str, small_blocks: Non
             made = _with_lanes(m, seed=seed, mode=mode)
             merge_json(capsys, base, adapter, tmp_path / f"overlapped{i}", *case.args)
         (lanes,) = made
-        assert lanes.runs["compute"] > 1 and lanes.starts > 0  # really through the lanes, in several blocks
+        assert lanes.runs["compute"] > 1 and "start" in lanes.log  # really through the lanes, in several blocks
         assert all(not lane.queue for lane in lanes.lanes)
         overlapped = _files(tmp_path / f"overlapped{i}")
         assert [n for n in serial if serial[n] != overlapped.get(n)] == [], (mode, seed)
@@ -99,27 +100,85 @@ def test_each_wait_is_needed(why: str, small_blocks: None, request: pytest.Fixtu
     assert rc == 2 and "non-finite" in err or rc == 0 and _files(tmp_path / "broken") != serial
 
 
+def test_lanes_start_after_each_jobs_setup(small_blocks: None, request: pytest.FixtureRequest, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lanes.start()`` (the lanes wait for the current stream) comes after every job's setup and
+    before its first block: on CUDA the adapter's matrices, DoRA's magnitudes and column norms and the
+    token rows are copied and converted on the current stream, which the lanes do not otherwise wait
+    for. The simulation runs that setup at once, so only the order of the calls can show it."""
+    case = BY_ID["gpt2-dora-conv1d"]  # DoRA by columns: a first pass over all rows in the setup
+    base, adapter = build(case, request, tmp_path)
+    made = _with_lanes(monkeypatch, mode="lazy")
+    setup = merge_mod._Rows.__init__
+
+    def logged(self, *args) -> None:
+        setup(self, *args)
+        made[0].log.append("setup")
+
+    monkeypatch.setattr(merge_mod._Rows, "__init__", logged)
+    merge_json(capsys, base, adapter, tmp_path / "merged", "--dtype", "fp32")
+    calls = " ".join(made[0].log).replace("run copy_in run compute run copy_out", "block")
+    assert re.fullmatch(r"(setup start( block)+ ?)+", calls), calls[:300]
+
+
+@pytest.mark.parametrize("mode", ["lazy", "eager", "random"])
+@pytest.mark.parametrize("row", ["first", "middle", "last"])
 @pytest.mark.parametrize(("value", "message"), [(1e6, "overflowed result for 'lm_head.weight': merged values up to 1e+06 do not fit F16"),
                                               (float("nan"), "non-finite result for 'lm_head.weight'")])
-def test_refusals_found_in_a_block_are_those_of_the_serial_check(value: float, message: str, small_blocks: None, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                                                                request: pytest.FixtureRequest) -> None:
+def test_refusals_found_in_a_block_are_those_of_the_serial_check(value: float, message: str, row: str, mode: str, small_blocks: None,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """The host checks each block by four numbers copied back with it (min/max of the result and of
-    its fp32 values): the same Error as the serial check, the lanes drained, nothing written."""
+    its fp32 values): the same Error as the serial check wherever the bad row is (the last blocks'
+    numbers are checked too, each block's own), the lanes drained, nothing written."""
 
     def poison(tensors):
-        tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
-        tensors["lm_head.weight"][5, 0] = value  # in the second row block
+        head = tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
+        head[{"first": 0, "middle": head.shape[0] // 2, "last": -1}[row], 0] = value
         return tensors
 
     base = edit_tensors(request.getfixturevalue("llama").path, tmp_path / "base", poison, filename="model.safetensors")
     argv = ("merge", base, request.getfixturevalue("lora_llama").path, "--device", "cpu", "--dtype", "fp16")
     serial = run(capsys, *argv, "--out", tmp_path / "serial")
-    made = _with_lanes(monkeypatch, mode="random", seed=3)
+    made = _with_lanes(monkeypatch, mode=mode, seed=3)
     overlapped = run(capsys, *argv, "--out", tmp_path / "overlapped")
     assert overlapped == serial and serial[0] == 2 and message in serial[2]
     assert made[0].runs["compute"] > 1 and all(not lane.queue for lane in made[0].lanes)  # drained when the merge stopped early
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_a_failing_drain_does_not_hide_the_error_that_stopped_the_merge(small_blocks: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """After a device error every CUDA call fails: the merge reports what stopped it, not the drain."""
+
+    class DeadDevice(FakeLanes):
+        def drain(self) -> None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def nan(tensors):
+        tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
+        tensors["lm_head.weight"][3, 0] = float("nan")
+        return tensors
+
+    base = edit_tensors(request.getfixturevalue("llama").path, tmp_path / "base", nan, filename="model.safetensors")
+    monkeypatch.setattr(merge_mod, "_lanes", lambda dev: DeadDevice())
+    rc, _, err = run(capsys, "merge", base, request.getfixturevalue("lora_llama").path, "--device", "cpu", "--dtype", "fp16", "--out", tmp_path / "o")
+    assert rc == 2 and err.startswith("Error: Refusing to write a non-finite result for 'lm_head.weight'")
+
+
+def test_merge_thread_works_on_the_merge_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:N becomes the merge thread's current device (entering a stream's context sets it, and
+    cuda:0 would otherwise get a context); plain "cuda" is left as it is (set_device refuses it)."""
+    import torch
+
+    import inspector.streams
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(inspector.streams, "CudaLanes", lambda dev: ("lanes", dev))
+    assert merge_mod._lanes("cpu") is None and calls == []
+    assert merge_mod._lanes("cuda") == ("lanes", "cuda") and calls == []
+    assert merge_mod._lanes("cuda:1") == ("lanes", "cuda:1") and calls == ["cuda:1"]
 
 
 # ---- on a real GPU (bench/gpu_check.sh) ------------------------------------------------------------
