@@ -437,16 +437,18 @@ def verify(ctx, base, adapter, merged, tokenizer_dir, prompts_file, device, dtyp
 @cli.command()
 @click.argument("path")
 @click.argument("adapter", required=False)
-def explore(path, adapter) -> None:
+@offline_option
+def explore(path, adapter, offline) -> None:
     """Browse PATH (and ADAPTER over it) in the terminal: module tree, search, findings, statistics.
 
-    Opens from the headers; a tensor's values are read only when you open it (enter). Keys: / search,
-    s sort, f findings, ? help, q quit. Needs a terminal (exit 2 otherwise).
+    Opens from the headers; a tensor's values are read only when you open it (enter). A Hub id that is
+    not cached is read remotely, headers only (no statistics then). Keys: / search, s sort, f findings,
+    ? help, q quit. Needs a terminal (exit 2 otherwise).
     """
     # textual is imported there, only for this command: scan and check stay fast.
     from inspector.explore import run
 
-    raise click.exceptions.Exit(run(path, adapter))
+    raise click.exceptions.Exit(run(path, adapter, offline=offline))
 
 
 @dataclass

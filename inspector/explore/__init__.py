@@ -12,8 +12,19 @@ import sys
 from inspector.errors import InspectorError, UsageError
 
 
-def run(path: str, adapter: str | None = None) -> int:
-    """Read PATH (and ADAPTER) from headers, then hand the terminal to the app until the user quits."""
+def run(path: str, adapter: str | None = None, *, offline: bool = False) -> int:
+    """Read PATH (and ADAPTER) from headers, then hand the terminal to the app until the user quits.
+
+    A Hub id that is not cached is read remotely, headers only, as scan and check read it (``offline``:
+    the cache only). Its stub directory lives as long as the ``remote_reads()`` block, which spans the
+    whole session: it is removed when the app exits (q, ctrl+c, an error, SIGTERM)."""
+    from inspector.io.paths import remote_reads
+
+    with remote_reads(offline=offline):
+        return _run(path, adapter)
+
+
+def _run(path: str, adapter: str | None) -> int:
     from inspector.explore.model import open_exploration
 
     exploration = open_exploration(path, adapter)  # an unreadable input fails here, before the screen

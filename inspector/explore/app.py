@@ -253,7 +253,7 @@ class ExploreApp(App[int]):
 
     @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
     def _compute(self, entry: Entry, run: int) -> None:
-        from inspector.explore.stats import Cancelled, tensor_stats
+        from inspector.explore.stats import Cancelled, not_downloaded, tensor_stats
 
         worker = get_current_worker()
         x = self.exploration
@@ -265,6 +265,10 @@ class ExploreApp(App[int]):
         last = [0.0]
         try:
             for i, (ckpt, info, old_rows, side) in enumerate(jobs):
+                gone = not_downloaded(ckpt, info)  # read from the Hub, headers only: its data is a hole, never read
+                if gone is not None:
+                    results.append((side, gone))
+                    continue
 
                 def progress(done: float, i: int = i) -> None:
                     now = time.monotonic()
@@ -459,11 +463,15 @@ def _num(v: float | None) -> str:
 
 
 def _stats_text(results) -> Table:
-    from inspector.explore.stats import sparkline
+    from inspector.explore.stats import NotDownloaded, sparkline
 
     out = Table.grid()
     for side, s in results:
         out.add_row(Text(f"values: {_what(side, s.name)}", style="bold"))
+        if isinstance(s, NotDownloaded):
+            out.add_row(Text(f"not downloaded: {printable(s.repo)} was read from the Hub, headers only (no tensor data)", style="yellow"))
+            out.add_row(Text(printable(s.hint), style="dim"))
+            continue
         grid = Table.grid(padding=(0, 1))
         grid.add_row(Text("min", style="dim"), _num(s.min), Text("max", style="dim"), _num(s.max))
         grid.add_row(Text("mean", style="dim"), _num(s.mean), Text("std", style="dim"), _num(s.std))

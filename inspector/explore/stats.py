@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from inspector.io.loader import TORCH_DTYPES, TensorReader
 from inspector.io.stamp import FileStamp
@@ -53,6 +55,7 @@ def tensor_stats(root: Path, stamps: tuple[FileStamp, ...], info: TensorInfo, *,
     base's vocabulary rows, for a matrix the adapter carries grown (its rows past them are the new ones)."""
     from inspector.interrupts import heavy_import
 
+    refuse_remote(root)
     if info.dtype not in TORCH_DTYPES or info.dtype == "C64":
         raise ValueError(f"{info.dtype} values have no statistics here")
     torch = heavy_import("torch")
@@ -64,6 +67,40 @@ def tensor_stats(root: Path, stamps: tuple[FileStamp, ...], info: TensorInfo, *,
         return _stats(torch, root, stamps, info, old_rows, block_bytes, progress, cancelled)
     finally:
         torch.set_num_threads(threads)  # process-wide: a caller in the same process keeps its own
+
+
+@dataclass(frozen=True)
+class NotDownloaded:
+    """In place of a tensor's Stats: its checkpoint was read from the Hub, headers only (a sparse stub
+    whose data region is a hole, which would read as zeros); nothing of it is read."""
+
+    name: str
+    repo: str  # the Hub id as given (org/name[@rev])
+    hint: str  # refuse_data's: the `hf download` command
+
+
+def not_downloaded(ckpt, info: TensorInfo) -> NotDownloaded | None:
+    """A ``NotDownloaded`` when ``ckpt`` was read from the Hub without its tensor data, else None; the
+    hint is the one every command that needs tensor data gives (hub.refuse_data)."""
+    remote = getattr(ckpt, "remote", None)
+    if remote is None:
+        return None
+    from inspector.errors import InvalidInputError
+    from inspector.io.hub import refuse_data
+
+    try:
+        refuse_data((ckpt,), "statistics")
+    except InvalidInputError as exc:
+        return NotDownloaded(info.name, remote.shown, exc.hint or "")
+    raise AssertionError("refuse_data refuses a checkpoint read remotely")
+
+
+def refuse_remote(root: Path) -> None:
+    """Raise (refuse_data's Error/Hint) when ``root`` is the stub of a remote read: never stream its hole."""
+    hub = sys.modules.get("inspector.io.hub")  # loaded wherever a Hub id was read remotely
+    remote = hub.remote_of(Path(root)) if hub is not None else None
+    if remote is not None:
+        hub.refuse_data((SimpleNamespace(path=remote.shown, remote=remote),), "statistics")
 
 
 def _stats(torch, root, stamps, info, old_rows, block_bytes, progress, cancelled) -> Stats:
