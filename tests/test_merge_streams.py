@@ -92,12 +92,15 @@ def test_each_wait_is_needed(why: str, small_blocks: None, request: pytest.Fixtu
     garbage): the equality above is evidence, not luck of the schedule."""
     case = BY_ID["llama-qv"]
     base, adapter = build(case, request, tmp_path)
-    merge_json(capsys, base, adapter, tmp_path / "serial")
+    # fp16: every tensor through the lanes, lm_head in 16 blocks: the writer has written the first ones
+    # before the end of the tensor's blocks drains the lanes (at most AHEAD + 2 blocks later)
+    merge_json(capsys, base, adapter, tmp_path / "serial", "--dtype", "fp16")
     serial = _files(tmp_path / "serial")
     made = _with_lanes(monkeypatch, mode="lazy", dropped=(why,))
-    rc, _, err = run(capsys, "merge", base, adapter, "--out", tmp_path / "broken", "--device", "cpu")
+    rc, _, err = run(capsys, "merge", base, adapter, "--out", tmp_path / "broken", "--device", "cpu", "--dtype", "fp16")
     assert made[0].waits[why] > 0  # the pipeline does ask for this wait
-    assert rc == 2 and "non-finite" in err or rc == 0 and _files(tmp_path / "broken") != serial
+    refused_garbage = rc == 2 and ("non-finite" in err or "overflowed" in err)
+    assert refused_garbage or rc == 0 and _files(tmp_path / "broken") != serial
 
 
 def test_lanes_start_after_each_jobs_setup(small_blocks: None, request: pytest.FixtureRequest, tmp_path: Path,
