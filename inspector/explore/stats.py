@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from inspector.io.loader import TORCH_DTYPES, TensorReader
 from inspector.io.stamp import FileStamp
@@ -80,27 +79,24 @@ class NotDownloaded:
 
 
 def not_downloaded(ckpt, info: TensorInfo) -> NotDownloaded | None:
-    """A ``NotDownloaded`` when ``ckpt`` was read from the Hub without its tensor data, else None; the
-    hint is the one every command that needs tensor data gives (hub.refuse_data)."""
+    """A ``NotDownloaded`` when ``ckpt`` was read from the Hub without its tensor data, else None."""
     remote = getattr(ckpt, "remote", None)
     if remote is None:
         return None
-    from inspector.errors import InvalidInputError
-    from inspector.io.hub import refuse_data
+    from inspector.io.hub import download_hint
 
-    try:
-        refuse_data((ckpt,), "statistics")
-    except InvalidInputError as exc:
-        return NotDownloaded(info.name, remote.shown, exc.hint or "")
-    raise AssertionError("refuse_data refuses a checkpoint read remotely")
+    return NotDownloaded(info.name, remote.shown, download_hint(remote))
 
 
 def refuse_remote(root: Path) -> None:
-    """Raise (refuse_data's Error/Hint) when ``root`` is the stub of a remote read: never stream its hole."""
-    hub = sys.modules.get("inspector.io.hub")  # loaded wherever a Hub id was read remotely
+    """Refuse (Error/Hint) to compute statistics from the stub of a remote read: never stream its hole."""
+    hub = sys.modules.get("inspector.io.hub")  # not loaded: nothing was read remotely, no stub exists
     remote = hub.remote_of(Path(root)) if hub is not None else None
     if remote is not None:
-        hub.refuse_data((SimpleNamespace(path=remote.shown, remote=remote),), "statistics")
+        from inspector.errors import InvalidInputError
+
+        raise InvalidInputError("Cannot run statistics", remote.shown, "it reads tensor data, and this checkpoint's headers were read from the Hub without it",
+                                hub.download_hint(remote))
 
 
 def _stats(torch, root, stamps, info, old_rows, block_bytes, progress, cancelled) -> Stats:

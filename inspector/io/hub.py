@@ -514,6 +514,11 @@ def refuse_data(checkpoints, command: str) -> None:
     for ckpt in checkpoints:
         remote = getattr(ckpt, "remote", None)
         if remote is not None:
-            rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
             raise InvalidInputError(f"Cannot run {command}", ckpt.path, "it reads tensor data, and this checkpoint's headers were read from the Hub without it",
-                                    f"Download it first (`hf download {remote.repo_id}{rev}`), then run again: the cached copy is used.")
+                                    download_hint(remote))
+
+
+def download_hint(remote: RemoteRead) -> str:
+    """What to do about a checkpoint read remotely when tensor data is needed."""
+    rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
+    return f"Download it first (`hf download {remote.repo_id}{rev}`), then run again: the cached copy is used."
