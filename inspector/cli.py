@@ -68,7 +68,7 @@ def output_options(func):
     return func
 
 
-# scan, check and diff read a Hub id that is not cached remotely (headers and small files, inspector/io/hub.py).
+# scan, check, diff and explore read a Hub id that is not cached remotely (headers and small files, inspector/io/hub.py).
 offline_option = click.option("--offline", is_flag=True, help="Hub ids from the local Hugging Face cache only: no network (as HF_HUB_OFFLINE=1).")
 
 

@@ -500,7 +500,7 @@ def test_uncached_hub_id_says_how_to_get_it(capsys: pytest.CaptureFixture[str], 
     assert rc == 2 and out == ""
     assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': no such file or directory, and no Hub snapshot of it with its weights in the cache ({tmp_path / 'hub'}).\n"
                    "Hint: Check the path; if 'meta-llama/Llama-2-7b-hf' is a Hub id, download it first with `hf download meta-llama/Llama-2-7b-hf` "
-                   "(this command reads tensor data; scan, check and diff read a Hub id's headers remotely).\n")
+                   "(this command reads tensor data; scan, check, diff and explore read a Hub id's headers remotely).\n")
     rc, out, err = run(capsys, "check", "meta-llama/Llama-2-7b-hf", "adapter", "--offline")
     assert rc == 2 and out == ""
     assert err == (f"Error: Cannot read checkpoint for 'meta-llama/Llama-2-7b-hf': it is not in the local Hugging Face cache ({tmp_path / 'hub'}) with its weights, "

@@ -7,7 +7,7 @@ or follows the Hugging Face cache layout, where ``<repo>/snapshots/<rev>/<file>`
 ``<repo>/blobs/<sha>``. A path the user names directly is their choice and is not checked.
 
 Where a user names a Hub id instead of a path (``meta-llama/Llama-2-7b-hf``, as adapter configs
-do), ``locate`` finds the snapshot that is already in the local cache; scan, check and diff read an
+do), ``locate`` finds the snapshot that is already in the local cache; scan, check, diff and explore read an
 uncached one's headers remotely (inspector/io/hub.py); nothing else is ever downloaded.
 """
 
@@ -153,4 +153,4 @@ def locate(given: str | Path) -> Path:
         return hub.read_remote(repo_id, rev, str(given))
     raise InvalidInputError("Cannot read checkpoint", given, f"no such file or directory, and no Hub snapshot of it with its weights in the cache ({hub_cache()})",
                             f"Check the path; if '{given}' is a Hub id, download it first with `hf download {repo_id}"
-                            f"{f' --revision {rev}' if rev else ''}` (this command reads tensor data; scan, check and diff read a Hub id's headers remotely).")
+                            f"{f' --revision {rev}' if rev else ''}` (this command reads tensor data; scan, check, diff and explore read a Hub id's headers remotely).")
