@@ -148,6 +148,23 @@ def test_remote_adapter_with_local_base_and_rich_report(capsys, monkeypatch, tmp
     assert "lora-inspector-hub-" not in out  # the stub directory is never shown
 
 
+def test_fleet_reports_name_each_remote_read(capsys, monkeypatch, tmp_path, big) -> None:
+    """check BASE ADAPTER ADAPTER: the terminal and markdown reports say which inputs came from the
+    Hub, as for one adapter (JSON has each one's "remote")."""
+    base, adapter = big
+    second = "org/lora-second"
+    repos = {BASE: Repo({"main": repo_files(base.path)}), ADAPTER: Repo({"main": repo_files(adapter.path)}), second: Repo({"main": repo_files(adapter.path)})}
+    with HubServer(repos) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "check", BASE, ADAPTER, second, "--no-color")
+        rc_md, md, _ = run(capsys, "check", BASE, ADAPTER, second, "--format", "markdown")
+    assert (rc, rc_md, err) == (1, 1, "")
+    flat = " ".join(out.split())  # the terminal wraps long values
+    assert flat.count(f"read remotely from {hub.url}") == 3 and "base remote read remotely" in flat and "remote read remotely" in flat
+    assert [line.split("`")[0] for line in md.splitlines() if "read remotely from" in line] == ["_base ", "_#\u20601 ", "_#\u20602 "]  # a word joiner after #: no issue reference
+    assert "lora-inspector-hub-" not in out + md  # the stub directories are never shown
+
+
 def test_remote_check_without_torch_in_a_subprocess(tmp_path, big) -> None:
     # The CLI as a CI runner starts it: HF_ENDPOINT and HF_HOME in the environment, nothing patched.
     base, adapter = big

@@ -185,6 +185,9 @@ class Markdown(Renderer[str]):
             f"base {_code(fleet.base.path)}" + (f" · targets: {', '.join(fleet.titles)}" if fleet.targets else ""),
             "",
         ]
+        remote = [f"{who} {_code(c.path)} {c.remote.summary()}" for who, c in
+                  (("base", fleet.base), *((f"#{n}", d.adapter.checkpoint) for n, d in enumerate(fleet.results, 1))) if c.remote]
+        out += [f"_{_cell(line)}_" for line in remote] + ([""] if remote else [])
         if fleet.note:
             out += [f"_{_cell(fleet.note)}_", ""]
         out += [f"warning: {_cell(w)}" for w in fleet.base.warnings] + ([""] if fleet.base.warnings else [])

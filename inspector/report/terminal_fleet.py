@@ -37,7 +37,8 @@ def _section(number: int, diagnosis: Diagnosis, fleet: Fleet) -> list[Block]:
     s, verdict = diagnosis.summary, fleet.verdict(diagnosis)
     parts: list[Block] = [Whole(Text.assemble((f"#{number} ", "bold"), printable(diagnosis.adapter.checkpoint.path), "  ",
                                               (f"{verdict}: {counts_str(s)}", _VERDICT_STYLE[verdict])))]
-    noticed = _warnings(diagnosis.adapter.checkpoint)  # other named adapters in its directory, ...
+    ckpt = diagnosis.adapter.checkpoint
+    noticed = ([("remote", ckpt.remote.summary(), False)] if ckpt.remote else []) + _warnings(ckpt)  # other named adapters in its directory, ...
     if noticed:
         parts += _fields(noticed)
     if s["error"] or s["warning"]:
@@ -76,7 +77,8 @@ def matrix(fleet: Fleet) -> Table:
 
 def _summary(fleet: Fleet) -> list[Row]:
     failing = sum(d.fails(fleet.fail_on) for d in fleet.results)
-    rows: list[Row] = [("base", _sized(fleet.base), True), *_warnings(fleet.base)]
+    remote: list[Row] = [("base remote", fleet.base.remote.summary(), False)] if fleet.base.remote else []
+    rows: list[Row] = [("base", _sized(fleet.base), True), *remote, *_warnings(fleet.base)]
     rows.append(("adapters", f"{len(fleet.results)}: {failing} fail, {len(fleet.results) - failing} pass (--fail-on {fleet.fail_on})", False))
     if fleet.targets:
         rows.append(("targets", ", ".join(fleet.titles), False))
