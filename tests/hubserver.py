@@ -4,8 +4,9 @@ a repository: model info (``/api/models/{repo}[/revision/{rev}]``) and ``/{repo}
 ``ETag``, ``Content-Range``, ``X-Error-Code``).
 
 Started by the tests on 127.0.0.1 (port 0) in a thread; huggingface_hub is pointed at it with
-``HF_ENDPOINT``. It counts the body bytes it serves per file, so a test can assert that no tensor
-data was read. Files are ``bytes`` or a ``Path`` (read by range: a sparse 5 GB shard costs nothing).
+``HF_ENDPOINT``. It counts the body bytes it serves per file (a repository's model-info JSON under
+``(repo, INFO)``), so a test can assert that no tensor data was read. Files are ``bytes`` or a
+``Path`` (read by range: a sparse 5 GB shard costs nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 File = bytes | Path
+INFO = "<model-info>"  # the file name the model-info API's bytes are counted under
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Repo:
     # Content-Length and a range's Content-Range give (the body sent is the real file's).
     listed: dict[str, object] = field(default_factory=dict)
     declared: dict[str, int] = field(default_factory=dict)
+    info: bytes | None = None  # the model-info body sent instead of the listing (a broken server's JSON, or none)
 
     def commit(self, rev: str) -> str:
         return hashlib.sha1(f"{id(self)}:{rev}".encode()).hexdigest()
@@ -49,6 +52,7 @@ class Repo:
 class Served:
     bytes: Counter = field(default_factory=Counter)  # (repo, file) -> body bytes sent
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    ended: int = 0  # endless answers ended (the client hung up): their bytes are counted
 
     @property
     def total(self) -> int:
@@ -78,7 +82,8 @@ class HubServer:
     """``with HubServer(repos) as hub: ... hub.url ... hub.served.total``"""
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
-                 cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0, fail_first: int = 0):
+                 cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0, fail_first: int = 0,
+                 endless_info: str | None = None):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
@@ -87,6 +92,9 @@ class HubServer:
         self.stall_ranges = stall_ranges  # seconds each range request waits before its answer (a stalled server)
         self.latency = latency  # seconds every request waits before its answer (a round trip to a distant Hub)
         self.fail_first = fail_first  # the first N model-info requests answered 503 (a moment's outage)
+        # answer model-info requests with a JSON listing that never ends (a hostile server): "chunked" (no
+        # length) or "declared" (a Content-Length of 10**12)
+        self.endless_info = endless_info
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -184,10 +192,34 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if found is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             commit, files = found
+            if hub.endless_info is not None:
+                return self._endless_info(repo_id, commit)
+            if repo.info is not None:
+                return self._send(200, repo.info, {"Content-Type": "application/json"}, repo=repo_id, name=INFO)
             siblings = [{"rfilename": n, "size": repo.listed.get(n, _size(c)), "blobId": _etag(c)[:40]} for n, c in sorted(files.items())]
             body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": "manual" if repo.gated else False,
                     "siblings": siblings}
-            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"}, repo=repo_id, name=INFO)
+
+        def _endless_info(self, repo_id: str, commit: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            chunked = hub.endless_info == "chunked"
+            self.send_header(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(10**12))))
+            self.end_headers()
+            hub.count(repo_id, INFO, 0, self.command, self.path)  # the request now, its bytes once the client hung up
+            siblings = b'{"rfilename": "model.safetensors", "size": 1},' * 1000
+            sent = 0
+            try:
+                for piece in (b'{"sha": "%s", "siblings": [' % commit.encode(), *[siblings] * 6000):  # 276 MB at most
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    sent += len(piece)  # until the client hangs up (the limit: a test that hangs still ends)
+            except OSError:
+                pass
+            with hub._lock:
+                hub.served.bytes[(repo_id, INFO)] += sent
+                hub.served.ended += 1
+            self.close_connection = True
 
         def _resolve(self, repo_id: str, rev: str, name: str) -> None:
             repo = self._repo(repo_id)

@@ -15,12 +15,13 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from inspector.cli import main
-from tests.hubserver import HubServer, Repo
+from tests.hubserver import INFO, HubServer, Repo
 from tests.test_scale import sparse  # bench/sparse_checkpoint.py, loaded once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +134,11 @@ def test_remote_70b_check_reads_headers_only_and_matches_local(capsys, monkeypat
     assert served[(ADAPTER, "adapter_model.safetensors")] == header_bytes(adapter.path / "adapter_model.safetensors")
     total = sum(served.values())
     assert total < 5_000_000
-    files_total = sum(v for (repo, _), v in served.items() if repo)  # the rest is the model-info API's JSON
-    assert read["bytes_transferred"] + adapter_read["bytes_transferred"] == files_total
+    # bytes_transferred is every body byte the server sent for the repository, its model-info JSON included
+    # (the rest, under ("", ""), is huggingface_hub's own /api/agent-harnesses lookup, a 404 here).
+    assert served[(BASE, INFO)] > 0 and served[(ADAPTER, INFO)] > 0
+    assert read["bytes_transferred"] == sum(v for (repo, _), v in served.items() if repo == BASE)
+    assert adapter_read["bytes_transferred"] == sum(v for (repo, _), v in served.items() if repo == ADAPTER)
 
 
 def test_remote_adapter_with_local_base_and_rich_report(capsys, monkeypatch, tmp_path, big) -> None:
@@ -209,11 +213,12 @@ def test_seed_check_from_the_hub_equals_local(capsys, monkeypatch, tmp_path, see
         comparable(json.loads(out_local), {str(seed_dir / "base"): "<b>", str(seed_dir / "adapter"): "<a>"})
     # Again: the small files now come from the cache, the headers are read again (a cached snapshot
     # without weights is not a checkpoint).
-    before = seed_hub.served.total
+    before, info_before = seed_hub.served.total, seed_hub.served.bytes[("acme/base", INFO)]
     rc, out, err = run(capsys, "check", "acme/base", "acme/adapter", "--format", "json")
     again = json.loads(out)
     assert again["base"]["remote"]["downloaded"] == [] and again["base"]["remote"]["cached"] == ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
-    assert again["base"]["remote"]["bytes_transferred"] == header_bytes(seed_dir / "base" / "model.safetensors")
+    info = seed_hub.served.bytes[("acme/base", INFO)] - info_before  # the model-info JSON, read again
+    assert info > 0 and again["base"]["remote"]["bytes_transferred"] == header_bytes(seed_dir / "base" / "model.safetensors") + info
     assert seed_hub.served.total - before < 2 * 4096 + 3000
 
 
@@ -761,6 +766,67 @@ def test_a_moments_outage_of_the_model_info_api_is_retried(capsys, monkeypatch, 
         model_info = [path for _, path in hub.served.requests if path.startswith("/api/models/acme/base")]
         assert len(model_info) == 2  # the 503, then the answer
     assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["tensor_count"] == 21
+
+
+@pytest.mark.parametrize("endless", ["chunked", "declared"])
+def test_an_endless_model_info_body_is_refused_at_the_cap(capsys, monkeypatch, tmp_path, seed_dir, endless) -> None:
+    # The model-info answer is a JSON listing that never ends (no length, or a Content-Length of 10**12):
+    # huggingface_hub's model_info read it all into memory. Refused at MAX_MODEL_INFO (a declared length
+    # before reading any of it), once: no retry, no memory growth past the cap.
+    from inspector.io import hub as hubmod
+
+    cap = getattr(hubmod, "MAX_MODEL_INFO", 64_000_000)
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, endless_info=endless) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc = scan_within(30, "scan read an endless model-info body")
+        for _ in range(100):  # the server counts an endless answer's bytes once it notices the hang-up
+            if hub.served.ended:
+                break
+            time.sleep(0.05)
+        paths = [path for _, path in hub.served.requests]
+    _, err = capsys.readouterr()
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': its model info (the file listing) is {10**12 if endless == 'declared' else ''}",
+                 "The server is broken or hostile: check HF_ENDPOINT")
+    assert f"more than the {cap} a header check reads" in err
+    assert hub.served.ended == 1 and [p for p in paths if p.startswith("/api/models/")] == ["/api/models/acme/base/revision/main?blobs=true"]
+    assert not any("/resolve/" in p for p in paths)  # no retry, nothing read after it
+    # What the server got out before the client hung up: the cap, plus what the sockets' buffers held.
+    assert hub.served.bytes[("acme/base", INFO)] < (cap + 16_000_000 if endless == "chunked" else 16_000_000)
+
+
+def test_bytes_transferred_counts_the_model_info_json(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # Every body byte received is counted: the model-info JSON (the file listing), the small files and the header.
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "scan", "acme/base", "--format", "json")
+        served = dict(hub.served.bytes)
+    assert (rc, err) == (0, "")
+    assert served[("acme/base", INFO)] > 500  # the listing of its files with their sizes
+    repo_bytes = sum(v for (repo, _), v in served.items() if repo == "acme/base")  # not huggingface_hub's own lookups
+    assert json.loads(out)["checkpoints"][0]["remote"]["bytes_transferred"] == repo_bytes
+
+
+def test_a_model_info_of_the_wrong_types_is_judged_not_crashed_on(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # The listing is parsed here, not by huggingface_hub's ModelInfo (which raised TypeError/KeyError on
+    # these): entries that are no object or name no safe file are skipped, a size that is no size is
+    # unknown, a sha that is no commit leaves the revision asked for.
+    files = repo_files(seed_dir / "base")
+    siblings = [{"rfilename": n, "size": p.stat().st_size} for n, p in files.items()]
+    siblings += [1, "config.json", None, [], {"size": 3}, {"rfilename": 7}, {"rfilename": "../escape.safetensors", "size": 1}]
+    siblings[0]["size"] = "many"
+    listing = json.dumps({"sha": ["not", "a", "commit"], "siblings": siblings}).encode()
+    with HubServer({"acme/base": Repo({"main": files}, info=listing)}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, out, err = run(capsys, "scan", "acme/base", "--format", "json")
+    assert (rc, err) == (0, "")
+    checkpoint = json.loads(out)["checkpoints"][0]
+    assert checkpoint["tensor_count"] == 21 and checkpoint["remote"]["commit"] == "main"
+    for body, why in ((b"[1, 2]", "its model info is not a JSON object (a list)"), (b"{\"sha\": ", "its model info is not JSON ("),
+                      (b"[" * 100_000, "its model info is not JSON (")):
+        with HubServer({"acme/base": Repo({"main": files}, info=body)}) as hub:
+            point_at(monkeypatch, tmp_path, hub.url)
+            rc, _, err = run(capsys, "scan", "acme/base")
+        assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': {why}", "The server is broken or hostile: check HF_ENDPOINT")
 
 
 def test_the_small_files_a_remote_read_cached_do_not_make_a_cached_checkpoint(capsys, monkeypatch, tmp_path, llama_sharded, seed_dir) -> None:

@@ -43,6 +43,9 @@ SMALL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_SMALL_FILE = 64_000_000  # a "small" file larger than this (a hostile tokenizer.json) is not downloaded for a header check
+# The model-info JSON (the file listing with sizes, a few hundred bytes a file on the Hub): a larger or
+# endless body (a broken or hostile endpoint) is refused once this much came, never read whole.
+MAX_MODEL_INFO = 64_000_000
 # Header fetches in flight: a 29-shard base in a few round trips. Bounded by the CPUs (TLS, parsing and
 # the GIL are CPU work): 8 threads on 2 cores measured slower than 4 (docs/benchmarks.md, "Remote check").
 _WORKERS = min(8, 2 * (os.cpu_count() or 1))
@@ -72,7 +75,7 @@ class RemoteRead:
     downloaded: tuple[str, ...] = ()  # small files fetched whole into the Hugging Face cache
     cached: tuple[str, ...] = ()  # small files already in the cache (no transfer)
     headers: tuple[str, ...] = ()  # safetensors files whose header alone was range-read
-    bytes_transferred: int = 0  # body bytes received: downloaded files plus header ranges
+    bytes_transferred: int = 0  # body bytes received: the model-info JSON, downloaded files and header ranges
 
     @property
     def shown(self) -> str:
@@ -146,7 +149,7 @@ def _error(what: str, given: str, why: str, hint: str) -> InvalidInputError:
 
 def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
     """Fetch ``repo_id``'s small files and safetensors headers; return the stub directory to read."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
     rev = revision or "main"
@@ -155,9 +158,12 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
     if mode is not None and key in mode.reads:  # read once per run: check's error path locates an adapter again
         return mode.reads[key]
     with _hub_errors(given, repo_id, rev, endpoint):
-        info = _model_info(HfApi(endpoint=endpoint), repo_id, rev)
-        commit = info.sha if isinstance(info.sha, str) and info.sha.isascii() and info.sha.isalnum() else rev
-        sizes = {s.rfilename: _declared(s.size) for s in (info.siblings or []) if _safe_name(s.rfilename)}
+        info, info_bytes = _model_info(endpoint, repo_id, rev, given)
+        sha, siblings = info.get("sha"), info.get("siblings")
+        commit = sha if isinstance(sha, str) and sha.isascii() and sha.isalnum() else rev
+        # The server's word, whatever its types: an entry that is no object or names no safe file is skipped.
+        sizes = {s["rfilename"]: _declared(s.get("size")) for s in (siblings if isinstance(siblings, list) else [])
+                 if isinstance(s, dict) and _safe_name(s.get("rfilename"))}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
         root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
         global _AT_EXIT
@@ -171,6 +177,7 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         except BaseException:
             _forget(root)
             raise
+        remote = replace(remote, bytes_transferred=remote.bytes_transferred + info_bytes)
         with _LOCK:
             _STUBS[root] = remote
         if mode is not None:
@@ -178,17 +185,30 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         return root
 
 
-def _model_info(api, repo_id: str, rev: str):
-    """``api.model_info`` with the retries huggingface_hub gives downloads but not this call: a
-    moment's 5xx, 429 or dropped connection is not the end of a CI run."""
+def _model_info(endpoint: str, repo_id: str, rev: str, given: str) -> tuple[dict, int]:
+    """The model-info JSON object and the bytes received for it. The request ``HfApi.model_info(repo_id,
+    revision=rev, files_metadata=True)`` makes (its URL, ``blobs=True``, huggingface_hub's session and
+    headers: token, user agent, offline mode; its error mapping), but the body is streamed with a cap
+    (MAX_MODEL_INFO): huggingface_hub would read an endless one into memory. With the retries
+    huggingface_hub gives downloads but not this call: a moment's 5xx, 429 or dropped connection is not
+    the end of a CI run."""
     import time
+    from urllib.parse import quote
 
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, get_session
 
+    url = f"{endpoint}/api/models/{repo_id}/revision/{quote(rev, safe='')}"
+    received = 0  # every attempt's body bytes, as they came over the wire (before any decompression)
     for attempt in range(_RETRIES + 1):
         try:
-            return api.model_info(repo_id, revision=rev, files_metadata=True, timeout=_timeout())
+            with get_session().stream("GET", url, params={"blobs": True}, headers=build_hf_headers(), timeout=_timeout()) as response:
+                try:
+                    info = _info_body(response, repo_id, given)
+                finally:
+                    received += response.num_bytes_downloaded
+            return info, received
         except (HfHubHTTPError, httpx2.TransportError) as exc:
             response = getattr(exc, "response", None)
             status = response.status_code if isinstance(exc, HfHubHTTPError) and response is not None else None
@@ -196,6 +216,33 @@ def _model_info(api, repo_id: str, rev: str):
                 raise
             time.sleep(min(0.5 * 2**attempt, 4))
     raise AssertionError("unreachable")
+
+
+def _info_body(response, repo_id: str, given: str) -> dict:
+    """The model-info answer as a JSON object, read no further than MAX_MODEL_INFO bytes."""
+    _raise_for_error(response)
+    hint = ("The server is broken or hostile: check HF_ENDPOINT (and a proxy); "
+            f"or download the repository and check the local copy: `hf download {repo_id}`.")
+
+    def too_large(size: int) -> InvalidInputError:
+        return _error("Cannot read Hub repository", given,
+                      f"its model info (the file listing) is {size} bytes or more, more than the {MAX_MODEL_INFO} a header check reads", hint)
+
+    length = response.headers.get("Content-Length", "")
+    if length.isascii() and length.isdigit() and int(length[:40]) > MAX_MODEL_INFO:
+        raise too_large(int(length[:40]))  # declared: refused before a byte of the body is read
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) > MAX_MODEL_INFO:
+            raise too_large(len(data))  # the connection is closed unread: the rest never comes
+    try:
+        info = json.loads(data)  # a bytearray as it is: no second copy of up to MAX_MODEL_INFO bytes
+    except (ValueError, RecursionError) as exc:
+        raise _error("Cannot read Hub repository", given, f"its model info is not JSON ({printable(str(exc) or type(exc).__name__)})", hint) from None
+    if not isinstance(info, dict):
+        raise _error("Cannot read Hub repository", given, f"its model info is not a JSON object (a {type(info).__name__})", hint)
+    return info
 
 
 def _declared(size: object) -> int | None:
@@ -405,18 +452,7 @@ def _range_once(url: str, start: int, end: int) -> tuple[bytes, int | None]:
 
 
 def _body(response, url: str, start: int, end: int) -> tuple[bytes, int | None]:
-    from huggingface_hub.utils import hf_raise_for_status
-
-    if response.status_code >= 400:
-        length = response.headers.get("Content-Length", "")
-        if length.isascii() and length.isdigit() and int(length[:12]) < 1_000_000:
-            response.read()  # the error's message is in the body
-            hf_raise_for_status(response)
-        # No length, or a large one (an endless error body from a hostile server): judged by the status
-        # and the X-Error-Code header alone, as hf_raise_for_status would otherwise read it all.
-        import httpx2
-
-        hf_raise_for_status(httpx2.Response(response.status_code, headers=response.headers, content=b"", request=response.request))
+    _raise_for_error(response)
     total = None
     content_range = response.headers.get("Content-Range", "")
     declared = content_range.rpartition("/")[2]
@@ -433,6 +469,22 @@ def _body(response, url: str, start: int, end: int) -> tuple[bytes, int | None]:
         if len(data) >= end - start:
             break
     return bytes(data), total
+
+
+def _raise_for_error(response) -> None:
+    """huggingface_hub's exception for an error answer (``hf_raise_for_status``), reading its body only when short."""
+    from huggingface_hub.utils import hf_raise_for_status
+
+    if response.status_code >= 400:
+        length = response.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length[:12]) < 1_000_000:
+            response.read()  # the error's message is in the body
+            hf_raise_for_status(response)
+        # No length, or a large one (an endless error body from a hostile server): judged by the status
+        # and the X-Error-Code header alone, as hf_raise_for_status would otherwise read it all.
+        import httpx2
+
+        hf_raise_for_status(httpx2.Response(response.status_code, headers=response.headers, content=b"", request=response.request))
 
 
 class _BodyLost(Exception):
