@@ -8,7 +8,6 @@ refuse (the stub's data region is a hole, which would read as zeros) with the `h
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from inspector.cli import main
 from tests.hubserver import HubServer, Repo
 from tests.test_explore import app_for, panel, settle, tree_text
-from tests.test_hub import assert_error, header_bytes, point_at, repo_files
+from tests.test_hub import assert_error, header_bytes, point_at, repo_files, socket_connects
 
 
 @pytest.fixture
@@ -144,14 +143,7 @@ def test_tensor_stats_refuses_a_stub(hub):
 
 
 def test_offline_is_error_hint_without_a_connection(hub, capsys, monkeypatch):
-    opened = []
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        opened.append(address)
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+    opened = socket_connects(monkeypatch)
     assert main(["explore", "acme/base", "acme/adapter", "--offline"]) == 2
     assert_error(2, capsys.readouterr().err, "Cannot read checkpoint for 'acme/base': it is not in the local Hugging Face cache",
                  "Run without --offline to read its headers from the Hub, or download it first: `hf download acme/base`.")

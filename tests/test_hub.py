@@ -267,9 +267,8 @@ def test_data_commands_refuse_an_uncached_hub_id(capsys, monkeypatch, tmp_path, 
 # ---- --offline ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
-def test_offline_never_opens_a_connection(capsys, monkeypatch, tmp_path, seed_hub, how) -> None:
-    point_at(monkeypatch, tmp_path, seed_hub.url)
+def socket_connects(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The addresses every socket connects to from now on (the test's probe for "no connection")."""
     opened = []
     real_connect = socket.socket.connect
 
@@ -278,6 +277,13 @@ def test_offline_never_opens_a_connection(capsys, monkeypatch, tmp_path, seed_hu
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+    return opened
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_never_opens_a_connection(capsys, monkeypatch, tmp_path, seed_hub, how) -> None:
+    point_at(monkeypatch, tmp_path, seed_hub.url)
+    opened = socket_connects(monkeypatch)
     argv = ["check", "acme/base", "acme/adapter", *(["--offline"] if how == "flag" else [])]
     if how == "env":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
