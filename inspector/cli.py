@@ -11,7 +11,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -501,10 +501,27 @@ def _fail(exc: InspectorError) -> int:
 
 def _interrupted(exc: KeyboardInterrupt | None) -> int:
     text = interrupts.message(exc)
-    sys.stderr.write(text)
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:  # SIGHUP: the terminal is gone (EIO); the exit code still says what happened
+        _silenced()
+        return interrupts.exit_code(exc)
     error, hint = (line.partition(": ")[2] for line in text.splitlines()[:2])
     _failure_on_stdout(error, str(interrupts.PUBLISHED[-1]) if interrupts.PUBLISHED else None, hint)
     return interrupts.exit_code(exc)
+
+
+def _silenced() -> None:
+    """stdout and stderr to /dev/null: text still buffered for a terminal that went away would make
+    the interpreter's last flush fail, and Python then exits 120 instead of with our code."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):  # a stream without a descriptor (captured)
+                os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -552,6 +569,8 @@ def _main(argv: list[str]) -> int:
         sys.stderr.close()
         return 0
     except OSError as exc:  # the system refused something no reader turned into a message of its own
+        if isinstance(exc.__context__, KeyboardInterrupt):  # a write to a terminal that went away, while stopping
+            return _interrupted(exc.__context__)
         where = os.fsdecode(exc.filename) if exc.filename is not None else None
         return _fail(InspectorError("Cannot access", where, exc.strerror or str(exc), "Check the path, its permissions and the disk, then run again."))
     except MemoryError:

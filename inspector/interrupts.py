@@ -1,7 +1,7 @@
-"""Ctrl-C and SIGTERM: when they may unwind the program, and when they must wait.
+"""Ctrl-C, SIGTERM and SIGHUP: when they may unwind the program, and when they must wait.
 
-A stop request normally raises (``KeyboardInterrupt`` for SIGINT, ``Terminated`` for SIGTERM) so the
-writer's cleanup runs wherever the program is. Two kinds of moment must not be cut short, and there
+A stop request normally raises (``KeyboardInterrupt`` for SIGINT, ``Terminated`` for SIGTERM and
+SIGHUP) so the writer's cleanup runs wherever the program is. Two kinds of moment must not be cut short, and there
 the signal is held and delivered right after:
 - the swap that publishes an output and the removal of a staging directory (half done is worse than
   either state);
@@ -25,25 +25,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal went away (a dropped SSH session, a closed window). Left to its default it
+# kills the process on the spot: a merge's staging directory, or the stubs of a remote read that an
+# open explore holds, would stay behind.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 # Outputs this process has published, so that a stop after the last rename is not reported as
 # "nothing was written" (the CLI clears it per command and reads it when interrupted).
 PUBLISHED: list[Path] = []
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so the same cleanup runs for it (kill, a CI timeout, docker stop)."""
+    """SIGTERM or SIGHUP, raised like Ctrl-C so the same cleanup runs for it (kill, a CI timeout,
+    docker stop, a closed terminal); ``signum`` makes the exit code."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 def _raise_for(signum: int, _frame: object = None) -> None:
-    if signum == signal.SIGTERM:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        raise Terminated
+    if signum != signal.SIGINT:
+        signal.signal(signum, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        raise Terminated(signum)
     raise KeyboardInterrupt
 
 
 def install() -> dict[int, object]:
-    """Make SIGINT and SIGTERM raise (see ``Terminated``); return the previous handlers.
+    """Make the stop signals raise (see ``Terminated``); return the previous handlers.
 
     Only the main thread may install handlers, and a signal the caller chose to ignore stays ignored.
     """
@@ -63,7 +71,7 @@ def restore(previous: dict[int, object]) -> None:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM for the block; a signal that came meanwhile is re-sent right after it.
+    """Hold the stop signals for the block; a signal that came meanwhile is re-sent right after it.
 
     The Python handlers are swapped rather than the signals blocked: Python runs handlers in the main
     thread whatever thread the kernel picked, so blocking them in one thread would not stop torch's
@@ -91,7 +99,7 @@ def heavy_import(name: str) -> ModuleType:
 
 def exit_code(exc: BaseException | None) -> int:
     """128 + the signal number, as a shell reports a death by that signal."""
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def message(exc: BaseException | None) -> str:

@@ -203,3 +203,42 @@ def test_stubs_go_on_an_interrupt(hub, monkeypatch, capsys):
     assert main(["explore", "acme/base"]) == 130
     assert len(seen["stubs"]) == 1 and not any(p.exists() for p in seen["stubs"]) and stubs() == set()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_stubs_go_when_the_terminal_closes(hub, tmp_path):
+    """explore of Hub ids in a real terminal that goes away (a dropped SSH session): SIGHUP, then
+    every write to the terminal fails. It ends (129) and its stub directories go with it."""
+    import os
+    import pty
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), TMPDIR=str(tmp), TERM="xterm-256color", COLUMNS="100", LINES="30")
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "inspector", "explore", "acme/base", "acme/adapter"], env)
+        finally:
+            os._exit(127)
+    try:
+        screen, deadline = b"", time.monotonic() + 60
+        while b"lm_head" not in screen and time.monotonic() < deadline:  # the first screen drew the tree
+            screen += os.read(master, 65536)
+        assert b"lm_head" in screen, screen[-2000:].decode(errors="replace")
+        assert len(list(tmp.glob("lora-inspector-hub-*"))) == 2
+    finally:
+        os.close(master)  # the terminal goes away
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("explore did not end after its terminal closed")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 129, status
+    assert list(tmp.glob("lora-inspector-hub-*")) == []

@@ -724,8 +724,8 @@ STALLING_MERGE = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("sig", "code", "force_over_old"),
-    [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)],
-    ids=["sigint-new-out", "sigterm-forced-over-old"],
+    [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True), (signal.SIGHUP, 129, True)],
+    ids=["sigint-new-out", "sigterm-forced-over-old", "sighup-forced-over-old"],  # SIGHUP: the terminal closed
 )
 def test_signal_mid_merge_leaves_nothing(work: Path, sig: int, code: int, force_over_old: bool) -> None:
     out = work / "merged"
@@ -747,6 +747,43 @@ def test_signal_mid_merge_leaves_nothing(work: Path, sig: int, code: int, force_
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-2:] == ["Error: interrupted.", "Hint: nothing was written; run the command again."]
+    assert snapshot(work) == before
+
+
+def test_terminal_closing_mid_merge_leaves_nothing(work: Path) -> None:
+    """The merge runs in a terminal that goes away (a dropped SSH session): the kernel sends SIGHUP,
+    and every write to the terminal fails from then on (EIO). Exit 129, nothing left behind."""
+    import pty
+
+    out = work / "merged"
+    before = snapshot(work)
+    argv = ["merge", str(work / "base"), str(work / "adapter"), "--out", str(out), "--device", "cpu"]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        try:
+            os.chdir(REPO)
+            os.execv(sys.executable, [sys.executable, "-c", STALLING_MERGE, *argv])
+        finally:
+            os._exit(127)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"stalled" not in seen and time.monotonic() < deadline:
+            seen += os.read(master, 4096)
+        assert b"stalled" in seen, seen.decode(errors="replace")
+        assert [p.name for p in work.iterdir() if ".staging-" in p.name], "not interrupted mid-write"
+    finally:
+        os.close(master)  # the terminal goes away: SIGHUP to the session
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the merge did not end after its terminal closed")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 129, status
     assert snapshot(work) == before
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from inspector.units import human_bytes
 
@@ -75,6 +75,11 @@ def progress(label: str, *, quiet: bool, colors: dict, clock: Callable[[], float
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    bar = Progress(*columns, console=console, transient=True)
+    bar.start()
+    try:
         task = bar.add_task(label, total=None)
         yield lambda n, total: bar.update(task, advance=n, total=total)
+    finally:
+        with suppress(OSError):  # the terminal went away (SIGHUP, EIO): the bar cannot be erased, nor need be
+            bar.stop()
