@@ -17,7 +17,7 @@ def run(path: str, adapter: str | None = None, *, offline: bool = False) -> int:
 
     A Hub id that is not cached is read remotely, headers only, as scan and check read it (``offline``:
     the cache only). Its stub directory lives as long as the ``remote_reads()`` block, which spans the
-    whole session: it is removed when the app exits (q, ctrl+c, an error, SIGTERM)."""
+    whole session: it is removed when the app exits (q, ctrl+c, an error, SIGTERM, SIGHUP)."""
     from inspector.io.paths import remote_reads
 
     with remote_reads(offline=offline):
