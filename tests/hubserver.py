@@ -24,12 +24,17 @@ from urllib.parse import unquote, urlsplit
 
 File = bytes | Path
 INFO = "<model-info>"  # the file name the model-info API's bytes are counted under
+TOKEN = "hf_test_token"  # the token of the tests' account: the one a private repository accepts
+# A raw answer (a broken or hostile server's): status, headers ("{path}" in a value is the request's
+# path: a redirect to itself), body. Content-Length is the body's unless the headers give one.
+Raw = tuple[int, dict[str, str], bytes]
 
 
 @dataclass
 class Repo:
     revisions: dict[str, dict[str, File]]  # branch or tag -> {file name -> content}
     gated: bool = False  # files need an Authorization header (any token: the tests' account was granted access)
+    private: bool = False  # model info and files answer 401 RepoNotFound without "Authorization: Bearer {TOKEN}"
     missing: set[str] = field(default_factory=set)  # listed by the API, but 404 EntryNotFound when fetched
     # A hostile server's lies: the size the file listing gives (any JSON value), and the size a HEAD's
     # Content-Length and a range's Content-Range give (the body sent is the real file's).
@@ -83,7 +88,7 @@ class HubServer:
 
     def __init__(self, repos: dict[str, Repo], *, status: int | None = None, ranges: bool = True, endless_range_error: int | None = None,
                  cut_ranges: int = 0, stall_ranges: float = 0.0, latency: float = 0.0, fail_first: int = 0,
-                 endless_info: str | None = None):
+                 endless_info: str | None = None, raw_info: Raw | None = None, raw_range: Raw | None = None):
         self.repos = repos
         self.status = status  # answer every request with this (a 5xx: the Hub is down)
         # answer range requests with this status and an endless chunked body (a hostile server)
@@ -95,6 +100,8 @@ class HubServer:
         # answer model-info requests with a JSON listing that never ends (a hostile server): "chunked" (no
         # length) or "declared" (a Content-Length of 10**12)
         self.endless_info = endless_info
+        self.raw_info = raw_info  # the answer to every model-info request
+        self.raw_range = raw_range  # the answer to every range request
         self.ranges = ranges  # False: ignore Range headers, as a broken proxy does (whole files, 200)
         self.served = Served()
         self._lock = threading.Lock()
@@ -145,6 +152,23 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
             hub.count(repo, name, sent, self.command, self.path)
 
+        def _raw(self, raw: Raw, repo: str, name: str) -> None:
+            code, headers, body = raw
+            self.send_response(code)
+            for key, value in headers.items():
+                self.send_header(key, value.replace("{path}", self.path))
+            if not any(key.lower() == "content-length" for key in headers):
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = 0
+            if self.command != "HEAD":
+                try:
+                    self.wfile.write(body)
+                    sent = len(body)
+                except OSError:  # the client hung up (it read what it wanted of an error)
+                    self.close_connection = True
+            hub.count(repo, name, sent, self.command, self.path)
+
         def _error(self, code: int, error_code: str, message: str, commit: str | None = None) -> None:
             headers = {"X-Error-Code": error_code, "X-Error-Message": message, "Content-Type": "application/json"}
             if commit:
@@ -167,6 +191,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(hub.status, b"upstream unavailable", {"Content-Type": "text/plain"})
             path = unquote(urlsplit(self.path).path)
             if path.startswith("/api/models/"):
+                if hub.raw_info is not None:
+                    return self._raw(hub.raw_info, path[len("/api/models/"):].partition("/revision/")[0], INFO)
                 return self._info(path[len("/api/models/"):])
             if "/resolve/" in path:
                 repo, _, rest = path.lstrip("/").partition("/resolve/")
@@ -179,8 +205,9 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _repo(self, repo_id: str) -> Repo | None:
             repo = hub.repos.get(repo_id)
-            if repo is None:
-                self._error(401, "RepoNotFound", "Repository not found")
+            if repo is None or (repo.private and self.headers.get("Authorization") != f"Bearer {TOKEN}"):
+                self._error(401, "RepoNotFound", "Repository not found")  # the Hub's word for a private one too
+                return None
             return repo
 
         def _info(self, rest: str) -> None:
@@ -197,7 +224,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if repo.info is not None:
                 return self._send(200, repo.info, {"Content-Type": "application/json"}, repo=repo_id, name=INFO)
             siblings = [{"rfilename": n, "size": repo.listed.get(n, _size(c)), "blobId": _etag(c)[:40]} for n, c in sorted(files.items())]
-            body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": "manual" if repo.gated else False,
+            body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": repo.private, "gated": "manual" if repo.gated else False,
                     "siblings": siblings}
             self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"}, repo=repo_id, name=INFO)
 
@@ -242,6 +269,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(hub.stall_ranges)
             if wanted is not None and hub.endless_range_error is not None:
                 return self._endless(hub.endless_range_error, repo_id, name)
+            if wanted is not None and hub.raw_range is not None:
+                return self._raw(hub.raw_range, repo_id, name)
             if wanted is None:
                 if self.command == "HEAD":
                     return self._head(repo.declared.get(name, size), headers, repo_id, name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from inspector.cli import main
-from tests.hubserver import INFO, HubServer, Repo
+from tests.hubserver import INFO, TOKEN, HubServer, Repo
 from tests.test_scale import sparse  # bench/sparse_checkpoint.py, loaded once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +164,9 @@ def test_fleet_reports_name_each_remote_read(capsys, monkeypatch, tmp_path, big)
         rc_md, md, _ = run(capsys, "check", BASE, ADAPTER, second, "--format", "markdown")
     assert (rc, rc_md, err) == (1, 1, "")
     flat = " ".join(out.split())  # the terminal wraps long values
-    assert flat.count(f"read remotely from {hub.url}") == 3 and "base remote read remotely" in flat and "remote read remotely" in flat
+    assert flat.count(f"read remotely from {hub.url}") == 3 and "base remote read remotely" in flat
+    # each adapter's section has its own line labelled exactly "remote" (the base's is "base remote")
+    assert sum(1 for line in out.splitlines() if line.split()[:3] == ["remote", "read", "remotely"]) == 2, out
     assert [line.split("`")[0] for line in md.splitlines() if "read remotely from" in line] == ["_base ", "_#\u20601 ", "_#\u20602 "]  # a word joiner after #: no issue reference
     assert "lora-inspector-hub-" not in out + md  # the stub directories are never shown
 
@@ -781,7 +783,7 @@ def test_an_endless_model_info_body_is_refused_at_the_cap(capsys, monkeypatch, t
     # before reading any of it), once: no retry, no memory growth past the cap.
     from inspector.io import hub as hubmod
 
-    cap = getattr(hubmod, "MAX_MODEL_INFO", 64_000_000)
+    cap = getattr(hubmod, "MAX_MODEL_INFO", 16_000_000)
     with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, endless_info=endless) as hub:
         point_at(monkeypatch, tmp_path, hub.url)
         rc = scan_within(30, "scan read an endless model-info body")
@@ -913,3 +915,122 @@ def test_the_download_progress_class_serves_the_xet_path_too() -> None:
     bar.close()
     with pytest.raises(hubmod._TooLarge):
         bar.update(hubmod.MAX_SMALL_FILE)
+
+
+# ---- review fixes: error bodies, broken answers, the model-info cap, tokens, revisions in hints ---------
+
+
+def gzip_of_zeros(decoded: int) -> bytes:
+    """A gzip body that decodes to ``decoded`` zero bytes, built in 1 MB pieces (the test stays cheap)."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    piece = bytes(1 << 20)
+    parts = [packer.compress(piece) for _ in range(decoded >> 20)]
+    return b"".join(parts) + packer.flush()
+
+
+def test_a_gzip_error_body_is_read_decoded_and_capped(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # A 404 RepoNotFound whose ~300 KB of gzip decode to 300 MB: Content-Length (the compressed size) is
+    # small, yet the body is read no further than ~1 MB decoded; the error is mapped as usual.
+    import tracemalloc
+
+    bomb = gzip_of_zeros(300 << 20)
+    assert len(bomb) < 1_000_000
+    raw = (404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found", "Content-Encoding": "gzip",
+                 "Content-Type": "application/json"}, bomb)
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")})}, raw_info=raw) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        tracemalloc.start()
+        try:
+            rc, _, err = run(capsys, "scan", "acme/base")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': no repository 'acme/base' on {hub.url} (or it is private)",
+                 "for a private repository set HF_TOKEN")
+    assert peak < 30_000_000, peak
+
+
+@pytest.mark.parametrize("answer", ["redirect loop", "not gzip"])
+@pytest.mark.parametrize("where", ["model info", "range"])
+def test_a_redirect_loop_or_a_body_not_in_its_encoding_is_an_error_not_an_internal_error(capsys, monkeypatch, tmp_path, answer, where) -> None:
+    # httpx2's TooManyRedirects and DecodingError are RequestErrors but not TransportErrors: the server's fault, said so.
+    if answer == "redirect loop":
+        raw = (302, {"Location": "{path}"}, b"")
+    else:
+        raw = (200 if where == "model info" else 206, {"Content-Encoding": "gzip", "Content-Type": "application/json",
+                                                      "Content-Range": "bytes 0-7/10"}, b'{"sha": "0", "siblings": []}')
+    files: dict[str, bytes | Path] = {"model.safetensors": struct.pack("<Q", 2) + b"{}"}
+    extra = {"raw_info": raw} if where == "model info" else {"raw_range": raw}
+    with HubServer({"acme/broken": Repo({"main": files})}, **extra) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        given = "acme/broken@v1" if where == "model info" else "acme/broken"
+        rc, _, err = run(capsys, "scan", given)
+        requests = len(hub.served.requests)
+    assert "Internal error" not in err
+    assert_error(rc, err, f"Cannot read Hub repository for '{given}': {hub.url} answered as no Hub does (",
+                 "The server is broken or hostile: check HF_ENDPOINT")
+    assert ("TooManyRedirects" if answer == "redirect loop" else "DecodingError") in err
+    if where == "model info":
+        assert "`hf download acme/broken --revision v1`" in err
+        assert requests == (21 if answer == "redirect loop" else 1)  # 20 redirects followed, then refused; no retry
+
+
+def test_a_model_info_over_16_mb_is_refused(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # MAX_MODEL_INFO is 16 MB (a repository of 10,000 files lists in 2-3 MB): json.loads of a body of
+    # tiny values near a 64 MB cap cost ~1.5 GB of Python objects.
+    from inspector.io import hub as hubmod
+
+    assert hubmod.MAX_MODEL_INFO == 16_000_000
+    body = b"[" + b"[]," * 5_700_000 + b"[]]"  # 17.1 MB
+    with HubServer({"acme/base": Repo({"main": repo_files(seed_dir / "base")}, info=body)}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base")
+    assert_error(rc, err, f"Cannot read Hub repository for 'acme/base': its model info (the file listing) is {len(body)} bytes or more, "
+                 "more than the 16000000 a header check reads", "The server is broken or hostile: check HF_ENDPOINT")
+    doc = " ".join((REPO_ROOT / "docs" / "hub.md").read_text().split())
+    assert "at most 16 MB of it" in doc and "over 16 MB, or endless, is refused once 16 MB came" in doc
+
+
+def test_a_private_repo_is_read_with_the_token(capsys, monkeypatch, tmp_path, seed_dir) -> None:
+    # The token reaches our own model-info request (and the files): without it, the Hub's 401 RepoNotFound.
+    with HubServer({"acme/private": Repo({"main": repo_files(seed_dir / "base")}, private=True)}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/private")
+        assert_error(rc, err, f"Cannot read Hub repository for 'acme/private': no repository 'acme/private' on {hub.url} (or it is private)",
+                     "for a private repository set HF_TOKEN")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        rc, out, err = run(capsys, "scan", "acme/private", "--format", "json")
+        assert hub.served.bytes[("acme/private", "model.safetensors")] == header_bytes(seed_dir / "base" / "model.safetensors")
+    assert (rc, err) == (0, "") and json.loads(out)["checkpoints"][0]["remote"]["headers"] == ["model.safetensors"]
+
+
+def test_download_hints_keep_the_revision(capsys, monkeypatch, tmp_path, seed_dir, llama_bin) -> None:
+    # org/name@rev: every `hf download` the hints give names the revision.
+    files = repo_files(seed_dir / "base")
+    with HubServer({"acme/base": Repo({"main": files, "v2": files}, info=b"[1, 2]"), "acme/old": Repo({"main": {}, "v2": repo_files(llama_bin.path)})}) as hub:
+        point_at(monkeypatch, tmp_path, hub.url)
+        rc, _, err = run(capsys, "scan", "acme/base@v2")
+        assert_error(rc, err, "its model info is not a JSON object", "`hf download acme/base --revision v2`.")
+        rc, _, err = run(capsys, "scan", "acme/old@v2")
+        assert_error(rc, err, "its weights are PyTorch .bin files", "`hf download acme/old --revision v2 --include '*.bin'")
+
+
+def test_a_stub_is_dropped_from_the_registry_only_once_deleted(monkeypatch, tmp_path) -> None:
+    # A second signal during the delete must leave the folder known to atexit's cleanup.
+    from inspector.io import hub as hubmod
+
+    root = tmp_path / "stub"
+    root.mkdir()
+    seen = []
+
+    def rmtree(path, ignore_errors=False):
+        seen.append(path in hubmod._STUBS)
+        raise KeyboardInterrupt  # the second signal, mid-delete
+
+    monkeypatch.setitem(hubmod._STUBS, root, None)
+    monkeypatch.setattr(hubmod.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        hubmod._forget(root)
+    assert seen == [True] and root in hubmod._STUBS

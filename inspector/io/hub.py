@@ -43,9 +43,13 @@ SMALL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapters.safetensors")
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_SMALL_FILE = 64_000_000  # a "small" file larger than this (a hostile tokenizer.json) is not downloaded for a header check
-# The model-info JSON (the file listing with sizes, a few hundred bytes a file on the Hub): a larger or
-# endless body (a broken or hostile endpoint) is refused once this much came, never read whole.
-MAX_MODEL_INFO = 64_000_000
+# The model-info JSON (the file listing with sizes, a few hundred bytes a file on the Hub: a model repo
+# of 10,000 files lists in 2-3 MB with blobs=true): a larger or endless body (a broken or hostile
+# endpoint) is refused once this much came, never read whole. 16 MB, not more: json.loads of a body of
+# tiny values (`[[],[],...]`) costs ~25 times its size in Python objects.
+MAX_MODEL_INFO = 16_000_000
+# An error answer's body (huggingface_hub's message is in it) is read this far, decoded, and no further.
+MAX_ERROR_BODY = 1_000_000
 # Header fetches in flight: a 29-shard base in a few round trips. Bounded by the CPUs (TLS, parsing and
 # the GIL are CPU work): 8 threads on 2 cores measured slower than 4 (docs/benchmarks.md, "Remote check").
 _WORKERS = min(8, 2 * (os.cpu_count() or 1))
@@ -205,7 +209,7 @@ def _model_info(endpoint: str, repo_id: str, rev: str, given: str) -> tuple[dict
         try:
             with get_session().stream("GET", url, params={"blobs": True}, headers=build_hf_headers(), timeout=_timeout()) as response:
                 try:
-                    info = _info_body(response, repo_id, given)
+                    info = _info_body(response, repo_id, rev, given)
                 finally:
                     received += response.num_bytes_downloaded
             return info, received
@@ -218,11 +222,10 @@ def _model_info(endpoint: str, repo_id: str, rev: str, given: str) -> tuple[dict
     raise AssertionError("unreachable")
 
 
-def _info_body(response, repo_id: str, given: str) -> dict:
+def _info_body(response, repo_id: str, rev: str, given: str) -> dict:
     """The model-info answer as a JSON object, read no further than MAX_MODEL_INFO bytes."""
     _raise_for_error(response)
-    hint = ("The server is broken or hostile: check HF_ENDPOINT (and a proxy); "
-            f"or download the repository and check the local copy: `hf download {repo_id}`.")
+    hint = _hostile_hint(repo_id, rev)
 
     def too_large(size: int) -> InvalidInputError:
         return _error("Cannot read Hub repository", given,
@@ -258,9 +261,10 @@ def _cleanup() -> None:
 
 
 def _forget(root: Path) -> None:
+    # Deleted first, then dropped from the registry: a second signal during the delete leaves it known to atexit.
+    shutil.rmtree(root, ignore_errors=True)
     with _LOCK:
         _STUBS.pop(root, None)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _fill(root: Path, remote: RemoteRead, sizes: dict[str, int | None], given: str) -> RemoteRead:
@@ -288,7 +292,7 @@ def _fill(root: Path, remote: RemoteRead, sizes: dict[str, int | None], given: s
             shards = _index_shards(root / entry, sizes)
             if len(shards) > MAX_SHARDS:
                 raise _error("Cannot read Hub repository", given, f"its index names {len(shards)} shards, more than the {MAX_SHARDS} a header check reads remotely",
-                             f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
+                             f"Download the repository and check the local copy: `{_hf_download(remote.repo_id, remote.revision)}`.")
         transferred += sum(pool.map(lambda name: _header(root, remote, name, sizes[name], given), shards))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -324,7 +328,7 @@ def _small_file(root: Path, remote: RemoteRead, name: str, size: int | None, giv
 
     def too_large(size: int) -> InvalidInputError:
         return _error("Cannot read Hub repository", given, f"{name} is {size} bytes or more, more than the {MAX_SMALL_FILE} a header check downloads",
-                      f"Download the repository and check the local copy: `hf download {remote.repo_id}`.")
+                      f"Download the repository and check the local copy: `{_hf_download(remote.repo_id, remote.revision)}`.")
 
     if size is not None and size > MAX_SMALL_FILE:
         raise too_large(size)
@@ -403,8 +407,7 @@ def _header(root: Path, remote: RemoteRead, name: str, listed: int | None, given
         if n > constants.SAFETENSORS_MAX_HEADER_LENGTH:
             raise _error("Cannot read safetensors header", f"{remote.shown}/{name}",
                          f"its header is {n} bytes, more than the {constants.SAFETENSORS_MAX_HEADER_LENGTH} huggingface_hub reads remotely",
-                         f"Download the file and check the local copy: `hf download {remote.repo_id} {name}`"
-                         + (f" --revision {remote.revision}" if remote.revision != "main" else "") + ".")
+                         f"Download the file and check the local copy: `{_hf_download(remote.repo_id, remote.revision, name)}`.")
         if 0 < n <= size - 8:
             header, _ = _range(url, 8, 8 + n)
             blob += header
@@ -472,19 +475,22 @@ def _body(response, url: str, start: int, end: int) -> tuple[bytes, int | None]:
 
 
 def _raise_for_error(response) -> None:
-    """huggingface_hub's exception for an error answer (``hf_raise_for_status``), reading its body only when short."""
+    """huggingface_hub's exception for an error answer (``hf_raise_for_status``: its mapping of the status,
+    X-Error-Code and message), from at most MAX_ERROR_BODY bytes of the decoded body. Not by Content-Length:
+    that is the compressed size (1 MB of gzip can decode to 1 GB), and an endless body declares none."""
+    if response.status_code < 400:
+        return
+    import httpx2
     from huggingface_hub.utils import hf_raise_for_status
 
-    if response.status_code >= 400:
-        length = response.headers.get("Content-Length", "")
-        if length.isascii() and length.isdigit() and int(length[:12]) < 1_000_000:
-            response.read()  # the error's message is in the body
-            hf_raise_for_status(response)
-        # No length, or a large one (an endless error body from a hostile server): judged by the status
-        # and the X-Error-Code header alone, as hf_raise_for_status would otherwise read it all.
-        import httpx2
-
-        hf_raise_for_status(httpx2.Response(response.status_code, headers=response.headers, content=b"", request=response.request))
+    body = bytearray()
+    for chunk in response.iter_bytes():  # decoded in bounded pieces by httpx2
+        body += chunk[: MAX_ERROR_BODY - len(body)]
+        if len(body) >= MAX_ERROR_BODY:
+            break  # the connection is closed unread: the rest never comes
+    # The headers that describe the body as sent go: the synthetic answer's body is the decoded, capped one.
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    hf_raise_for_status(httpx2.Response(response.status_code, headers=headers, content=bytes(body), request=response.request))
 
 
 class _BodyLost(Exception):
@@ -496,11 +502,10 @@ class _RangeIgnored(Exception):
 
 
 def _bin_only(given: str, remote: RemoteRead, entry: str) -> InvalidInputError:
-    rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
     return _error("Cannot read Hub repository", given,
                   f"its weights are PyTorch .bin files ({entry}), whose tensor table sits inside a zip archive and cannot be read with range requests",
                   f"Download it and check the local copy (lora-inspector reads it from the cache, without unpickling): "
-                  f"`hf download {remote.repo_id}{rev} --include '*.bin' '*.json' '*.model' '*.txt'`.")
+                  f"`{_hf_download(remote.repo_id, remote.revision)} --include '*.bin' '*.json' '*.model' '*.txt'`.")
 
 
 @contextmanager
@@ -551,6 +556,9 @@ def _hub_errors(given: str, repo_id: str, rev: str, endpoint: str) -> Iterator[N
         why = ("it ignored a range request (it would send whole shards)" if isinstance(exc, _RangeIgnored)
                else str(exc) if isinstance(exc, _BodyLost) else f"{type(exc).__name__}: {exc}")
         raise _error(what, given, f"cannot reach {endpoint} ({printable(why)})", network) from exc
+    except httpx2.RequestError as exc:  # not the network's: a redirect loop, a body not in its declared encoding
+        raise _error(what, given, f"{endpoint} answered as no Hub does ({printable(f'{type(exc).__name__}: {exc}'.splitlines()[0])})",
+                     _hostile_hint(repo_id, rev)) from exc
 
 
 def offline_error(given: str, repo_id: str) -> InvalidInputError:
@@ -572,5 +580,16 @@ def refuse_data(checkpoints, command: str) -> None:
 
 def download_hint(remote: RemoteRead) -> str:
     """What to do about a checkpoint read remotely when tensor data is needed."""
-    rev = f" --revision {remote.revision}" if remote.revision != "main" else ""
-    return f"Download it first (`hf download {remote.repo_id}{rev}`), then run again: the cached copy is used."
+    return f"Download it first (`{_hf_download(remote.repo_id, remote.revision)}`), then run again: the cached copy is used."
+
+
+def _hf_download(repo_id: str, revision: str, *names: str) -> str:
+    """The `hf download` command for ``repo_id`` (and ``names`` in it) at the revision asked for."""
+    rev = f" --revision {revision}" if revision != "main" else ""
+    return " ".join(("hf download", repo_id, *names)) + rev
+
+
+def _hostile_hint(repo_id: str, revision: str) -> str:
+    """The hint for an answer no Hub gives: the endpoint is at fault, not the model."""
+    return ("The server is broken or hostile: check HF_ENDPOINT (and a proxy); "
+            f"or download the repository and check the local copy: `{_hf_download(repo_id, revision)}`.")
