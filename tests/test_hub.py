@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.hubserver import INFO, TOKEN, HubServer, Repo
 from tests.test_scale import sparse  # bench/sparse_checkpoint.py, loaded once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 BASE, ADAPTER = "org/base-70b", "org/lora-70840"
 
 
@@ -695,6 +697,31 @@ def test_sigterm_mid_read_leaves_no_stub(tmp_path, seed_dir) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert stubs_in(tmp) == []
+
+
+def test_a_stop_the_moment_a_stub_directory_exists_leaves_none(tmp_path, seed_hub) -> None:
+    """SIGTERM right after the stub directory is made, before it is registered for removal: held
+    until it is registered, then the run stops (143) and the directory goes with it."""
+    code = textwrap.dedent("""
+        import os, signal, sys, tempfile
+        from inspector import entry
+        real = tempfile.mkdtemp
+        def mkdtemp(*args, **kwargs):
+            path = real(*args, **kwargs)
+            if kwargs.get("prefix") == "lora-inspector-hub-":
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: before this returns
+            return path
+        tempfile.mkdtemp = mkdtemp
+        sys.argv = ["lora-inspector", "scan", "acme/base"]
+        entry.main_exit()
+    """)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=seed_hub.url, HF_HOME=str(tmp_path / "hf-home"), TMPDIR=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr and stubs_in(tmp) == []
 
 
 def test_python_api_from_several_threads(monkeypatch, tmp_path, seed_dir, seed_hub) -> None:

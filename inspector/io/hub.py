@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from inspector import interrupts
 from inspector.errors import InspectorError, InvalidInputError
 from inspector.io.paths import remote_mode
 from inspector.io.tokenizer import TOKENIZER_FILES
@@ -169,13 +170,14 @@ def read_remote(repo_id: str, revision: str | None, given: str) -> Path:
         sizes = {s["rfilename"]: _declared(s.get("size")) for s in (siblings if isinstance(siblings, list) else [])
                  if isinstance(s, dict) and _safe_name(s.get("rfilename"))}
         remote = RemoteRead(repo_id, rev, commit, endpoint)
-        root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
         global _AT_EXIT
-        with _LOCK:
-            if not _AT_EXIT:  # once: stubs now go at the end of each block, and the registry empties often
-                atexit.register(_cleanup)
-                _AT_EXIT = True
-            _STUBS[root] = remote  # registered at once: removed at exit whatever happens
+        with interrupts.held():  # a stop between making the directory and registering it would leak it
+            root = Path(tempfile.mkdtemp(prefix="lora-inspector-hub-"))
+            with _LOCK:
+                if not _AT_EXIT:  # once: stubs now go at the end of each block, and the registry empties often
+                    atexit.register(_cleanup)
+                    _AT_EXIT = True
+                _STUBS[root] = remote  # registered at once: removed at exit whatever happens
         try:
             remote = _fill(root, remote, sizes, given)
         except BaseException:
