@@ -209,36 +209,15 @@ def test_stubs_go_when_the_terminal_closes(hub, tmp_path):
     """explore of Hub ids in a real terminal that goes away (a dropped SSH session): SIGHUP, then
     every write to the terminal fails. It ends (129) and its stub directories go with it."""
     import os
-    import pty
-    import signal
-    import time
+
+    from tests.terminal import Terminal
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), TMPDIR=str(tmp), TERM="xterm-256color", COLUMNS="100", LINES="30")
-    pid, master = pty.fork()
-    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "inspector", "explore", "acme/base", "acme/adapter"], env)
-        finally:
-            os._exit(127)
-    try:
-        screen, deadline = b"", time.monotonic() + 60
-        while b"lm_head" not in screen and time.monotonic() < deadline:  # the first screen drew the tree
-            screen += os.read(master, 65536)
-        assert b"lm_head" in screen, screen[-2000:].decode(errors="replace")
+    with Terminal([sys.executable, "-m", "inspector", "explore", "acme/base", "acme/adapter"], env=env) as terminal:
+        terminal.wait_for(b"lm_head")  # the first screen drew the tree
         assert len(list(tmp.glob("lora-inspector-hub-*"))) == 2
-    finally:
-        os.close(master)  # the terminal goes away
-    for _ in range(300):
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("explore did not end after its terminal closed")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 129, status
+        assert terminal.hang_up() == 129
     assert list(tmp.glob("lora-inspector-hub-*")) == []

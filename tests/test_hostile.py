@@ -54,6 +54,7 @@ from tests.hostile_corpus import (
     with_payload,
 )
 from tests.models import Built
+from tests.terminal import Terminal
 
 REPO = Path(__file__).resolve().parent.parent
 INDEX = "model.safetensors.index.json"
@@ -751,39 +752,15 @@ def test_signal_mid_merge_leaves_nothing(work: Path, sig: int, code: int, force_
 
 
 def test_terminal_closing_mid_merge_leaves_nothing(work: Path) -> None:
-    """The merge runs in a terminal that goes away (a dropped SSH session): the kernel sends SIGHUP,
-    and every write to the terminal fails from then on (EIO). Exit 129, nothing left behind."""
-    import pty
-
+    """The merge runs in a terminal that goes away (a dropped SSH session): SIGHUP, then every write
+    to the terminal fails (EIO). Exit 129, nothing left behind."""
     out = work / "merged"
     before = snapshot(work)
     argv = ["merge", str(work / "base"), str(work / "adapter"), "--out", str(out), "--device", "cpu"]
-    pid, master = pty.fork()
-    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
-        try:
-            os.chdir(REPO)
-            os.execv(sys.executable, [sys.executable, "-c", STALLING_MERGE, *argv])
-        finally:
-            os._exit(127)
-    try:
-        seen = b""
-        deadline = time.monotonic() + 30
-        while b"stalled" not in seen and time.monotonic() < deadline:
-            seen += os.read(master, 4096)
-        assert b"stalled" in seen, seen.decode(errors="replace")
+    with Terminal([sys.executable, "-c", STALLING_MERGE, *argv], cwd=REPO) as terminal:
+        terminal.wait_for(b"stalled")
         assert [p.name for p in work.iterdir() if ".staging-" in p.name], "not interrupted mid-write"
-    finally:
-        os.close(master)  # the terminal goes away: SIGHUP to the session
-    for _ in range(300):
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the merge did not end after its terminal closed")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 129, status
+        assert terminal.hang_up() == 129
     assert snapshot(work) == before
 
 
